@@ -1,0 +1,225 @@
+"""`XLMRobertaXLConfig`: the model's hyper-parameters, HF ``config.json`` I/O, validation, presets.
+
+Owns every field of the documented HF signature (same names, same defaults), the fields that
+task models need (labels, problem type, decoder switches), reading and writing HF
+``config.json`` without dropping keys we do not know, and named size presets (``xl``, ``xxl``
+and tiny ones for tests and demos).
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any, Dict, Optional, Union
+
+MODEL_TYPE = "xlm-roberta-xl"
+CONFIG_NAME = "config.json"
+_PROBLEM_TYPES = ("regression", "single_label_classification", "multi_label_classification")
+_DTYPES = ("float32", "float16", "bfloat16")
+_ACTIVATIONS = ("gelu", "relu", "gelu_new", "gelu_pytorch_tanh", "silu", "swish", "tanh")
+
+
+class ConfigError(ValueError):
+    """A configuration value is impossible; the message names the setting."""
+
+
+@dataclass
+class XLMRobertaXLConfig:
+    """Hyper-parameters of XLM-RoBERTa-XL/XXL; defaults are those of ``facebook/xlm-roberta-xl``."""
+
+    vocab_size: int = 250880
+    hidden_size: int = 2560
+    num_hidden_layers: int = 36
+    num_attention_heads: int = 32
+    intermediate_size: int = 10240
+    hidden_act: str = "gelu"
+    hidden_dropout_prob: float = 0.1
+    attention_probs_dropout_prob: float = 0.1
+    max_position_embeddings: int = 514
+    type_vocab_size: int = 1
+    initializer_range: float = 0.02
+    layer_norm_eps: float = 1e-5
+    pad_token_id: int = 1
+    bos_token_id: int = 0
+    eos_token_id: int = 2
+    position_embedding_type: str = "absolute"
+    use_cache: bool = True
+    classifier_dropout: Optional[float] = None
+    # task-model fields (HF PretrainedConfig)
+    num_labels: int = 2
+    id2label: Optional[Dict[int, str]] = None
+    label2id: Optional[Dict[str, int]] = None
+    problem_type: Optional[str] = None
+    is_decoder: bool = False
+    add_cross_attention: bool = False
+    torch_dtype: Optional[str] = None
+    architectures: Optional[list] = None
+    # keys of a config.json that we do not model; written back unchanged
+    extra: Dict[str, Any] = field(default_factory=dict, repr=False)
+
+    def __post_init__(self) -> None:
+        if self.id2label is not None:
+            self.id2label = {int(k): str(v) for k, v in self.id2label.items()}
+            self.num_labels = len(self.id2label)
+        else:
+            self.id2label = {i: f"LABEL_{i}" for i in range(self.num_labels)}
+        if self.label2id is None or len(self.label2id) != len(self.id2label):
+            self.label2id = {v: k for k, v in self.id2label.items()}
+        else:
+            self.label2id = {str(k): int(v) for k, v in self.label2id.items()}
+        if self.torch_dtype is not None:
+            self.torch_dtype = str(self.torch_dtype).replace("torch.", "")
+        self.validate()
+
+    # ------------------------------------------------------------------ validation
+    def validate(self) -> None:
+        """Raise `ConfigError` naming the first impossible setting."""
+
+        def positive(name: str) -> None:
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+                raise ConfigError(f"{name} must be a positive integer, got {value!r}")
+
+        for name in ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads",
+                     "intermediate_size", "max_position_embeddings", "type_vocab_size", "num_labels"):
+            positive(name)
+        if self.hidden_size % self.num_attention_heads != 0:
+            raise ConfigError(
+                f"hidden_size ({self.hidden_size}) must be divisible by num_attention_heads "
+                f"({self.num_attention_heads})"
+            )
+        for name in ("hidden_dropout_prob", "attention_probs_dropout_prob"):
+            value = getattr(self, name)
+            if not 0.0 <= float(value) < 1.0:
+                raise ConfigError(f"{name} must be in [0, 1), got {value!r}")
+        if self.classifier_dropout is not None and not 0.0 <= float(self.classifier_dropout) < 1.0:
+            raise ConfigError(f"classifier_dropout must be in [0, 1) or None, got {self.classifier_dropout!r}")
+        if self.layer_norm_eps <= 0:
+            raise ConfigError(f"layer_norm_eps must be > 0, got {self.layer_norm_eps!r}")
+        if self.hidden_act not in _ACTIVATIONS:
+            raise ConfigError(f"hidden_act must be one of {_ACTIVATIONS}, got {self.hidden_act!r}")
+        if self.position_embedding_type != "absolute":
+            raise ConfigError(
+                f"position_embedding_type {self.position_embedding_type!r} is not supported "
+                "(XLM-RoBERTa-XL uses 'absolute')"
+            )
+        if not 0 <= self.pad_token_id < self.vocab_size:
+            raise ConfigError(f"pad_token_id ({self.pad_token_id}) must be inside vocab_size ({self.vocab_size})")
+        if self.max_position_embeddings <= self.pad_token_id + 1:
+            raise ConfigError(
+                f"max_position_embeddings ({self.max_position_embeddings}) must exceed pad_token_id + 1"
+            )
+        if self.problem_type is not None and self.problem_type not in _PROBLEM_TYPES:
+            raise ConfigError(f"problem_type must be one of {_PROBLEM_TYPES} or None, got {self.problem_type!r}")
+        if self.torch_dtype is not None and self.torch_dtype not in _DTYPES:
+            raise ConfigError(f"torch_dtype must be one of {_DTYPES} or None, got {self.torch_dtype!r}")
+        if self.add_cross_attention and not self.is_decoder:
+            raise ConfigError("add_cross_attention=True needs is_decoder=True")
+
+    # ------------------------------------------------------------------ derived
+    @property
+    def head_dim(self) -> int:
+        return self.hidden_size // self.num_attention_heads
+
+    @property
+    def max_sequence_length(self) -> int:
+        """Longest input in pieces, specials included (512 for the released checkpoints)."""
+        return self.max_position_embeddings - self.pad_token_id - 1
+
+    @property
+    def classifier_dropout_prob(self) -> float:
+        return self.hidden_dropout_prob if self.classifier_dropout is None else float(self.classifier_dropout)
+
+    def num_parameters(self, *, with_pooler: bool = True) -> int:
+        """Parameter count of the backbone (tied LM head adds only its dense, LN and bias)."""
+        h, f = self.hidden_size, self.intermediate_size
+        emb = (self.vocab_size + self.max_position_embeddings + self.type_vocab_size) * h
+        attn = 4 * (h * h + h) + 2 * h
+        ffn = (h * f + f) + (f * h + h) + 2 * h
+        cross = attn if self.add_cross_attention else 0
+        return emb + self.num_hidden_layers * (attn + ffn + cross) + 2 * h + (h * h + h if with_pooler else 0)
+
+    # ------------------------------------------------------------------ dict / json
+    def to_dict(self) -> Dict[str, Any]:
+        """The HF ``config.json`` content: our fields, the unknown keys we read, and ``model_type``."""
+        data: Dict[str, Any] = dict(copy.deepcopy(self.extra))
+        for f in fields(self):
+            if f.name == "extra":
+                continue
+            value = copy.deepcopy(getattr(self, f.name))
+            if f.name == "id2label":
+                value = {str(k): v for k, v in value.items()}
+            if f.name == "architectures" and value is None:
+                continue
+            data[f.name] = value
+        data["model_type"] = MODEL_TYPE
+        return data
+
+    @classmethod
+    def from_dict(cls, data: Dict[str, Any], **overrides: Any) -> "XLMRobertaXLConfig":
+        data = {**data, **overrides}
+        model_type = data.get("model_type")
+        if model_type not in (None, MODEL_TYPE):
+            raise ConfigError(f"model_type is {model_type!r}, expected {MODEL_TYPE!r}")
+        known = {f.name for f in fields(cls)} - {"extra"}
+        kwargs = {k: v for k, v in data.items() if k in known}
+        extra = {k: v for k, v in data.items() if k not in known and k != "model_type"}
+        extra.update(data.get("extra", {}) or {})
+        return cls(**kwargs, extra=extra)
+
+    def to_json_string(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True, ensure_ascii=False) + "\n"
+
+    def save_pretrained(self, directory: Union[str, os.PathLike]) -> Path:
+        path = Path(directory)
+        path.mkdir(parents=True, exist_ok=True)
+        target = path / CONFIG_NAME
+        target.write_text(self.to_json_string(), encoding="utf8")
+        return target
+
+    @classmethod
+    def from_json_file(cls, path: Union[str, os.PathLike], **overrides: Any) -> "XLMRobertaXLConfig":
+        path = Path(path)
+        try:
+            data = json.loads(path.read_text(encoding="utf8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+            raise ConfigError(f"cannot read config file {path}: {err}") from err
+        if not isinstance(data, dict):
+            raise ConfigError(f"config file {path} does not hold a JSON object")
+        try:
+            return cls.from_dict(data, **overrides)
+        except (ConfigError, TypeError) as err:
+            raise ConfigError(f"{path}: {err}") from err
+
+    @classmethod
+    def from_pretrained(cls, path: Union[str, os.PathLike], **overrides: Any) -> "XLMRobertaXLConfig":
+        """Read ``config.json`` from a checkpoint directory or the file itself."""
+        path = Path(path)
+        if path.is_dir():
+            path = path / CONFIG_NAME
+        if not path.exists():
+            raise ConfigError(f"no {CONFIG_NAME} at {path}")
+        return cls.from_json_file(path, **overrides)
+
+    @classmethod
+    def from_preset(cls, name: str, **overrides: Any) -> "XLMRobertaXLConfig":
+        """A named architecture (see `PRESETS`), optionally with fields changed."""
+        if name not in PRESETS:
+            raise ConfigError(f"unknown preset {name!r}; choose one of {sorted(PRESETS)}")
+        return cls(**{**PRESETS[name], **overrides})
+
+    def copy(self, **changes: Any) -> "XLMRobertaXLConfig":
+        return XLMRobertaXLConfig.from_dict(self.to_dict(), **changes)
+
+
+# The vocabulary must hold every tokenizer id (250,002); the released checkpoints pad it to 250,880.
+PRESETS: Dict[str, Dict[str, Any]] = {
+    "xl": dict(hidden_size=2560, num_hidden_layers=36, num_attention_heads=32, intermediate_size=10240),
+    "xxl": dict(hidden_size=4096, num_hidden_layers=48, num_attention_heads=32, intermediate_size=16384),
+    # random-init architectures with the real vocabulary, for tests, demos and the CPU workflow
+    "small": dict(hidden_size=256, num_hidden_layers=4, num_attention_heads=4, intermediate_size=1024),
+    "tiny": dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=128),
+}
