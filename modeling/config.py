@@ -161,6 +161,12 @@ class XLMRobertaXLConfig:
     @classmethod
     def from_dict(cls, data: Dict[str, Any], **overrides: Any) -> "XLMRobertaXLConfig":
         data = {**data, **overrides}
+        if "num_labels" in overrides and "id2label" not in overrides:
+            # a new label count replaces the stored label maps (as HF's num_labels setter does)
+            stored = data.get("id2label")
+            if stored is None or len(stored) != overrides["num_labels"]:
+                data.pop("id2label", None)
+                data.pop("label2id", None)
         model_type = data.get("model_type")
         if model_type not in (None, MODEL_TYPE):
             raise ConfigError(f"model_type is {model_type!r}, expected {MODEL_TYPE!r}")

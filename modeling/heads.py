@@ -1,0 +1,338 @@
+"""The six task models on top of `XLMRobertaXLModel`, their heads and the one loss function.
+
+Owns `compute_loss` (every task's loss), the head modules (`LMHead`, `ClassificationHead`), the
+shared task-model base (backbone under ``.roberta``, head initialisation, backbone call) and the
+task models: masked LM, causal LM (with a greedy ``generate`` using the key/value cache),
+sequence classification / regression, multiple choice, token classification and extractive
+question answering. Parameter names are HF's (``roberta.*``, ``lm_head.*``, ``classifier.*``,
+``qa_outputs.*``). Shapes: B = batch, S = sequence length, H = hidden size, V = vocabulary,
+C = number of labels or choices.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Optional
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .config import XLMRobertaXLConfig
+from .layers import position_ids_from_input_ids
+from .model import XLMRobertaXLModel, XLMRobertaXLPreTrainedModel
+from .outputs import (
+    BackboneOutput,
+    CausalLMOutput,
+    MaskedLMOutput,
+    MultipleChoiceModelOutput,
+    QuestionAnsweringModelOutput,
+    SequenceClassifierOutput,
+    TokenClassifierOutput,
+)
+
+IGNORE_INDEX = -100
+CAUSAL_LM = "causal_lm"
+
+
+def compute_loss(logits: Tensor, labels: Tensor, *, problem_type: str, ignore_index: int = IGNORE_INDEX) -> Tensor:
+    """The loss of every task model (mean over the counted items).
+
+    - ``"regression"``: MSE; logits (B, C), labels (B, C) or, for C = 1, (B,).
+    - ``"multi_label_classification"``: BCE with logits; labels (B, C) of 0/1.
+    - ``"single_label_classification"``: cross-entropy over the last axis of logits (..., C)
+      against integer labels (...), skipping ``ignore_index``.
+    - ``"causal_lm"``: cross-entropy (in float32, as HF) of logits (B, S, V) at position i
+      against labels (B, S) at i + 1, skipping ``ignore_index``.
+    """
+    if problem_type == "regression":
+        if logits.shape[-1] == 1:
+            logits, labels = logits.squeeze(), labels.squeeze()
+        return F.mse_loss(logits, labels.to(logits.dtype))
+    if problem_type == "multi_label_classification":
+        return F.binary_cross_entropy_with_logits(logits, labels.to(logits.dtype))
+    if problem_type == CAUSAL_LM:
+        logits, labels = logits[:, :-1].float(), labels[:, 1:]
+    elif problem_type != "single_label_classification":
+        raise ValueError(f"unknown problem_type {problem_type!r}")
+    return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels.reshape(-1), ignore_index=ignore_index)
+
+
+# ---------------------------------------------------------------------------------- heads
+class LMHead(nn.Module):
+    """``decoder(LN(gelu(dense(h))))`` with the decoder weight tied to the word embeddings and its
+    bias shared with ``bias`` (HF keys ``lm_head.{dense,layer_norm,decoder}``, ``lm_head.bias``).
+    (B, S, H) -> (B, S, V)."""
+
+    def __init__(self, *, word_embeddings: nn.Embedding, layer_norm_eps: float) -> None:
+        super().__init__()
+        vocab_size, hidden_size = word_embeddings.weight.shape
+        self.dense = nn.Linear(hidden_size, hidden_size)
+        self.layer_norm = nn.LayerNorm(hidden_size, eps=layer_norm_eps)
+        # built on meta: the weight and bias are replaced by the shared ones right away
+        self.decoder = nn.Linear(hidden_size, vocab_size, bias=False, device="meta")
+        self.bias = nn.Parameter(torch.zeros(vocab_size, device=word_embeddings.weight.device))
+        self.tie(word_embeddings)
+
+    def tie(self, word_embeddings: nn.Embedding) -> None:
+        """Share the decoder weight with ``word_embeddings`` and the decoder bias with ``bias``."""
+        self.decoder.weight = word_embeddings.weight
+        self.decoder.bias = self.bias
+
+    def forward(self, hidden_states: Tensor) -> Tensor:
+        return self.decoder(self.layer_norm(F.gelu(self.dense(hidden_states))))
+
+
+class ClassificationHead(nn.Module):
+    """Sentence head on the ``<s>`` state: dropout → dense → tanh → dropout → out_proj.
+    (B, S, H) -> (B, C)."""
+
+    def __init__(self, *, hidden_size: int, num_labels: int, dropout_prob: float) -> None:
+        super().__init__()
+        self.dense = nn.Linear(hidden_size, hidden_size)
+        self.dropout = nn.Dropout(dropout_prob)
+        self.out_proj = nn.Linear(hidden_size, num_labels)
+
+    def forward(self, hidden_states: Tensor) -> Tensor:
+        x = self.dropout(hidden_states[:, 0])
+        x = self.dropout(torch.tanh(self.dense(x)))
+        return self.out_proj(x)
+
+
+# ---------------------------------------------------------------------------------- task models
+class XLMRobertaXLTaskModel(XLMRobertaXLPreTrainedModel):
+    """Base of the task models: the backbone as ``.roberta`` and the head(s) beside it.
+
+    Subclasses build their head modules, then call `post_init` to tie and initialise them.
+    Their ``forward(input_ids, *, <labels>, **inputs)`` passes ``inputs`` (``attention_mask``,
+    ``token_type_ids``, ``position_ids``, ``head_mask``, ``inputs_embeds``,
+    ``output_attentions``, ``output_hidden_states``, decoder arguments) to the backbone.
+    """
+
+    add_pooling_layer = False
+
+    def __init__(self, config: XLMRobertaXLConfig) -> None:
+        super().__init__(config)
+        self.roberta = XLMRobertaXLModel(config, add_pooling_layer=self.add_pooling_layer)
+
+    def post_init(self) -> None:
+        """Tie weights and initialise every module beside the (already initialised) backbone."""
+        self.tie_weights()
+        self.init_weights(modules=[module for name, module in self.named_children() if name != "roberta"])
+
+    def get_input_embeddings(self) -> nn.Embedding:
+        return self.roberta.get_input_embeddings()
+
+    def _encode(self, input_ids: Optional[Tensor], inputs: Any) -> BackboneOutput:
+        """Run the backbone on ``input_ids`` and the forwarded keyword ``inputs``."""
+        return self.roberta(input_ids, **inputs)
+
+
+class _LanguageModel(XLMRobertaXLTaskModel):
+    """Shared part of the masked and causal LMs: the tied `LMHead`."""
+
+    _tied_weights_keys = ("lm_head.decoder.weight", "lm_head.decoder.bias")
+
+    def __init__(self, config: XLMRobertaXLConfig) -> None:
+        super().__init__(config)
+        self.lm_head = LMHead(word_embeddings=self.roberta.get_input_embeddings(), layer_norm_eps=config.layer_norm_eps)
+        self.post_init()
+
+    def tie_weights(self) -> None:
+        self.lm_head.tie(self.roberta.get_input_embeddings())
+
+    def get_output_embeddings(self) -> nn.Linear:
+        return self.lm_head.decoder
+
+
+class XLMRobertaXLForMaskedLM(_LanguageModel):
+    """Masked language model: logits (B, S, V); loss = cross-entropy at labels != -100."""
+
+    def forward(self, input_ids: Optional[Tensor] = None, *, labels: Optional[Tensor] = None, **inputs: Any) -> MaskedLMOutput:
+        out = self._encode(input_ids, inputs)
+        logits = self.lm_head(out.last_hidden_state)
+        loss = None if labels is None else compute_loss(logits, labels, problem_type="single_label_classification")
+        return MaskedLMOutput(loss=loss, logits=logits, hidden_states=out.hidden_states, attentions=out.attentions)
+
+
+class XLMRobertaXLForCausalLM(_LanguageModel):
+    """Left-to-right language model (use with ``config.is_decoder=True``): logits (B, S, V);
+    loss predicts labels[i + 1] from position i. Returns the key/value cache."""
+
+    def forward(self, input_ids: Optional[Tensor] = None, *, labels: Optional[Tensor] = None, **inputs: Any) -> CausalLMOutput:
+        if labels is not None:
+            inputs["use_cache"] = False
+        out = self._encode(input_ids, inputs)
+        logits = self.lm_head(out.last_hidden_state)
+        loss = None if labels is None else compute_loss(logits, labels, problem_type=CAUSAL_LM)
+        return CausalLMOutput(
+            loss=loss,
+            logits=logits,
+            past_key_values=out.past_key_values,
+            hidden_states=out.hidden_states,
+            attentions=out.attentions,
+            cross_attentions=out.cross_attentions,
+        )
+
+    @torch.no_grad()
+    def generate(
+        self,
+        input_ids: Tensor,
+        *,
+        max_new_tokens: int,
+        eos_token_id: Optional[int] = None,
+        attention_mask: Optional[Tensor] = None,
+    ) -> Tensor:
+        """Greedy decoding (as HF ``generate(do_sample=False)``): (B, S) -> (B, S + n), n <= max_new_tokens.
+
+        Uses the key/value cache in decoder mode (recomputes the whole prefix otherwise). Without
+        ``attention_mask`` pads (``config.pad_token_id``) are masked. A row that produced
+        ``eos_token_id`` continues with pads; decoding stops when every row has finished.
+        Positions are counted over the whole sequence, skipping pads, as HF does.
+        """
+        pad = self.config.pad_token_id
+        if attention_mask is None:
+            attention_mask = input_ids.ne(pad).long()
+        finished = torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
+        past = None
+        for _ in range(max_new_tokens):
+            positions = position_ids_from_input_ids(input_ids, padding_idx=pad)
+            start = 0 if past is None else past[0][0].shape[2]
+            out = self(
+                input_ids[:, start:],
+                attention_mask=attention_mask,
+                position_ids=positions[:, start:],
+                past_key_values=past,
+                use_cache=True,
+            )
+            past = out.past_key_values
+            next_tokens = out.logits[:, -1].argmax(dim=-1)
+            if eos_token_id is not None:
+                next_tokens = next_tokens.masked_fill(finished, pad)
+                finished |= next_tokens.eq(eos_token_id)
+            input_ids = torch.cat([input_ids, next_tokens[:, None]], dim=1)
+            attention_mask = torch.cat([attention_mask, attention_mask.new_ones(attention_mask.shape[0], 1)], dim=1)
+            if bool(finished.all()):
+                break
+        return input_ids
+
+
+class XLMRobertaXLForSequenceClassification(XLMRobertaXLTaskModel):
+    """Sequence classification / regression on ``<s>``: logits (B, C).
+
+    The loss follows ``config.problem_type``; when unset it is inferred as HF does (C = 1:
+    regression; integer labels: single-label; else multi-label) and written to the config.
+    """
+
+    def __init__(self, config: XLMRobertaXLConfig) -> None:
+        super().__init__(config)
+        self.classifier = ClassificationHead(
+            hidden_size=config.hidden_size, num_labels=config.num_labels, dropout_prob=config.classifier_dropout_prob
+        )
+        self.post_init()
+
+    def forward(
+        self, input_ids: Optional[Tensor] = None, *, labels: Optional[Tensor] = None, **inputs: Any
+    ) -> SequenceClassifierOutput:
+        out = self._encode(input_ids, inputs)
+        logits = self.classifier(out.last_hidden_state)
+        loss = None
+        if labels is not None:
+            loss = compute_loss(logits, labels, problem_type=self._problem_type(labels))
+        return SequenceClassifierOutput(loss=loss, logits=logits, hidden_states=out.hidden_states, attentions=out.attentions)
+
+    def _problem_type(self, labels: Tensor) -> str:
+        if self.config.problem_type is None:
+            if self.config.num_labels == 1:
+                self.config.problem_type = "regression"
+            elif labels.dtype in (torch.long, torch.int):
+                self.config.problem_type = "single_label_classification"
+            else:
+                self.config.problem_type = "multi_label_classification"
+        return self.config.problem_type
+
+
+class XLMRobertaXLForMultipleChoice(XLMRobertaXLTaskModel):
+    """Multiple choice: inputs (B, C, S) (embeddings (B, C, S, H)) are flattened to (B * C, S);
+    the pooled output → dropout → linear(H, 1) gives logits (B, C); cross-entropy loss."""
+
+    add_pooling_layer = True
+    _choice_inputs = ("attention_mask", "token_type_ids", "position_ids", "inputs_embeds")
+
+    def __init__(self, config: XLMRobertaXLConfig) -> None:
+        super().__init__(config)
+        self.dropout = nn.Dropout(config.hidden_dropout_prob)  # HF: not classifier_dropout here
+        self.classifier = nn.Linear(config.hidden_size, 1)
+        self.post_init()
+
+    def forward(
+        self, input_ids: Optional[Tensor] = None, *, labels: Optional[Tensor] = None, **inputs: Any
+    ) -> MultipleChoiceModelOutput:
+        num_choices = (input_ids if input_ids is not None else inputs["inputs_embeds"]).shape[1]
+        flat = {k: v.flatten(0, 1) if k in self._choice_inputs and v is not None else v for k, v in inputs.items()}
+        out = self._encode(None if input_ids is None else input_ids.flatten(0, 1), flat)
+        logits = self.classifier(self.dropout(out.pooler_output)).view(-1, num_choices)
+        loss = None if labels is None else compute_loss(logits, labels, problem_type="single_label_classification")
+        return MultipleChoiceModelOutput(loss=loss, logits=logits, hidden_states=out.hidden_states, attentions=out.attentions)
+
+
+class XLMRobertaXLForTokenClassification(XLMRobertaXLTaskModel):
+    """Token classification: dropout → linear, logits (B, S, C); cross-entropy loss.
+
+    XL quirk (kept from HF): with an ``attention_mask``, labels at masked positions are ignored.
+    """
+
+    def __init__(self, config: XLMRobertaXLConfig) -> None:
+        super().__init__(config)
+        self.dropout = nn.Dropout(config.classifier_dropout_prob)
+        self.classifier = nn.Linear(config.hidden_size, config.num_labels)
+        self.post_init()
+
+    def forward(
+        self, input_ids: Optional[Tensor] = None, *, labels: Optional[Tensor] = None, **inputs: Any
+    ) -> TokenClassifierOutput:
+        out = self._encode(input_ids, inputs)
+        logits = self.classifier(self.dropout(out.last_hidden_state))
+        loss = None
+        if labels is not None:
+            mask = inputs.get("attention_mask")
+            if mask is not None:
+                labels = labels.masked_fill(mask.reshape(labels.shape) != 1, IGNORE_INDEX)
+            loss = compute_loss(logits, labels, problem_type="single_label_classification")
+        return TokenClassifierOutput(loss=loss, logits=logits, hidden_states=out.hidden_states, attentions=out.attentions)
+
+
+class XLMRobertaXLForQuestionAnswering(XLMRobertaXLTaskModel):
+    """Extractive QA: linear(H, 2) → start/end logits (B, S). Loss: mean of the start and end
+    cross-entropies; positions are clamped to [0, S] and S (outside the sequence) is ignored."""
+
+    def __init__(self, config: XLMRobertaXLConfig) -> None:
+        super().__init__(config)
+        self.qa_outputs = nn.Linear(config.hidden_size, 2)
+        self.post_init()
+
+    def forward(
+        self,
+        input_ids: Optional[Tensor] = None,
+        *,
+        start_positions: Optional[Tensor] = None,
+        end_positions: Optional[Tensor] = None,
+        **inputs: Any,
+    ) -> QuestionAnsweringModelOutput:
+        out = self._encode(input_ids, inputs)
+        start_logits, end_logits = (t.squeeze(-1).contiguous() for t in self.qa_outputs(out.last_hidden_state).split(1, dim=-1))
+        loss = None
+        if start_positions is not None and end_positions is not None:
+            length = start_logits.shape[1]
+            losses = [
+                compute_loss(
+                    logits,
+                    positions.reshape(-1).clamp(0, length),
+                    problem_type="single_label_classification",
+                    ignore_index=length,
+                )
+                for logits, positions in ((start_logits, start_positions), (end_logits, end_positions))
+            ]
+            loss = (losses[0] + losses[1]) / 2
+        return QuestionAnsweringModelOutput(
+            loss=loss, start_logits=start_logits, end_logits=end_logits, hidden_states=out.hidden_states, attentions=out.attentions
+        )

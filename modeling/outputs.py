@@ -1,0 +1,123 @@
+"""Output records of the backbone and the task models, with HF transformers' field names.
+
+Owns `ModelOutput` (attribute access, ``out["key"]`` access, ``to_tuple()``) and one dataclass
+per kind of result. Shapes use B = batch, S = sequence length, H = hidden size, V = vocabulary,
+L = layers, N = heads, T = cached positions.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+from typing import Any, Iterator, List, Optional, Tuple, Union
+
+from torch import Tensor
+
+#: One layer's cache: ``(key, value)`` of self-attention, plus ``(cross_key, cross_value)`` with
+#: cross-attention; each (B, N, T, H / N).
+LayerCache = Tuple[Tensor, ...]
+#: The cache of all layers, one `LayerCache` per layer (HF's legacy tuple format).
+Cache = Tuple[LayerCache, ...]
+
+
+@dataclass
+class ModelOutput:
+    """Base of the output records: fields by attribute, by name (``out["logits"]``) or position.
+
+    As in HF transformers, only the fields that are set (not None) count as keys and as tuple
+    entries: ``out[0]`` is the first field that is not None.
+    """
+
+    def keys(self) -> List[str]:
+        """Names of the fields that are set, in declaration order."""
+        return [f.name for f in fields(self) if getattr(self, f.name) is not None]
+
+    def to_tuple(self) -> Tuple[Any, ...]:
+        """The values of the fields that are set, in declaration order."""
+        return tuple(getattr(self, name) for name in self.keys())
+
+    def __getitem__(self, key: Union[str, int, slice]) -> Any:
+        if isinstance(key, str):
+            if key not in self.keys():
+                raise KeyError(key)
+            return getattr(self, key)
+        return self.to_tuple()[key]
+
+    def __contains__(self, key: object) -> bool:
+        return key in self.keys()
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.keys())
+
+
+@dataclass
+class BackboneOutput(ModelOutput):
+    """What `XLMRobertaXLModel` returns.
+
+    - ``last_hidden_state``: (B, S, H), after the final LayerNorm.
+    - ``pooler_output``: (B, H), ``tanh(dense(h[:, 0]))``; None without a pooling layer.
+    - ``hidden_states``: L + 1 tensors (B, S, H): the embedding output, the raw residual
+      stream after layers 1 .. L-1, and the last hidden state (final LayerNorm applied).
+    - ``attentions``: L tensors (B, N, S, T + S) of self-attention weights.
+    - ``past_key_values``: the decoder's `Cache` (``use_cache``).
+    - ``cross_attentions``: L tensors (B, N, S, S_enc) of cross-attention weights.
+    """
+
+    last_hidden_state: Optional[Tensor] = None
+    pooler_output: Optional[Tensor] = None
+    hidden_states: Optional[Tuple[Tensor, ...]] = None
+    attentions: Optional[Tuple[Tensor, ...]] = None
+    past_key_values: Optional[Cache] = None
+    cross_attentions: Optional[Tuple[Tensor, ...]] = None
+
+
+@dataclass
+class LogitsOutput(ModelOutput):
+    """A task model's ``logits`` with the optional ``loss`` and the backbone's extra outputs."""
+
+    loss: Optional[Tensor] = None
+    logits: Optional[Tensor] = None
+    hidden_states: Optional[Tuple[Tensor, ...]] = None
+    attentions: Optional[Tuple[Tensor, ...]] = None
+
+
+@dataclass
+class MaskedLMOutput(LogitsOutput):
+    """Masked LM: ``logits`` (B, S, V); ``loss`` scalar when labels were given."""
+
+
+@dataclass
+class CausalLMOutput(ModelOutput):
+    """Causal LM: ``logits`` (B, S, V), the decoder cache and cross-attentions as in the backbone."""
+
+    loss: Optional[Tensor] = None
+    logits: Optional[Tensor] = None
+    past_key_values: Optional[Cache] = None
+    hidden_states: Optional[Tuple[Tensor, ...]] = None
+    attentions: Optional[Tuple[Tensor, ...]] = None
+    cross_attentions: Optional[Tuple[Tensor, ...]] = None
+
+
+@dataclass
+class SequenceClassifierOutput(LogitsOutput):
+    """Sequence classification / regression: ``logits`` (B, num_labels)."""
+
+
+@dataclass
+class MultipleChoiceModelOutput(LogitsOutput):
+    """Multiple choice: ``logits`` (B, C) for C choices; hidden states are over B * C rows."""
+
+
+@dataclass
+class TokenClassifierOutput(LogitsOutput):
+    """Token classification: ``logits`` (B, S, num_labels)."""
+
+
+@dataclass
+class QuestionAnsweringModelOutput(ModelOutput):
+    """Extractive QA: ``start_logits`` and ``end_logits`` (B, S)."""
+
+    loss: Optional[Tensor] = None
+    start_logits: Optional[Tensor] = None
+    end_logits: Optional[Tensor] = None
+    hidden_states: Optional[Tuple[Tensor, ...]] = None
+    attentions: Optional[Tuple[Tensor, ...]] = None

@@ -1,0 +1,155 @@
+"""Tests of modeling/config.py: defaults, JSON round trips, validation, presets, HF config.json."""
+
+from __future__ import annotations
+
+import inspect
+import json
+from pathlib import Path
+
+import pytest
+
+from modeling.config import PRESETS, ConfigError, XLMRobertaXLConfig
+from modeling.model import XLMRobertaXLModel
+
+# the documented signature of transformers.XLMRobertaXLConfig (../shared/reference/xlm-roberta-xl-docs.md)
+DOCUMENTED_DEFAULTS = dict(
+    vocab_size=250880,
+    hidden_size=2560,
+    num_hidden_layers=36,
+    num_attention_heads=32,
+    intermediate_size=10240,
+    hidden_act="gelu",
+    hidden_dropout_prob=0.1,
+    attention_probs_dropout_prob=0.1,
+    max_position_embeddings=514,
+    type_vocab_size=1,
+    initializer_range=0.02,
+    layer_norm_eps=1e-05,
+    pad_token_id=1,
+    bos_token_id=0,
+    eos_token_id=2,
+    position_embedding_type="absolute",
+    use_cache=True,
+    classifier_dropout=None,
+)
+TINY = dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=128, vocab_size=1000)
+
+
+def test_defaults_equal_documented_signature() -> None:
+    config = XLMRobertaXLConfig()
+    for name, value in DOCUMENTED_DEFAULTS.items():
+        assert getattr(config, name) == value, name
+    assert (config.num_labels, config.problem_type, config.is_decoder, config.add_cross_attention) == (2, None, False, False)
+    assert config.head_dim == 80 and config.max_sequence_length == 512
+    assert config.classifier_dropout_prob == 0.1
+    assert XLMRobertaXLConfig(classifier_dropout=0.3).classifier_dropout_prob == 0.3
+
+
+def test_defaults_equal_installed_hf_signature() -> None:
+    transformers = pytest.importorskip("transformers")
+    signature = inspect.signature(transformers.XLMRobertaXLConfig.__init__)
+    hf_defaults = {k: p.default for k, p in signature.parameters.items() if p.default is not inspect.Parameter.empty}
+    assert hf_defaults == DOCUMENTED_DEFAULTS
+
+
+def test_json_round_trip_keeps_unknown_keys(tmp_path: Path) -> None:
+    config = XLMRobertaXLConfig.from_dict(
+        {**TINY, "custom_flag": {"nested": [1, 2]}, "id2label": {"0": "NEG", "1": "POS", "2": "NEU"}}
+    )
+    assert config.num_labels == 3 and config.label2id == {"NEG": 0, "POS": 1, "NEU": 2}
+    path = config.save_pretrained(tmp_path)
+    data = json.loads(path.read_text())
+    assert data["custom_flag"] == {"nested": [1, 2]} and data["model_type"] == "xlm-roberta-xl"
+    assert data["id2label"] == {"0": "NEG", "1": "POS", "2": "NEU"}
+    again = XLMRobertaXLConfig.from_pretrained(tmp_path)
+    assert again == config and again.extra == {"custom_flag": {"nested": [1, 2]}}
+    assert again.to_dict() == config.to_dict()
+    assert XLMRobertaXLConfig.from_pretrained(path) == config
+
+
+def test_num_labels_override_replaces_stored_label_maps(tmp_path: Path) -> None:
+    XLMRobertaXLConfig(**TINY).save_pretrained(tmp_path)
+    config = XLMRobertaXLConfig.from_pretrained(tmp_path, num_labels=5)
+    assert config.num_labels == 5 and list(config.id2label) == [0, 1, 2, 3, 4]
+    assert XLMRobertaXLConfig(**TINY, num_labels=4).copy(num_labels=7).num_labels == 7
+    assert XLMRobertaXLConfig(**TINY, num_labels=4).copy(hidden_size=32).num_labels == 4
+
+
+@pytest.mark.parametrize(
+    "overrides,setting",
+    [
+        ({"hidden_size": 66}, "hidden_size"),
+        ({"num_hidden_layers": 0}, "num_hidden_layers"),
+        ({"vocab_size": -3}, "vocab_size"),
+        ({"hidden_dropout_prob": 1.5}, "hidden_dropout_prob"),
+        ({"classifier_dropout": -0.1}, "classifier_dropout"),
+        ({"layer_norm_eps": 0.0}, "layer_norm_eps"),
+        ({"hidden_act": "mish"}, "hidden_act"),
+        ({"position_embedding_type": "relative_key"}, "position_embedding_type"),
+        ({"problem_type": "ranking"}, "problem_type"),
+        ({"torch_dtype": "int8"}, "torch_dtype"),
+        ({"pad_token_id": 5000}, "pad_token_id"),
+        ({"add_cross_attention": True}, "add_cross_attention"),
+    ],
+)
+def test_validation_errors_name_the_setting(overrides: dict, setting: str) -> None:
+    with pytest.raises(ConfigError, match=setting):
+        XLMRobertaXLConfig(**{**TINY, **overrides})
+
+
+def test_bad_files_raise_config_error(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="no config.json"):
+        XLMRobertaXLConfig.from_pretrained(tmp_path)
+    (tmp_path / "config.json").write_text("{not json")
+    with pytest.raises(ConfigError, match="config.json"):
+        XLMRobertaXLConfig.from_pretrained(tmp_path)
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "bert"}))
+    with pytest.raises(ConfigError, match="model_type"):
+        XLMRobertaXLConfig.from_pretrained(tmp_path)
+
+
+def test_presets() -> None:
+    xl = XLMRobertaXLConfig.from_preset("xl")
+    assert (xl.hidden_size, xl.num_hidden_layers, xl.num_attention_heads, xl.intermediate_size) == (2560, 36, 32, 10240)
+    xxl = XLMRobertaXLConfig.from_preset("xxl")
+    assert (xxl.hidden_size, xxl.num_hidden_layers, xxl.num_attention_heads, xxl.intermediate_size) == (4096, 48, 32, 16384)
+    tiny = XLMRobertaXLConfig.from_preset("tiny", num_labels=4)
+    assert (tiny.hidden_size, tiny.num_hidden_layers, tiny.num_attention_heads, tiny.num_labels) == (64, 2, 4, 4)
+    assert XLMRobertaXLConfig.from_preset("small").hidden_size == 256
+    assert set(PRESETS) >= {"xl", "xxl", "small", "tiny"}
+    # parameter counts from the SPEC table (≈3.48 B and ≈10.7 B)
+    assert abs(xl.num_parameters(with_pooler=False) / 1e9 - 3.48) < 0.01
+    assert abs(xxl.num_parameters(with_pooler=False) / 1e9 - 10.7) < 0.05
+    with pytest.raises(ConfigError, match="unknown preset"):
+        XLMRobertaXLConfig.from_preset("huge")
+
+
+@pytest.mark.parametrize("cross", [False, True])
+def test_num_parameters_counts_the_built_model(cross: bool) -> None:
+    config = XLMRobertaXLConfig(**TINY, is_decoder=cross, add_cross_attention=cross)
+    model = XLMRobertaXLModel(config)
+    assert sum(p.numel() for p in model.parameters()) == config.num_parameters()
+
+
+def test_reads_and_writes_hf_config_json(tmp_path: Path) -> None:
+    transformers = pytest.importorskip("transformers")
+    hf = transformers.XLMRobertaXLConfig(
+        **TINY,
+        type_vocab_size=2,
+        is_decoder=True,
+        id2label={0: "O", 1: "B-PER", 2: "I-PER"},
+        label2id={"O": 0, "B-PER": 1, "I-PER": 2},
+        problem_type="single_label_classification",
+        classifier_dropout=0.2,
+        architectures=["XLMRobertaXLForTokenClassification"],
+    )
+    hf.save_pretrained(tmp_path / "hf")
+    ours = XLMRobertaXLConfig.from_pretrained(tmp_path / "hf")
+    for name in [*DOCUMENTED_DEFAULTS, "num_labels", "problem_type", "is_decoder", "add_cross_attention", "architectures"]:
+        assert getattr(ours, name) == getattr(hf, name), name
+    assert ours.id2label == hf.id2label and ours.label2id == hf.label2id
+    written = json.loads((tmp_path / "hf" / "config.json").read_text())
+    assert {k: v for k, v in ours.to_dict().items() if k in written} == written  # nothing lost or changed
+    ours.save_pretrained(tmp_path / "ours")
+    back = transformers.XLMRobertaXLConfig.from_pretrained(tmp_path / "ours")
+    assert back.to_diff_dict() == hf.to_diff_dict()
