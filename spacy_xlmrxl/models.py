@@ -1,0 +1,388 @@
+"""Thinc architectures of spacy_xlmrxl, registered in ``spacy.registry.architectures``.
+
+Owns
+- ``spacy-xlmrxl.Transformer.v1``: Model[List[Doc], List[XLMRDocData]] around the torch
+  `XLMRobertaXLModel`: tokenises each doc, aligns pieces to tokens, cuts long docs into piece
+  windows, runs length-sorted window batches, recombines overlaps; backprop goes into torch.
+  The torch module is built (and weights loaded) in the model's ``init``, i.e. in
+  ``nlp.initialize``, never at ``add_pipe``;
+- ``spacy-xlmrxl.TokenVectors.v1``: a ``tok2vec`` (List[Doc] -> List[Floats2d], one row per
+  spaCy token) from a transformer, usable by spaCy's own components too;
+- ``spacy-xlmrxl.Listener.v1`` (token vectors) and ``spacy-xlmrxl.DocDataListener.v1`` (raw
+  `XLMRDocData`) reading a shared ``xlmrxl_transformer``;
+- ``spacy-xlmrxl.NerHead.v1`` (token vectors -> softmax over NER tags) and
+  ``spacy-xlmrxl.TextcatHead.v1`` (``<s>`` state of each window -> dense -> tanh -> out_proj,
+  averaged over windows, softmax or sigmoid);
+- helpers the components use to find and configure the backbone inside any of these models.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, List, Optional, Sequence, Tuple, Union
+
+import numpy
+import torch
+from spacy.tokens import Doc
+from spacy.util import registry
+from thinc.api import Dropout, Linear, Model, Softmax_v2, chain, reduce_mean, with_array
+from thinc.types import Floats2d, Ragged
+
+from .alignment import POOLING_MODES, align_tokens_to_pieces, pool_pieces
+from .backbone import (DEFAULT_CHECKPOINT, BackboneSource, TorchModuleShim, load_tokenizer, to_torch, to_xp,
+                       torch_device)
+from .doc_data import XLMRDocData, XLMRGrad
+from .listener import XLMRListener
+from .windows import batch_windows, make_strided_windows, recombine
+
+TRANSFORMER_NAME = "xlmrxl-transformer"
+WindowMaker = Callable[[int], List[Tuple[int, int]]]
+
+
+# --------------------------------------------------------------------------- transformer
+@registry.architectures("spacy-xlmrxl.Transformer.v1")
+def build_transformer(
+    checkpoint: Optional[str] = DEFAULT_CHECKPOINT,
+    preset: Optional[str] = None,
+    tokenizer: Optional[str] = None,
+    windows: Optional[WindowMaker] = None,
+    max_batch_pieces: int = 4096,
+    dtype: Optional[str] = None,
+    mixed_precision: Union[str, bool, None] = None,
+    grad_checkpointing: bool = False,
+    freeze: bool = False,
+) -> Model[List[Doc], List[XLMRDocData]]:
+    """The XLM-R-XL backbone as a thinc layer.
+
+    checkpoint: local HF/fairseq dir or file, or a hub name found in the local HF cache;
+    preset: random init with a named architecture (``tiny``, ``small``, ``xl``, ``xxl``) when
+        ``checkpoint`` is null; tokenizer: sentencepiece model path (default: the checkpoint's);
+    windows: ``(n_pieces) -> [(start, end)]`` piece windows (``spacy-xlmrxl.strided_windows.v1``);
+    max_batch_pieces: padded positions per model call; dtype: weights dtype (float32 for
+    training); mixed_precision: ``"bf16"``/``"fp16"``/null; grad_checkpointing; freeze: no
+    weight updates (inference mode even in ``update``).
+    """
+    if max_batch_pieces <= 0:
+        raise ValueError(f"max_batch_pieces must be positive, got {max_batch_pieces}")
+    source = BackboneSource(checkpoint=checkpoint, preset=preset, tokenizer=tokenizer, dtype=dtype).validate()
+    shim = TorchModuleShim(None, mixed_precision=mixed_precision, frozen=freeze,
+                           grad_checkpointing=grad_checkpointing,
+                           model_cls=_backbone_class(), model_kwargs={"add_pooling_layer": False})
+    return Model(
+        TRANSFORMER_NAME,
+        _transformer_forward,
+        init=_transformer_init,
+        dims={"nO": None},
+        shims=[shim],
+        attrs={
+            "source": source,
+            "windows": windows if windows is not None else make_strided_windows(),
+            "max_batch_pieces": int(max_batch_pieces),
+            "tokenizer": None,
+            "tokenizer_model": None,
+        },
+    )
+
+
+def transformer_config(section: str) -> str:
+    """The default ``spacy-xlmrxl.Transformer.v1`` block as config text under ``[section]``
+    (components put it under ``model``, ``model.tok2vec.transformer``, ...)."""
+    return f"""
+[{section}]
+@architectures = "spacy-xlmrxl.Transformer.v1"
+checkpoint = "{DEFAULT_CHECKPOINT}"
+preset = null
+tokenizer = null
+max_batch_pieces = 4096
+dtype = null
+mixed_precision = null
+grad_checkpointing = false
+freeze = false
+
+[{section}.windows]
+@misc = "spacy-xlmrxl.strided_windows.v1"
+window = 510
+stride = 384
+"""
+
+
+def _backbone_class() -> Any:
+    from modeling.model import XLMRobertaXLModel
+
+    return XLMRobertaXLModel
+
+
+def backbone_shim(model: Model) -> TorchModuleShim:
+    for shim in model.shims:
+        if isinstance(shim, TorchModuleShim):
+            return shim
+    raise ValueError(f"layer {model.name!r} has no torch backbone")
+
+
+def backbone_nodes(model: Model) -> List[Model]:
+    """The layers of ``model`` that own a torch module (listeners own none)."""
+    return [node for node in model.walk() if any(isinstance(s, TorchModuleShim) for s in node.shims)]
+
+
+def set_backbone_source(model: Model, **changes: Any) -> None:
+    """Change where the backbones in ``model`` load from (``checkpoint``/``preset``/
+    ``tokenizer``/``dtype``); used by components' ``initialize`` settings."""
+    if not any(v is not None for v in changes.values()):
+        return
+    for node in backbone_nodes(model):
+        if isinstance(node.attrs.get("source"), BackboneSource):
+            node.attrs["source"] = node.attrs["source"].replace(**changes).validate()
+
+
+def install_backbone(model: Model, module: torch.nn.Module, tokenizer_model: bytes) -> None:
+    """Give the layer its torch module and tokenizer; set ``nO`` and check the window size."""
+    shim = backbone_shim(model)
+    shim.set_module(module)
+    model.attrs["tokenizer_model"] = tokenizer_model
+    model.attrs["tokenizer"] = None
+    tokenizer = get_tokenizer(model)
+    config = module.config  # type: ignore[attr-defined]
+    if len(tokenizer) > config.vocab_size:
+        raise ValueError(f"the tokenizer has {len(tokenizer)} ids but the model's vocab_size is "
+                         f"{config.vocab_size}: tokenizer and checkpoint do not belong together")
+    check = getattr(model.attrs.get("windows"), "check_max_window", None)
+    if callable(check):
+        check(config.max_sequence_length - 2)
+    model.set_dim("nO", config.hidden_size, force=True)
+
+
+def get_tokenizer(model: Model) -> Any:
+    """The layer's tokenizer, rebuilt from its serialised model after loading."""
+    if model.attrs.get("tokenizer") is None:
+        proto = model.attrs.get("tokenizer_model")
+        if proto is None:
+            raise ValueError("the backbone has no tokenizer yet: call nlp.initialize() or load a saved pipeline")
+        model.attrs["tokenizer"] = load_tokenizer(bytes(proto))
+    return model.attrs["tokenizer"]
+
+
+def _transformer_init(model: Model, X: Optional[List[Doc]] = None, Y: Any = None) -> None:
+    source: BackboneSource = model.attrs["source"]
+    tokenizer_path = source.tokenizer_path()  # fail before building a large model
+    module = source.build(_backbone_class(), device=torch_device(model.ops),
+                          model_kwargs={"add_pooling_layer": False})
+    install_backbone(model, module, tokenizer_path.read_bytes())
+
+
+class _AtLeastOneWindow:
+    """Window maker that gives a doc without pieces the window ``(0, 0)`` (``<s></s>``), so
+    every doc has an ``<s>`` state (what HF gives for the empty text)."""
+
+    def __init__(self, make_windows: WindowMaker) -> None:
+        self.make_windows = make_windows
+
+    def __call__(self, n_pieces: int) -> List[Tuple[int, int]]:
+        return list(self.make_windows(n_pieces)) or [(0, 0)]
+
+
+def _transformer_forward(model: Model, docs: List[Doc], is_train: bool
+                         ) -> Tuple[List[XLMRDocData], Callable[[List[XLMRGrad]], List[Doc]]]:
+    shim = backbone_shim(model)
+    ops = model.ops
+    tokenizer = get_tokenizer(model)
+    encodings = tokenizer.encode_pieces_batch([doc.text for doc in docs])
+    piece_ids = [numpy.asarray(enc.ids, dtype="int32") for enc in encodings]
+    offsets = [numpy.asarray(enc.offsets, dtype="int32").reshape(-1, 2) for enc in encodings]
+    plan = batch_windows(piece_ids, _AtLeastOneWindow(model.attrs["windows"]),
+                         max_batch_pieces=model.attrs["max_batch_pieces"],
+                         bos_id=tokenizer.bos_id, eos_id=tokenizer.eos_id, pad_id=tokenizer.pad_id)
+    device = shim.device
+    outputs: List[torch.Tensor] = []
+    with shim.run(is_train) as tracking:
+        for batch in plan.batches:
+            out = shim.module(input_ids=torch.from_numpy(batch.input_ids).to(device),
+                              attention_mask=torch.from_numpy(batch.attention_mask).to(device))
+            outputs.append(out.last_hidden_state)
+    width = model.get_dim("nO")
+    arrays = [to_xp(out, ops) for out in outputs]
+    window_outputs = plan.split_outputs(arrays)
+    cls_rows = _cls_rows(plan, arrays)
+    results: List[XLMRDocData] = []
+    recombine_bps = []
+    for d, doc in enumerate(docs):
+        hidden, bp = recombine(ops, window_outputs[d], plan.doc_windows[d], plan.n_pieces[d], width=width)
+        recombine_bps.append(bp)
+        cls = ops.xp.stack(cls_rows[d]) if cls_rows[d] else ops.alloc2f(0, width)
+        results.append(XLMRDocData(piece_ids=piece_ids[d], offsets=offsets[d],
+                                   align=align_tokens_to_pieces(doc, offsets[d]),
+                                   windows=list(plan.doc_windows[d]), hidden=hidden, cls=cls))
+
+    def backprop(d_outputs: List[XLMRGrad]) -> List[Doc]:
+        if not tracking:
+            return []
+        window_grads = []
+        for d, grad in enumerate(d_outputs):
+            if grad.hidden is not None:
+                window_grads.append(recombine_bps[d](grad.hidden))
+            else:
+                window_grads.append([ops.alloc2f(e - s, width) for s, e in plan.doc_windows[d]])
+        merged = plan.merge_gradients(window_grads)
+        _add_cls_grads(plan, merged, [g.cls for g in d_outputs])
+        shim.backward(outputs, [to_torch(g, device=device) for g in merged])
+        return []
+
+    return results, backprop
+
+
+def _cls_rows(plan: Any, arrays: Sequence[Any]) -> List[List[Any]]:
+    """Per doc, the ``<s>`` state of each of its windows, in window order."""
+    flat: List[Any] = [None] * len(plan.windows)
+    for batch, array in zip(plan.batches, arrays):
+        for row, position in enumerate(batch.positions):
+            flat[int(position)] = array[row, 0]
+    grouped: List[List[Any]] = [[] for _ in plan.n_pieces]
+    for span, row in zip(plan.windows, flat):
+        grouped[span.doc].append(row)
+    return grouped
+
+
+def _add_cls_grads(plan: Any, merged: List[Any], d_cls: Sequence[Optional[Any]]) -> None:
+    """Add each doc's (n_windows, H) ``<s>`` gradient at position 0 of its windows' rows."""
+    window_index = []
+    seen = [0] * len(plan.n_pieces)
+    for span in plan.windows:
+        window_index.append(seen[span.doc])
+        seen[span.doc] += 1
+    for batch, grad in zip(plan.batches, merged):
+        for row, position in enumerate(batch.positions):
+            span = plan.windows[int(position)]
+            cls_grad = d_cls[span.doc]
+            if cls_grad is not None:
+                grad[row, 0] += cls_grad[window_index[int(position)]]
+
+
+# --------------------------------------------------------------------------- token vectors
+def doc_data_pooler(pooling: str = "mean") -> Model[List[XLMRDocData], List[Floats2d]]:
+    """List[XLMRDocData] -> List[Floats2d]: piece states pooled per spaCy token."""
+    if pooling not in POOLING_MODES:
+        raise ValueError(f"pooling must be one of {POOLING_MODES}, got {pooling!r}")
+    return Model("xlmrxl-pooler", _pooler_forward, init=_width_init, dims={"nO": None}, attrs={"pooling": pooling})
+
+
+def _width_init(model: Model, X: Optional[List[XLMRDocData]] = None, Y: Any = None) -> None:
+    if X:
+        model.set_dim("nO", X[0].width, force=True)
+
+
+def _pooler_forward(model: Model, data: List[XLMRDocData], is_train: bool
+                    ) -> Tuple[List[Floats2d], Callable[[List[Floats2d]], List[XLMRGrad]]]:
+    pooled = [pool_pieces(model.ops, d.hidden, d.align, mode=model.attrs["pooling"]) for d in data]
+
+    def backprop(d_tokvecs: List[Floats2d]) -> List[XLMRGrad]:
+        return [XLMRGrad(hidden=bp(dY)) for (_, bp), dY in zip(pooled, d_tokvecs)]
+
+    return [vectors for vectors, _ in pooled], backprop
+
+
+@registry.architectures("spacy-xlmrxl.TokenVectors.v1")
+def build_token_vectors(transformer: Model[List[Doc], List[XLMRDocData]], pooling: str = "mean"
+                        ) -> Model[List[Doc], List[Floats2d]]:
+    """Token vectors (one row per spaCy token, zeros for whitespace tokens) from a backbone."""
+    model = chain(transformer, doc_data_pooler(pooling))
+    model.set_ref("transformer", transformer)
+    return model
+
+
+@registry.architectures("spacy-xlmrxl.Listener.v1")
+def build_listener(upstream: str = "*", pooling: str = "mean") -> Model[List[Doc], List[Floats2d]]:
+    """Token vectors from an upstream ``xlmrxl_transformer`` component (shared backbone)."""
+    listener = XLMRListener(upstream)
+    model = chain(listener, doc_data_pooler(pooling))
+    model.set_ref("transformer", listener)
+    return model
+
+
+@registry.architectures("spacy-xlmrxl.DocDataListener.v1")
+def build_doc_data_listener(upstream: str = "*") -> Model[List[Doc], List[XLMRDocData]]:
+    """The raw `XLMRDocData` of an upstream ``xlmrxl_transformer`` (for heads on ``<s>``)."""
+    return XLMRListener(upstream)
+
+
+# --------------------------------------------------------------------------- heads
+@registry.architectures("spacy-xlmrxl.NerHead.v1")
+def build_ner_head(tok2vec: Model[List[Doc], List[Floats2d]], nO: Optional[int] = None
+                   ) -> Model[List[Doc], List[Floats2d]]:
+    """Per-token tag probabilities: token vectors -> linear -> softmax (nO = number of tags).
+    Backprop takes ``probs - truth`` as the gradient of the logits (cross-entropy)."""
+    output_layer = Softmax_v2(nO=nO, normalize_outputs=True)
+    model = chain(tok2vec, with_array(output_layer))
+    model.set_ref("tok2vec", tok2vec)
+    model.set_ref("output_layer", output_layer)
+    return model
+
+
+@registry.architectures("spacy-xlmrxl.TextcatHead.v1")
+def build_textcat_head(transformer: Model[List[Doc], List[XLMRDocData]], nO: Optional[int] = None,
+                       exclusive_classes: bool = True, dropout: float = 0.1) -> Model[List[Doc], Floats2d]:
+    """Doc-level label probabilities (n_docs, nO) from the ``<s>`` state of each window:
+    dropout -> dense (H x H) -> tanh -> dropout -> out_proj (nO x H) like HF's classification
+    head, logits averaged over a doc's windows, then softmax (exclusive) or sigmoid.
+    ``transformer`` is ``spacy-xlmrxl.Transformer.v1`` or ``spacy-xlmrxl.DocDataListener.v1``."""
+    dense = Linear()
+    out_proj = Linear(nO=nO)
+    classifier = chain(Dropout(dropout), dense, _tanh(), Dropout(dropout), out_proj)
+    model = chain(transformer, _cls_states(), with_array(classifier), reduce_mean(),
+                  _activation(exclusive_classes))
+    model.init = _textcat_init
+    model.set_ref("transformer", transformer)
+    model.set_ref("dense", dense)
+    model.set_ref("output_layer", out_proj)
+    model.attrs["exclusive_classes"] = exclusive_classes
+    return model
+
+
+def _textcat_init(model: Model, X: Optional[List[Doc]] = None, Y: Any = None) -> None:
+    transformer = model.get_ref("transformer")
+    transformer.initialize(X=X)
+    width = transformer.get_dim("nO")
+    dense, out_proj = model.get_ref("dense"), model.get_ref("output_layer")
+    for dim, layer in (("nI", dense), ("nO", dense), ("nI", out_proj)):
+        layer.set_dim(dim, width, force=True)
+    if Y is not None and not out_proj.has_dim("nO"):
+        out_proj.set_dim("nO", Y.shape[1])
+    for layer in model.layers[1:]:
+        layer.initialize()
+    model.set_dim("nO", out_proj.get_dim("nO"), force=True)
+
+
+def _cls_states() -> Model[List[XLMRDocData], Ragged]:
+    return Model("xlmrxl-cls-states", _cls_forward)
+
+
+def _cls_forward(model: Model, data: List[XLMRDocData], is_train: bool
+                 ) -> Tuple[Ragged, Callable[[Ragged], List[XLMRGrad]]]:
+    lengths = model.ops.asarray1i([d.cls.shape[0] for d in data])
+    flat = model.ops.xp.concatenate([d.cls for d in data]) if data else model.ops.alloc2f(0, 0)
+    starts = numpy.cumsum([0] + [d.cls.shape[0] for d in data])
+
+    def backprop(dY: Ragged) -> List[XLMRGrad]:
+        return [XLMRGrad(cls=dY.dataXd[starts[i]:starts[i + 1]]) for i in range(len(data))]
+
+    return Ragged(flat, lengths), backprop
+
+
+def _tanh() -> Model[Floats2d, Floats2d]:
+    return Model("tanh", _tanh_forward)
+
+
+def _tanh_forward(model: Model, X: Floats2d, is_train: bool) -> Tuple[Floats2d, Callable[[Floats2d], Floats2d]]:
+    Y = model.ops.xp.tanh(X)
+    return Y, lambda dY: dY * (1 - Y * Y)
+
+
+def _activation(exclusive: bool) -> Model[Floats2d, Floats2d]:
+    """Softmax (exclusive) or sigmoid; backprop passes the gradient through unchanged, i.e. it
+    expects the gradient w.r.t. the logits (``probs - truth`` for CE / BCE), as spaCy does."""
+    return Model("softmax" if exclusive else "sigmoid", _activation_forward, attrs={"exclusive": exclusive})
+
+
+def _activation_forward(model: Model, X: Floats2d, is_train: bool) -> Tuple[Floats2d, Callable[[Floats2d], Floats2d]]:
+    if model.attrs["exclusive"]:
+        Y = model.ops.softmax(X, axis=-1)
+    else:
+        Y = model.ops.sigmoid(X)
+    return Y, lambda dY: dY

@@ -1,0 +1,242 @@
+"""Saving and loading spacy_xlmrxl components, and exporting trained ones to HF directories.
+
+Owns
+- `BackbonePipe`: ``to_disk`` / ``from_disk`` / ``to_bytes`` / ``from_bytes`` for any
+  ``TrainablePipe`` whose model contains torch backbones (`TorchModuleShim`). A component
+  directory holds ``cfg`` (JSON), ``model`` (the thinc layers' msgpack, torch weights left out)
+  and, per backbone, a directory (``backbone``, ``backbone_1``, ...) that is an HF checkpoint:
+  ``config.json``, (sharded) ``model*.safetensors``, ``sentencepiece.bpe.model``. The directory
+  is written into a temporary sibling and renamed into place (`modeling.checkpoint.atomic_directory`),
+  so an interrupted save never damages an existing one; loading reads every file before it changes the component, and
+  memory-maps the weights;
+- `export_ner_to_hf` / `export_textcat_to_hf`: a trained ``xlmrxl_ner`` / ``xlmrxl_textcat``
+  as an HF ``XLMRobertaXLForTokenClassification`` / ``...ForSequenceClassification``
+  directory that HF transformers loads.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from pathlib import Path
+from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Tuple, Union
+
+import srsly
+import torch
+from spacy import util
+from spacy.language import Language
+from thinc.api import Model
+
+from modeling.checkpoint import atomic_directory
+
+from .backbone import TOKENIZER_FILE, load_module_dir, save_module_dir, torch_device
+from .models import backbone_nodes, backbone_shim, install_backbone
+
+PathLike = Union[str, os.PathLike]
+
+#: Largest safetensors shard a component writes (HF's default); tests lower it to check sharding.
+MAX_SHARD_SIZE: Union[int, str] = "5GB"
+BACKBONE_DIR = "backbone"
+
+
+def backbone_dir_name(index: int) -> str:
+    return BACKBONE_DIR if index == 0 else f"{BACKBONE_DIR}_{index}"
+
+
+@contextlib.contextmanager
+def _weights_left_out(nodes: List[Model]) -> Iterator[None]:
+    """While active, the model's msgpack omits torch weights and tokenizer models."""
+    saved = []
+    for node in nodes:
+        shim = backbone_shim(node)
+        saved.append((shim.external, node.attrs.get("tokenizer_model")))
+        shim.external = True
+        node.attrs["tokenizer_model"] = None
+    try:
+        yield
+    finally:
+        for node, (external, proto) in zip(nodes, saved):
+            backbone_shim(node).external = external
+            node.attrs["tokenizer_model"] = proto
+
+
+class BackbonePipe:
+    """Serialisation mixin for TrainablePipes with torch backbones (see the module docstring).
+
+    The host class provides ``vocab``, ``model``, ``cfg`` and may override `_after_load`
+    (e.g. to rebuild label-derived state from ``cfg``).
+    """
+
+    vocab: Any
+    model: Model
+    cfg: Dict[str, Any]
+
+    def _after_load(self) -> None:
+        """Hook run after ``cfg`` and the model were loaded."""
+
+    # -- disk
+    def to_disk(self, path: PathLike, *, exclude: Iterable[str] = tuple()) -> None:
+        path = util.ensure_path(path)
+        nodes = [node for node in backbone_nodes(self.model) if backbone_shim(node).has_module]
+        with atomic_directory(path) as staging:
+            serialize: Dict[str, Callable[[Path], Any]] = {
+                "cfg": lambda p: srsly.write_json(p, self.cfg),
+                "vocab": lambda p: self.vocab.to_disk(p, exclude=exclude),
+                "model": lambda p: self._write_model(p, nodes),
+            }
+            for index, node in enumerate(nodes):
+                serialize[backbone_dir_name(index)] = lambda p, node=node: save_module_dir(
+                    backbone_shim(node).module, p, tokenizer_model=node.attrs.get("tokenizer_model"),
+                    max_shard_size=MAX_SHARD_SIZE)
+            util.to_disk(staging, serialize, exclude)
+
+    def _write_model(self, path: Path, nodes: List[Model]) -> None:
+        with _weights_left_out(nodes):
+            data = self.model.to_bytes()
+        path.write_bytes(data)
+
+    def from_disk(self, path: PathLike, *, exclude: Iterable[str] = tuple()) -> "BackbonePipe":
+        path = util.ensure_path(path)
+        if not path.is_dir():
+            raise FileNotFoundError(f"{path}: no such component directory")
+        cfg = srsly.read_json(path / "cfg") if (path / "cfg").exists() and "cfg" not in exclude else None
+        model_bytes = _read(path / "model") if "model" not in exclude else None
+        loaded: List[Tuple[Model, torch.nn.Module, bytes]] = []
+        for index, node in enumerate(backbone_nodes(self.model)):
+            folder = path / backbone_dir_name(index)
+            if "model" in exclude or not folder.is_dir():
+                if model_bytes is not None:
+                    raise FileNotFoundError(f"{folder}: the backbone weights of {path} are missing")
+                continue
+            shim = backbone_shim(node)
+            module = load_module_dir(shim.model_cls, folder, device=torch_device(self.model.ops), **shim.model_kwargs)
+            loaded.append((node, module, _read(folder / TOKENIZER_FILE)))
+        # everything is read: now change the component
+        if cfg is not None:
+            self.cfg.update(cfg)
+        if "vocab" not in exclude and (path / "vocab").exists():
+            self.vocab.from_disk(path / "vocab", exclude=exclude)
+        if model_bytes is not None:
+            self.model.from_bytes(model_bytes)
+        for node, module, proto in loaded:
+            install_backbone(node, module, proto)
+        self._after_load()
+        return self
+
+    # -- bytes (the weights travel inside the model's msgpack; fine below 4 GiB)
+    def to_bytes(self, *, exclude: Iterable[str] = tuple()) -> bytes:
+        serialize = {
+            "cfg": lambda: srsly.json_dumps(self.cfg),
+            "vocab": lambda: self.vocab.to_bytes(exclude=exclude),
+            "model": lambda: self.model.to_bytes(),
+        }
+        return util.to_bytes(serialize, exclude)
+
+    def from_bytes(self, bytes_data: bytes, *, exclude: Iterable[str] = tuple()) -> "BackbonePipe":
+        def load_model(data: bytes) -> None:
+            self.model.from_bytes(data)
+            for node in backbone_nodes(self.model):
+                node.attrs["tokenizer"] = None  # rebuilt from the restored tokenizer model
+                if backbone_shim(node).has_module:
+                    install_backbone(node, backbone_shim(node).module, node.attrs["tokenizer_model"])
+
+        deserialize = {
+            "cfg": lambda b: self.cfg.update(srsly.json_loads(b)),
+            "vocab": lambda b: self.vocab.from_bytes(b, exclude=exclude),
+            "model": load_model,
+        }
+        util.from_bytes(bytes_data, deserialize, exclude)
+        self._after_load()
+        return self
+
+
+def _read(path: Path) -> bytes:
+    try:
+        return path.read_bytes()
+    except OSError as err:
+        raise FileNotFoundError(f"{path}: cannot read ({err.strerror or err})") from err
+
+
+# --------------------------------------------------------------------------- export to HF
+def _find_component(nlp_or_component: Any, factory: str, name: Optional[str]) -> Tuple[Any, Optional[Language]]:
+    if isinstance(nlp_or_component, Language):
+        nlp = nlp_or_component
+        if name is not None:
+            return nlp.get_pipe(name), nlp
+        for pipe_name, pipe in nlp.pipeline:
+            if nlp.get_pipe_meta(pipe_name).factory == factory:
+                return pipe, nlp
+        raise ValueError(f"the pipeline has no {factory} component (pipes: {nlp.pipe_names})")
+    return nlp_or_component, None
+
+
+def _backbone_of(component: Any, nlp: Optional[Language]) -> Tuple[torch.nn.Module, bytes]:
+    """The torch backbone a component uses: its own, or its upstream ``xlmrxl_transformer``'s."""
+    nodes = [n for n in backbone_nodes(component.model) if backbone_shim(n).has_module]
+    if not nodes and nlp is not None:
+        for _, pipe in nlp.pipeline:
+            if component.name in getattr(pipe, "listening_components", []):
+                nodes = [n for n in backbone_nodes(pipe.model) if backbone_shim(n).has_module]
+                break
+    if not nodes:
+        raise ValueError(f"component {getattr(component, 'name', component)!r} has no loaded backbone "
+                         "(initialise or load it; a listening component needs the nlp object)")
+    node = nodes[0]
+    return backbone_shim(node).module, node.attrs["tokenizer_model"]
+
+
+def _linear_weights(layer: Model) -> Tuple[torch.Tensor, torch.Tensor]:
+    to_numpy = layer.ops.to_numpy
+    return torch.from_numpy(to_numpy(layer.get_param("W")).copy()), torch.from_numpy(to_numpy(layer.get_param("b")).copy())
+
+
+def _save_task_model(task_cls: Any, backbone: torch.nn.Module, config: Any, heads: Dict[str, torch.Tensor],
+                     tokenizer_model: bytes, out_dir: PathLike) -> Path:
+    """Assemble ``task_cls`` around the trained ``backbone`` (shared, not copied) and write it."""
+    from modeling.checkpoint import parameters_on_meta
+
+    with parameters_on_meta():
+        task = task_cls(config)
+    task.roberta = backbone
+    for name, value in heads.items():
+        module_name, _, attr = name.rpartition(".")
+        setattr(task.get_submodule(module_name), attr, torch.nn.Parameter(value.to(backbone.dtype)))
+    return save_module_dir(task, out_dir, tokenizer_model=tokenizer_model, max_shard_size=MAX_SHARD_SIZE)
+
+
+def export_ner_to_hf(nlp_or_component: Any, out_dir: PathLike, *, name: Optional[str] = None) -> Path:
+    """Write a trained ``xlmrxl_ner`` as an HF ``XLMRobertaXLForTokenClassification`` directory.
+
+    ``id2label`` holds the component's tags (``O``, ``B-PER``, ...). HF predicts per piece;
+    the mean of the piece logits of a spaCy token equals the component's token logits (the
+    head is linear and pools by mean), so the two agree token by token.
+    """
+    from modeling.heads import XLMRobertaXLForTokenClassification
+
+    component, nlp = _find_component(nlp_or_component, "xlmrxl_ner", name)
+    backbone, tokenizer_model = _backbone_of(component, nlp)
+    tags = list(component.tag_names)
+    config = backbone.config.copy(id2label=dict(enumerate(tags)), label2id={t: i for i, t in enumerate(tags)},
+                                  num_labels=len(tags))
+    W, b = _linear_weights(component.model.get_ref("output_layer"))
+    return _save_task_model(XLMRobertaXLForTokenClassification, backbone, config,
+                            {"classifier.weight": W, "classifier.bias": b}, tokenizer_model, out_dir)
+
+
+def export_textcat_to_hf(nlp_or_component: Any, out_dir: PathLike, *, name: Optional[str] = None) -> Path:
+    """Write a trained ``xlmrxl_textcat`` as an HF ``XLMRobertaXLForSequenceClassification``
+    directory (``problem_type`` single- or multi-label). For a doc that fits one window the HF
+    logits equal the component's; longer docs are averaged over windows by the component only."""
+    from modeling.heads import XLMRobertaXLForSequenceClassification
+
+    component, nlp = _find_component(nlp_or_component, "xlmrxl_textcat", name)
+    backbone, tokenizer_model = _backbone_of(component, nlp)
+    labels = list(component.labels)
+    problem = "single_label_classification" if component.exclusive_classes else "multi_label_classification"
+    config = backbone.config.copy(id2label=dict(enumerate(labels)), label2id={t: i for i, t in enumerate(labels)},
+                                  num_labels=len(labels), problem_type=problem)
+    dense_W, dense_b = _linear_weights(component.model.get_ref("dense"))
+    out_W, out_b = _linear_weights(component.model.get_ref("output_layer"))
+    heads = {"classifier.dense.weight": dense_W, "classifier.dense.bias": dense_b,
+             "classifier.out_proj.weight": out_W, "classifier.out_proj.bias": out_b}
+    return _save_task_model(XLMRobertaXLForSequenceClassification, backbone, config, heads, tokenizer_model, out_dir)

@@ -1,0 +1,170 @@
+"""Tests of the ``xlmrxl_fill_mask`` component: tokenizer rule, predictions, MLM training, export."""
+
+import pytest
+import spacy
+import torch
+from spacy.training import Example
+from spacy.util import fix_random_seed
+from thinc.api import Adam
+
+from spacy_xlmrxl.components.fill_mask import _best_window, add_mask_special_case, export_fill_mask_to_hf, fill_text
+from spacy_xlmrxl.models import backbone_shim
+
+CORPUS = [
+    "The cat sat on the mat and looked at the dog.",
+    "Paris is the capital of France, and Berlin is the capital of Germany.",
+    "Der Hund schläft im Garten, während die Katze spielt.",
+]
+MASKED = "Paris is the <mask> of France."
+LONG = " ".join(["<mask> sat on the mat."] + CORPUS * 3 + ["The end <mask>"])
+
+
+@pytest.mark.parametrize("lang", ["en", "xx"])
+def test_mask_stays_one_token(lang):
+    nlp = spacy.blank(lang)
+    add_mask_special_case(nlp)
+    add_mask_special_case(nlp)  # idempotent
+    assert [t.text for t in nlp.make_doc(MASKED)] == ["Paris", "is", "the", "<mask>", "of", "France", "."]
+    for text, expected in [("the<mask> of", ["the", "<mask>", "of"]), ("a <mask><mask> b", ["a", "<mask>", "<mask>", "b"]),
+                           ("(<mask>).", ["(", "<mask>", ")", "."]), ("x<mask>y", ["x", "<mask>", "y"])]:
+        assert [t.text for t in nlp.make_doc(text)] == expected
+    reloaded = spacy.blank(lang).from_bytes(nlp.to_bytes())
+    assert [t.text for t in reloaded.make_doc("a <mask><mask> b")] == ["a", "<mask>", "<mask>", "b"]
+
+
+def test_fill_text():
+    assert fill_text("Paris is the <mask> of France.", ["\u2581capital"]) == "Paris is the capital of France."
+    assert fill_text("<mask> and<mask>", ["\u2581A", "\u2581B"]) == "A and B"
+    assert fill_text("walk <mask> now", ["ing"]) == "walking now"
+    assert fill_text("no mask", []) == "no mask"
+
+
+def test_best_window_prefers_centred_context():
+    windows = [(0, 16), (8, 24), (16, 32)]
+    assert _best_window(windows, 2) == (0, (0, 16))
+    assert _best_window(windows, 15) == (1, (8, 24))
+    assert _best_window(windows, 31) == (2, (16, 32))
+
+
+def fill_nlp(spm_model_path, lang="en", **model):
+    nlp = spacy.blank(lang)
+    config = {"model": {"checkpoint": None, "preset": "tiny", "tokenizer": str(spm_model_path), "seed": 0,
+                        "windows": {"window": 16, "stride": 8}, **model}, "top_k": 4}
+    nlp.add_pipe("xlmrxl_fill_mask", config=config)
+    return nlp
+
+
+@pytest.fixture(scope="module")
+def trained(spm_model_path):
+    fix_random_seed(0)
+    nlp = fill_nlp(spm_model_path, lang="xx")
+    examples = [Example(nlp.make_doc(t), nlp.make_doc(t)) for t in CORPUS]
+    nlp.initialize(lambda: examples)
+    optimizer = Adam(0.01)
+    history = []
+    for _ in range(8):
+        losses = {}
+        nlp.update(examples, sgd=optimizer, losses=losses)
+        history.append(losses["xlmrxl_fill_mask"])
+    return nlp, history
+
+
+def test_mlm_loss_falls_on_a_repeated_corpus(trained):
+    _, history = trained
+    assert all(loss > 0 for loss in history)
+    assert sum(history[-3:]) / 3 < sum(history[:3]) / 3 - 0.5
+
+
+def test_predictions(trained):
+    nlp, _ = trained
+    tokenizer = nlp.get_pipe("xlmrxl_fill_mask").model.attrs["tokenizer"]
+    doc = nlp(MASKED)
+    assert [t.text for t in doc].count("<mask>") == 1
+    (fillers,) = doc._.fill_mask
+    assert len(fillers) == 4
+    scores = [f["score"] for f in fillers]
+    assert scores == sorted(scores, reverse=True) and 0 < sum(scores) <= 1.0 + 1e-6
+    for filler in fillers:
+        assert filler["token_id"] not in tokenizer.all_special_ids
+        assert filler["piece"] == tokenizer.convert_ids_to_tokens(filler["token_id"])
+        assert filler["token"] == tokenizer.decode([filler["token_id"]]).strip()
+    assert "<mask>" not in doc._.filled_text
+    assert doc._.filled_text == fill_text(MASKED, [fillers[0]["piece"]])
+
+
+def test_long_doc_masks_through_windows(trained):
+    nlp, _ = trained
+    fill = nlp.get_pipe("xlmrxl_fill_mask")
+    encodings, plan = fill._plan([LONG])
+    assert len(plan.doc_windows[0]) > 3
+    doc = nlp(LONG)
+    assert len(doc._.fill_mask) == 2 and all(len(f) == 4 for f in doc._.fill_mask)
+
+
+def test_no_mask_and_empty_docs(trained):
+    nlp, _ = trained
+    for text in ["", "no mask here", "   "]:
+        doc = nlp(text)
+        assert doc._.fill_mask == []
+        assert doc._.filled_text == text
+
+
+def test_pipe_batch_equals_one_by_one(trained):
+    nlp, _ = trained
+    texts = [MASKED, "no mask", LONG, "", "a <mask><mask> b"]
+    batched = list(nlp.pipe(texts, batch_size=5))
+    for doc, text in zip(batched, texts):
+        single = nlp(text)
+        assert [[f["token_id"] for f in m] for m in doc._.fill_mask] == [[f["token_id"] for f in m] for m in single._.fill_mask]
+        for a, b in zip(doc._.fill_mask, single._.fill_mask):
+            assert [f["score"] for f in a] == pytest.approx([f["score"] for f in b], rel=1e-4)
+
+
+def test_to_disk_from_disk_same_predictions(trained, tmp_path):
+    nlp, _ = trained
+    nlp.to_disk(tmp_path / "fill")
+    loaded = spacy.load(tmp_path / "fill")
+    assert [t.text for t in loaded.make_doc(MASKED)].count("<mask>") == 1
+    for text in [MASKED, LONG]:
+        a, b = nlp(text)._.fill_mask, loaded(text)._.fill_mask
+        assert [[f["token_id"] for f in m] for m in a] == [[f["token_id"] for f in m] for m in b]
+        assert [f["score"] for f in a[0]] == pytest.approx([f["score"] for f in b[0]], rel=1e-5)
+
+
+def test_export_starts_other_components_from_the_adapted_backbone(trained, tmp_path):
+    nlp, _ = trained
+    out = export_fill_mask_to_hf(nlp, tmp_path / "adapted")
+    assert (out / "config.json").is_file() and (out / "sentencepiece.bpe.model").is_file()
+    adapted = backbone_shim(nlp.get_pipe("xlmrxl_fill_mask").model).module.state_dict()
+    qa = spacy.blank("en")
+    qa.add_pipe("xlmrxl_qa", config={"model": {"checkpoint": str(out)}})
+    qa.initialize()
+    loaded = backbone_shim(qa.get_pipe("xlmrxl_qa").model).module.state_dict()
+    roberta = [k for k in adapted if k.startswith("roberta.")]
+    assert roberta and all(k in loaded for k in roberta)
+    for key in roberta:
+        assert torch.equal(adapted[key], loaded[key]), key
+    # the whole masked LM round-trips too: same fillers from the exported checkpoint
+    again = spacy.blank("xx")
+    again.add_pipe("xlmrxl_fill_mask", config={"model": {"checkpoint": str(out)}, "top_k": 4})
+    again.initialize()
+    assert [f["token_id"] for f in again(MASKED)._.fill_mask[0]] == [f["token_id"] for f in nlp(MASKED)._.fill_mask[0]]
+
+
+def test_masking_is_seeded_and_fresh_per_update(spm_model_path):
+    from modeling.tokenizer import XLMRobertaTokenizer
+
+    draws = []
+    for _ in range(2):
+        nlp = fill_nlp(spm_model_path)
+        fill = nlp.get_pipe("xlmrxl_fill_mask")
+        fill.model.attrs["tokenizer"] = XLMRobertaTokenizer.from_pretrained(str(spm_model_path))  # no weights needed
+        examples = [Example(nlp.make_doc(t), nlp.make_doc(t)) for t in CORPUS]
+        first, second = fill._masked_input(examples), fill._masked_input(examples)
+        draws.append([(inputs.positions.tolist(), targets.tolist()) for inputs, targets in (first, second)])
+        assert draws[-1][0] != draws[-1][1]  # a fresh masking on every update
+        inputs, targets = first
+        _, plan = fill._plan([eg.reference.text for eg in examples])
+        for (b, row, col), target in zip(inputs.positions, targets):
+            assert plan.batches[b].input_ids[row, col] == target  # targets are the unmasked pieces
+    assert draws[0] == draws[1]  # same seed, same masks
