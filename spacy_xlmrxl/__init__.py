@@ -1,6 +1,6 @@
 """spaCy side of spacy-xlmrxl: components, architectures, alignment and long-document windows."""
 
-from . import doc_data, models, scorers, windows  # noqa: F401  (registrations)
+from . import doc_data, models, models_heads, readers, scorers, scorers_qa, windows  # noqa: F401  (registrations)
 from . import components  # noqa: F401  (factories)
 from .backbone import BackboneError, BackboneSource
 from .doc_data import XLMRDocData

@@ -24,13 +24,12 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import json
 import os
 import re
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple, Type, Union
+from typing import Any, Dict, Iterator, Optional, Sequence, Type, Union
 
 import numpy
 import torch
@@ -48,7 +47,7 @@ WEIGHTS_FILE = "model.safetensors"
 WEIGHTS_INDEX_FILE = "model.safetensors.index.json"
 DEFAULT_CHECKPOINT = "facebook/xlm-roberta-xl"
 DEFAULT_MAX_SHARD_SIZE: Union[int, str] = "5GB"  # as HF; shards are safetensors files, never msgpack
-_WEIGHT_FILES = ("model.safetensors", WEIGHTS_INDEX_FILE, "pytorch_model.bin",
+_WEIGHT_FILES = (WEIGHTS_FILE, WEIGHTS_INDEX_FILE, "pytorch_model.bin",
                  "pytorch_model.bin.index.json", "model.pt")
 _HUB_NAME = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
@@ -392,6 +391,11 @@ class TorchModuleShim(Shim):
         self.model_cls = model_cls
         self.model_kwargs = dict(model_kwargs or {})
         self.external = False
+        if isinstance(get_current_ops(), CupyOps):  # pragma: no cover - GPU only
+            from thinc.backends import context_pools, set_gpu_allocator
+
+            if "pytorch" not in context_pools.get():  # one memory pool for cupy and torch, as thinc does
+                set_gpu_allocator("pytorch")
         if module is not None:
             self.set_module(module)
 
@@ -506,14 +510,40 @@ class TorchModuleShim(Shim):
         return self
 
     def __deepcopy__(self, memo: Dict[int, Any]) -> "TorchModuleShim":
-        import copy
-
         clone = TorchModuleShim(None, mixed_precision=self.precision, frozen=self.frozen,
                                 grad_checkpointing=self.grad_checkpointing, model_cls=self.model_cls,
                                 model_kwargs=self.model_kwargs)
         if self._model is not None:
-            clone.set_module(copy.deepcopy(self._model, memo), config=copy.deepcopy(self.cfg, memo))
+            clone.set_module(self._compact_module(), config=dict(self.cfg))
         return clone
+
+    def __getstate__(self) -> Dict[str, Any]:
+        """Pickle a compact copy: loaded weights are views into one memory map, and pickle
+        would otherwise write the whole file once per tensor."""
+        state = dict(self.__dict__)
+        if self._model is not None:
+            state["_model"] = self._compact_module()
+        return state
+
+    def _compact_module(self) -> torch.nn.Module:
+        if self.model_cls is None:
+            import copy
+
+            return copy.deepcopy(self._model)
+        return clone_module(self._model, self.model_cls, **self.model_kwargs)  # type: ignore[arg-type]
+
+
+def clone_module(module: torch.nn.Module, model_cls: Type[torch.nn.Module], **model_kwargs: Any) -> torch.nn.Module:
+    """A copy of ``module`` whose tensors own exactly their data (no shared memory maps)."""
+    from modeling.checkpoint import parameters_on_meta
+
+    with parameters_on_meta():
+        clone = model_cls(module.config.copy(), **model_kwargs)  # type: ignore[union-attr]
+    state = {name: tensor.detach().clone() for name, tensor in module.state_dict().items()}
+    clone.load_state_dict(state, assign=True)
+    for theirs, mine in zip(module.parameters(), clone.parameters()):
+        mine.requires_grad_(theirs.requires_grad)
+    return clone.train(module.training)
 
 
 def _shares_memory(tensor: torch.Tensor, array: Any) -> bool:

@@ -18,7 +18,7 @@ Owns
 
 from __future__ import annotations
 
-from typing import Any, Callable, List, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy
 import torch
@@ -79,8 +79,18 @@ def build_transformer(
             "max_batch_pieces": int(max_batch_pieces),
             "tokenizer": None,
             "tokenizer_model": None,
+            "replace_listener_cfg": _replace_listener_cfg,
         },
     )
+
+
+def _replace_listener_cfg(transformer_cfg: Dict[str, Any], listener_cfg: Dict[str, Any]) -> Dict[str, Any]:
+    """For ``nlp.replace_listeners``: the config that replaces a listener block (a
+    ``Listener.v1`` becomes ``TokenVectors.v1`` around a copy of the transformer)."""
+    if listener_cfg.get("@architectures") == "spacy-xlmrxl.Listener.v1":
+        return {"@architectures": "spacy-xlmrxl.TokenVectors.v1", "pooling": listener_cfg.get("pooling", "mean"),
+                "transformer": transformer_cfg}
+    return transformer_cfg
 
 
 def transformer_config(section: str) -> str:

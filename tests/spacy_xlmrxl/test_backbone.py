@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import pickle
 import shutil
 
 import numpy
@@ -199,3 +200,12 @@ def test_shim_bytes_and_copies():
     assert TorchModuleShim(None).from_bytes(shim.to_bytes()).has_module is False
     with pytest.raises(BackboneError, match="no weights yet"):
         TorchModuleShim(None).module
+
+
+def test_loaded_modules_pickle_compactly(saved_dir):
+    module = load_module_dir(XLMRobertaXLModel, saved_dir, add_pooling_layer=False)
+    shim = TorchModuleShim(module, model_cls=XLMRobertaXLModel, model_kwargs={"add_pooling_layer": False})
+    data = pickle.dumps(shim)
+    n_bytes = sum(p.numel() * p.element_size() for p in module.parameters())
+    assert len(data) < 1.2 * n_bytes  # not the whole memory-mapped file once per tensor
+    assert _same_weights(pickle.loads(data).module, module)

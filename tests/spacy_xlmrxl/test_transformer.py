@@ -11,8 +11,7 @@ from spacy.util import fix_random_seed
 from spacy_xlmrxl.doc_data import XLMRDocData
 from spacy_xlmrxl.listener import XLMRListener
 
-from .xlmr_helpers import (blank, cats, entities, load_roundtrip, sib_examples, tiny_transformer_config, train,
-                           uner_examples)
+from .xlmr_helpers import blank, cats, entities, load_roundtrip, tiny_transformer_config, uner_examples
 
 LISTENER = {"@architectures": "spacy-xlmrxl.Listener.v1", "upstream": "*", "pooling": "mean"}
 
@@ -124,3 +123,23 @@ def test_update_with_mismatched_batch_is_refused(shared):
         ner.update([Example(nlp.make_doc("Noget helt andet"), nlp.make_doc("Noget helt andet"))])
     for listener in transformer.listeners:
         listener.clear()  # leave the fixture clean
+
+
+def test_replace_listeners_gives_the_component_its_own_backbone(shared_data, spm_model_path, tmp_path):
+    nlp = blank("da")
+    nlp.add_pipe("xlmrxl_transformer", config={"model": tiny_transformer_config(spm_model_path)})
+    nlp.add_pipe("xlmrxl_ner", config={"model": {"tok2vec": LISTENER}})
+    examples = uner_examples(nlp, shared_data, 2)
+    fix_random_seed(0)
+    nlp.initialize(lambda: examples)
+    texts = [eg.reference.text for eg in examples]
+    before = [nlp.get_pipe("xlmrxl_ner").model.predict([nlp.make_doc(t)])[0] for t in texts]
+    nlp.replace_listeners("xlmrxl_transformer", "xlmrxl_ner", ["model.tok2vec"])
+    assert nlp.get_pipe("xlmrxl_transformer").listening_components == []
+    tok2vec_cfg = nlp.config["components"]["xlmrxl_ner"]["model"]["tok2vec"]
+    assert tok2vec_cfg["@architectures"] == "spacy-xlmrxl.TokenVectors.v1"
+    nlp.remove_pipe("xlmrxl_transformer")
+    loaded = load_roundtrip(nlp, tmp_path / "own")
+    for text, expected in zip(texts, before):
+        numpy.testing.assert_allclose(loaded.get_pipe("xlmrxl_ner").model.predict([loaded.make_doc(text)])[0],
+                                      expected, atol=1e-5)
