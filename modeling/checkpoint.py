@@ -254,8 +254,10 @@ class SafetensorsFile(TensorFile):
         return data.view(entry.dtype).view(entry.shape)
 
     def _convert(self, key: str, source: Tensor, *, dtype: torch.dtype, device: torch.device) -> Tensor:
-        """A new tensor filled chunk by chunk from the map, each chunk's source pages handed back
-        (``MADV_DONTNEED``) once cast: peak memory is the result plus `_CHUNK_BYTES`."""
+        """A new tensor filled chunk by chunk from the map: the next chunk is prefetched
+        (``MADV_WILLNEED``: one large read when the page cache is cold) and each chunk's source
+        pages are handed back (``MADV_DONTNEED``) once cast, so peak memory is the result plus
+        about two `_CHUNK_BYTES` chunks."""
         entry = self._entries[key]
         target = torch.empty(entry.shape, dtype=dtype, device=device)
         flat_source, flat_target = source.reshape(-1), target.view(-1)
@@ -263,19 +265,26 @@ class SafetensorsFile(TensorFile):
         step = max(1, _CHUNK_BYTES // itemsize)
         for first in range(0, flat_source.numel(), step):
             last = min(first + step, flat_source.numel())
+            start, stop = entry.start + first * itemsize, entry.start + last * itemsize
+            self._advise(mmap.MADV_WILLNEED, stop, stop + step * itemsize)
             flat_target[first:last].copy_(flat_source[first:last])
-            self._release(entry.start + first * itemsize, entry.start + last * itemsize)
+            self._advise(mmap.MADV_DONTNEED, start, stop)
         return target
 
-    def _release(self, start: int, stop: int) -> None:
-        """Unmap the whole pages of file bytes ``[start, stop)``: they were only read, so the
-        private map refills them from the file if they are touched again."""
+    def _advise(self, advice: int, start: int, stop: int) -> None:
+        """``madvise`` the whole pages of file bytes ``[start, stop)`` (no-op where unsupported).
+
+        ``MADV_DONTNEED`` is safe on pages that were only read: the private map refills them
+        from the file if they are touched again."""
         if self._mmap is None or not hasattr(self._mmap, "madvise"):
             return
         first = start // mmap.PAGESIZE * mmap.PAGESIZE
-        last = stop // mmap.PAGESIZE * mmap.PAGESIZE
+        last = min(stop, len(self._mmap)) // mmap.PAGESIZE * mmap.PAGESIZE
         if last > first:
-            self._mmap.madvise(mmap.MADV_DONTNEED, first, last - first)
+            try:
+                self._mmap.madvise(advice, first, last - first)
+            except OSError:  # advice only
+                pass
 
     def close(self) -> None:
         self._bytes = None

@@ -512,6 +512,13 @@ def _is_positive_int(value: Any) -> bool:
 def _check_text(text: Any, name: str) -> str:
     if not isinstance(text, str):
         raise TypeError(f"{name}: expected str, got {type(text).__name__}")
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as err:  # sentencepiece would fail with an opaque pybind11 error
+        raise ValueError(
+            f"{name}: lone surrogate {text[err.start]!r} at character {err.start} cannot be encoded as UTF-8; "
+            "clean the text first, e.g. text.encode('utf-8', errors='replace').decode('utf-8')"
+        ) from err
     return text
 
 
