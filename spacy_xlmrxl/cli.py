@@ -216,8 +216,7 @@ def majority_tag_baseline(train_docs: Iterable[Any], docs: Iterable[Any]) -> Lis
 
     counts: Dict[str, collections.Counter] = collections.defaultdict(collections.Counter)
     for doc in train_docs:
-        for token in doc:
-            tag = "O" if token.ent_iob_ in ("O", "") else f"{token.ent_iob_}-{token.ent_type_}"
+        for token, tag in zip(doc, _iob_tags(doc)):
             counts[token.text][tag] += 1
     examples = []
     for gold in docs:
@@ -228,20 +227,40 @@ def majority_tag_baseline(train_docs: Iterable[Any], docs: Iterable[Any]) -> Lis
     return examples
 
 
+def _iob_tags(doc: Any) -> List[str]:
+    return ["O" if t.ent_iob_ in ("O", "") else f"{t.ent_iob_}-{t.ent_type_}" for t in doc]
+
+
+def baseline_scores(examples: Sequence[Any]) -> Dict[str, Any]:
+    """Entity P/R/F (spaCy's NER scorer) and token accuracy of baseline `examples`, plus the
+    trivial all-``O`` baseline (no entities: F1 0) and its token accuracy."""
+    from spacy.scorer import get_ner_prf
+
+    pairs = [(p, g) for eg in examples for p, g in zip(_iob_tags(eg.predicted), _iob_tags(eg.reference))]
+    n = max(len(pairs), 1)
+    scores = dict(get_ner_prf(examples))
+    scores.update(
+        token_acc=sum(p == g for p, g in pairs) / n,
+        all_o_ents_f=0.0,
+        all_o_token_acc=sum(g == "O" for _, g in pairs) / n,
+        n_examples=len(examples),
+    )
+    return scores
+
+
 def cmd_baseline_ner(args: argparse.Namespace) -> None:
     import spacy
-    from spacy.scorer import get_ner_prf
 
     vocab = spacy.blank(DEFAULT_SPACY_LANG).vocab
     train_docs = list(readers.FastDocBin().from_disk(args.train).get_docs(vocab))
     args.output_dir.mkdir(parents=True, exist_ok=True)
     for path in args.data:
         examples = majority_tag_baseline(train_docs, readers.FastDocBin().from_disk(path).get_docs(vocab))
-        scores = dict(get_ner_prf(examples))
-        scores.update({"baseline": "majority tag per word form in the training data", "train": str(args.train), "n_examples": len(examples)})
+        scores = baseline_scores(examples)
+        scores.update(baseline="majority tag per word form in the training data", train=str(args.train))
         target = args.output_dir / f"{_metrics_name(args.prefix, path)}.json"
         target.write_text(json.dumps(scores, indent=2, sort_keys=True) + "\n", encoding="utf8")
-        msg.good(f"{path}: ents_f {scores['ents_f'] * 100:.2f} -> {target}")
+        msg.good(f"{path}: ents_f {scores['ents_f'] * 100:.2f} (all-O: 0.00) -> {target}")
 
 
 def mask_probe(text: str, tokenizer: Any, rng: Any) -> Optional[Tuple[str, int]]:
@@ -373,7 +392,14 @@ def cmd_merge_config(args: argparse.Namespace) -> None:
 # Columns of the README tables per task (the metrics file name's part before the language).
 TASK_COLUMNS: Dict[str, List[Tuple[str, str]]] = {
     "ner": [("ents_p", "P"), ("ents_r", "R"), ("ents_f", "F1")],
-    "ner-baseline": [("ents_p", "P"), ("ents_r", "R"), ("ents_f", "F1")],
+    "ner-baseline": [
+        ("ents_p", "P"),
+        ("ents_r", "R"),
+        ("ents_f", "F1"),
+        ("token_acc", "token acc."),
+        ("all_o_ents_f", "all-O F1"),
+        ("all_o_token_acc", "all-O token acc."),
+    ],
     "textcat": [("cats_macro_f", "macro F1"), ("cats_micro_f", "micro F1 (= accuracy)"), ("cats_macro_auc", "macro AUC")],
     "qa": [("qa_exact", "exact match"), ("qa_f1", "F1")],
     "fill-mask": [

@@ -15,11 +15,13 @@ and line (`DataFormatError`):
 * raw text (one doc per line or per blank-line separated paragraph, or a named TSV column)
   -> plain Docs for fill-mask adaptation.
 
-It also writes DocBin ``.spacy`` files and registers the corpus readers
+It also writes and reads DocBin ``.spacy`` files (`FastDocBin`: user data without srsly's
+per-doc entry-point scan) and registers, in ``spacy.registry.readers``,
+``spacy-xlmrxl.Corpus.v1`` (``spacy.Corpus.v1`` over ``.spacy`` files whose examples carry the
+QA question on the predicted doc too; the training configs use it) and the raw-format readers
 ``spacy-xlmrxl.UnerReader.v1``, ``spacy-xlmrxl.Sib200Reader.v1``,
-``spacy-xlmrxl.SquadReader.v1`` and ``spacy-xlmrxl.RawTextReader.v1`` in
-``spacy.registry.readers`` (configs may read the raw files directly instead of ``.spacy``).
-Every Doc carries its language code in ``doc.user_data["lang"]`` when it is known.
+``spacy-xlmrxl.SquadReader.v1`` and ``spacy-xlmrxl.RawTextReader.v1``. Every Doc carries its
+language code in ``doc.user_data["lang"]`` when it is known.
 """
 
 from __future__ import annotations

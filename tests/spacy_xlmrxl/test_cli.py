@@ -125,6 +125,8 @@ def test_majority_tag_baseline_predicts_most_frequent_tag(tmp_path):
     cli.main(["baseline-ner", str(tmp_path / "train.spacy"), str(tmp_path / "test-da.spacy"), "--output-dir", str(tmp_path / "m")])
     scores = json.loads((tmp_path / "m" / "ner-baseline-da.json").read_text())
     assert scores["ents_p"] == 1.0 and scores["ents_r"] == pytest.approx(4 / 5)
+    assert scores["token_acc"] == pytest.approx(9 / 10) and scores["all_o_token_acc"] == pytest.approx(5 / 10)
+    assert scores["all_o_ents_f"] == 0.0 and scores["n_examples"] == 2
 
 
 def test_evaluate_matches_spacy_evaluate(tmp_path):
