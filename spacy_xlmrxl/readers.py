@@ -515,8 +515,11 @@ def squad_docs(
     from .components.qa import set_qa_annotation
 
     pairs = [(a, p, q) for a in articles for p in a.paragraphs for q in p.questions]
+    context: Optional[Doc] = None
     for article, paragraph, question in _progress(pairs, desc=desc, total=len(pairs), enabled=progress, unit="questions"):
-        doc = nlp.make_doc(paragraph.context)
+        if context is None or context.text != paragraph.context:
+            context = nlp.make_doc(paragraph.context)  # tokenised once per paragraph
+        doc = context.copy()
         set_qa_annotation(doc, question=question.question, answers=question.answers, qid=question.qid)
         doc.user_data["title"] = article.title
         yield _set_lang(doc, lang)
