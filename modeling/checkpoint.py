@@ -625,7 +625,7 @@ def shape_facts(shapes: Mapping[str, Shape]) -> Dict[str, Tuple[Any, str]]:
     cross = next((key for key in shapes if ".crossattention." in key), None)
     if cross is not None:
         facts["add_cross_attention"] = (True, cross)
-    for suffix in ("classifier.out_proj.weight", "classifier.weight"):
+    for suffix in ("classifier.out_proj.weight", "classifier.weight", "qa_outputs.weight"):
         found = _find(shapes, suffix)
         if found and len(found[1]) == 2 and found[1][0] > 1:
             facts["num_labels"] = (found[1][0], found[0])
@@ -915,6 +915,9 @@ def _load(
 ) -> nn.Module:
     model_kwargs, overrides = _split_overrides(model_cls, overrides)
     config, config_source = _resolve_config(checkpoint, config, overrides)
+    adapt = getattr(model_cls, "config_for_weights", None)
+    if adapt is not None and "num_labels" not in overrides:
+        config = adapt(config, checkpoint.shapes())  # e.g. the QA head's rows decide its num_labels
     if config_source is not None:
         check_config(config, checkpoint, config_source=config_source)
     target_dtype = resolve_dtype(dtype, config=config, checkpoint=checkpoint)

@@ -11,6 +11,7 @@ C = number of labels or choices.
 
 from __future__ import annotations
 
+import logging
 from typing import Any, Optional
 
 import torch
@@ -29,6 +30,8 @@ from .outputs import (
     SequenceClassifierOutput,
     TokenClassifierOutput,
 )
+
+logger = logging.getLogger(__name__)
 
 IGNORE_INDEX = -100
 CAUSAL_LM = "causal_lm"
@@ -302,13 +305,35 @@ class XLMRobertaXLForTokenClassification(XLMRobertaXLTaskModel):
 
 
 class XLMRobertaXLForQuestionAnswering(XLMRobertaXLTaskModel):
-    """Extractive QA: linear(H, 2) → start/end logits (B, S). Loss: mean of the start and end
-    cross-entropies; positions are clamped to [0, S] and S (outside the sequence) is ignored."""
+    """Extractive QA: ``qa_outputs`` = linear(H, num_labels) as HF (``num_labels`` is 2 for QA);
+    its first two columns are the start/end logits (B, S). Loss: mean of the start and end
+    cross-entropies; positions are clamped to [0, S] and S (outside the sequence) is ignored.
+
+    Other label counts build, save and load like HF's (whose config.json and weights round-trip
+    either way). With ``num_labels > 2`` the extra columns are unused: HF's forward fails there
+    (it unpacks a ``split(1)`` into two), ours uses the first two columns, so a bare checkpoint
+    whose config carries another task's label count still gives a working QA model. With
+    ``num_labels < 2`` forward raises `ValueError`. Checkpoints written before the head followed
+    ``num_labels`` (a 2-row ``qa_outputs`` whatever the config's label count) load with
+    ``num_labels`` taken from the weights (`config_for_weights`)."""
 
     def __init__(self, config: XLMRobertaXLConfig) -> None:
         super().__init__(config)
-        self.qa_outputs = nn.Linear(config.hidden_size, 2)
+        self.num_labels = config.num_labels
+        self.qa_outputs = nn.Linear(config.hidden_size, config.num_labels)
         self.post_init()
+
+    @classmethod
+    def config_for_weights(cls, config: XLMRobertaXLConfig, shapes: Any) -> XLMRobertaXLConfig:
+        """``config`` with ``num_labels`` set to the rows of the checkpoint's ``qa_outputs.weight``
+        (``shapes``: key -> shape) when they differ; unchanged when there is no such weight."""
+        rows = next((shape[0] for key, shape in shapes.items()
+                     if (key == "qa_outputs.weight" or key.endswith(".qa_outputs.weight")) and len(shape) == 2), None)
+        if rows is None or rows == config.num_labels:
+            return config
+        logger.warning("the config says num_labels=%d but qa_outputs.weight has %d rows (a checkpoint written "
+                       "before the QA head followed num_labels): using num_labels=%d", config.num_labels, rows, rows)
+        return config.copy(num_labels=int(rows))
 
     def forward(
         self,
@@ -318,8 +343,15 @@ class XLMRobertaXLForQuestionAnswering(XLMRobertaXLTaskModel):
         end_positions: Optional[Tensor] = None,
         **inputs: Any,
     ) -> QuestionAnsweringModelOutput:
+        if self.qa_outputs.out_features < 2:
+            raise ValueError(
+                f"XLMRobertaXLForQuestionAnswering needs num_labels >= 2 (start and end logits; 2 is the QA "
+                f"head), this model has num_labels={self.qa_outputs.out_features}; build or load it with num_labels=2"
+            )
         out = self._encode(input_ids, inputs)
-        start_logits, end_logits = (t.squeeze(-1).contiguous() for t in self.qa_outputs(out.last_hidden_state).split(1, dim=-1))
+        qa_logits = self.qa_outputs(out.last_hidden_state)
+        # HF: qa_logits.split(1, dim=-1) -> (start, end); the same two columns when num_labels > 2
+        start_logits, end_logits = (t.squeeze(-1).contiguous() for t in qa_logits[..., :2].split(1, dim=-1))
         loss = None
         if start_positions is not None and end_positions is not None:
             length = start_logits.shape[1]

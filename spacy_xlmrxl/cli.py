@@ -300,16 +300,13 @@ def evaluate_fill_mask(nlp: Any, texts: Sequence[str], train_texts: Sequence[str
         probe[1] for probe in (mask_probe(text, tokenizer, random.Random(seed)) for text in train_texts) if probe is not None
     ).most_common(5)
     baseline = [token_id for token_id, _ in frequent]
-    top1 = top5 = 0
+    from .scorers import masked_word_accuracy  # the counting of the fill-mask scorer
+
     docs = nlp.pipe([masked for masked, _ in probes])
-    for doc, (_, gold) in zip(docs, probes):
-        fillers = [f["token_id"] for f in (doc._.fill_mask or [[]])[0]]
-        top1 += bool(fillers) and fillers[0] == gold
-        top5 += gold in fillers[:5]
+    pairs = (((doc._.fill_mask or [[]])[0], gold) for doc, (_, gold) in zip(docs, probes))
     n = max(len(probes), 1)
     return {
-        "fill_mask_acc": top1 / n,
-        "fill_mask_top5": top5 / n,
+        **masked_word_accuracy(pairs, key="token_id", empty=0.0),
         "baseline_acc": sum(gold == baseline[0] for _, gold in probes) / n if baseline else 0.0,
         "baseline_top5": sum(gold in baseline for _, gold in probes) / n,
         "n_examples": len(probes),

@@ -134,10 +134,17 @@ def _head_class(name: str) -> Any:
     return getattr(heads, name)
 
 
+#: Config settings a task model needs whatever its checkpoint's config says: the QA head has
+#: exactly the start and end outputs (``num_labels`` = 2), also when the checkpoint's config
+#: is, say, a token classifier's with 9 labels and no ``qa_outputs`` weights (a fresh head).
+_CONFIG_OVERRIDES: Dict[str, Dict[str, Any]] = {"XLMRobertaXLForQuestionAnswering": {"num_labels": 2}}
+
+
 def _task_init(model: Model, X: Any = None, Y: Any = None) -> None:
     source: BackboneSource = model.attrs["source"]
     tokenizer_path = source.tokenizer_path()  # fail before building a large model
-    module = source.build(_head_class(model.attrs["model_cls"]), device=torch_device(model.ops))
+    module = source.build(_head_class(model.attrs["model_cls"]), device=torch_device(model.ops),
+                          config_overrides=_CONFIG_OVERRIDES.get(model.attrs["model_cls"]))
     install_backbone(model, module, tokenizer_path.read_bytes())
 
 

@@ -75,23 +75,27 @@ def add_mask_special_case(nlp: Language, mask: str = MASK) -> None:
     "xlmrxl_fill_mask",
     assigns=["doc._.fill_mask", "doc._.filled_text"],
     default_config={"model": DEFAULT_MASKED_LM_MODEL, "top_k": 5, "fill_text": True,
-                    "mlm_probability": 0.15, "seed": 0},
+                    "mlm_probability": 0.15, "seed": 0,
+                    "scorer": {"@scorers": "spacy-xlmrxl.fill_mask_scorer.v1"}},
     default_score_weights={},
 )
 def make_fill_mask(nlp: Language, name: str, model: Model, top_k: int, fill_text: bool,
-                   mlm_probability: float, seed: int) -> "XLMRFillMask":
+                   mlm_probability: float, seed: int, scorer: Optional[Callable] = None) -> "XLMRFillMask":
     """Fill-mask predictions and masked-LM training (``mlm_probability`` of the pieces, masking
-    drawn from a generator seeded with ``seed``); adds the ``<mask>`` tokenizer rules."""
+    drawn from a generator seeded with ``seed``); adds the ``<mask>`` tokenizer rules. ``scorer``
+    (``spacy-xlmrxl.fill_mask_scorer.v1``): masked-word top-1 / top-5 accuracy of examples whose
+    predicted doc is the masked text and reference doc the original text."""
     add_mask_special_case(nlp)
     return XLMRFillMask(nlp.vocab, model, name=name, top_k=top_k, fill_text=fill_text,
-                        mlm_probability=mlm_probability, seed=seed)
+                        mlm_probability=mlm_probability, seed=seed, scorer=scorer)
 
 
 class XLMRFillMask(BackbonePipe, TrainablePipe):
     """``<mask>`` fillers and masked-LM training; see the module docstring."""
 
     def __init__(self, vocab: Vocab, model: Model, name: str = "xlmrxl_fill_mask", *, top_k: int = 5,
-                 fill_text: bool = True, mlm_probability: float = 0.15, seed: int = 0) -> None:
+                 fill_text: bool = True, mlm_probability: float = 0.15, seed: int = 0,
+                 scorer: Optional[Callable] = None) -> None:
         if top_k < 1:
             raise ValueError(f"top_k must be >= 1, got {top_k}")
         if not 0.0 < mlm_probability < 1.0:
@@ -99,6 +103,7 @@ class XLMRFillMask(BackbonePipe, TrainablePipe):
         self.vocab = vocab
         self.model = model
         self.name = name
+        self.scorer = scorer
         self.cfg: Dict[str, Any] = {"top_k": top_k, "fill_text": fill_text, "mlm_probability": mlm_probability,
                                     "seed": seed}
         self.generator = torch.Generator().manual_seed(int(seed))

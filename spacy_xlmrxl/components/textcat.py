@@ -5,6 +5,16 @@ binary cross-entropy), chosen by ``exclusive_classes`` in ``spacy-xlmrxl.Textcat
 labels from the examples' ``doc.cats`` or given; ``doc.cats`` gets a score for every label.
 A long doc is classified by averaging its windows' logits. An empty or whitespace-only doc is
 classified from ``<s></s>``, as HF does for the empty text, so it too gets every label.
+
+Also owns ``spacy-xlmrxl.TextcatHead.v2``: ``TextcatHead.v1`` with its backbone argument named
+``tok2vec`` instead of ``transformer``. Use it when the textcat listens to a shared
+``xlmrxl_transformer`` (``[components.textcat.model.tok2vec]`` =
+``spacy-xlmrxl.DocDataListener.v1``): spaCy's ``nlp.replace_listeners(transformer, textcat,
+["model.tok2vec"])`` reads the listener's config at ``model.tok2vec`` whatever path it is given
+(``Language.replace_listeners`` passes ``pipe_cfg["model"]["tok2vec"]`` to the transformer's
+``replace_listener_cfg``), so with ``TextcatHead.v1`` (listener at ``model.transformer``) it
+fails with ``KeyError: 'tok2vec'``. After the replacement the textcat owns a copy of the
+backbone (config: the transformer's ``Transformer.v1`` block), saved and loaded with it.
 """
 
 from __future__ import annotations
@@ -16,10 +26,12 @@ from spacy.language import Language
 from spacy.tokens import Doc
 from spacy.training import Example, validate_examples
 from spacy.vocab import Vocab
+from spacy.util import registry
 from thinc.api import Config, Model
 from thinc.types import Floats2d
 
-from ..models import transformer_config
+from ..doc_data import XLMRDocData
+from ..models import build_textcat_head, transformer_config
 from ..models_heads import check_finite_loss
 from .base import LabelledPipe
 
@@ -31,6 +43,18 @@ exclusive_classes = true
 dropout = 0.1
 """ + transformer_config("model.transformer")
 DEFAULT_TEXTCAT_MODEL = Config().from_str(TEXTCAT_MODEL_CONFIG)["model"]
+
+
+@registry.architectures("spacy-xlmrxl.TextcatHead.v2")
+def build_textcat_head_v2(tok2vec: Model[List[Doc], List[XLMRDocData]], nO: Optional[int] = None,
+                          exclusive_classes: bool = True, dropout: float = 0.1) -> Model[List[Doc], Floats2d]:
+    """``spacy-xlmrxl.TextcatHead.v1`` with the backbone under the name ``tok2vec`` (where spaCy's
+    ``nlp.replace_listeners`` looks): ``tok2vec`` is ``spacy-xlmrxl.DocDataListener.v1`` (a
+    shared ``xlmrxl_transformer``) or ``spacy-xlmrxl.Transformer.v1`` (an own backbone). The
+    model has both refs, ``tok2vec`` and ``transformer``, to the same layer."""
+    model = build_textcat_head(tok2vec, nO=nO, exclusive_classes=exclusive_classes, dropout=dropout)
+    model.set_ref("tok2vec", tok2vec)
+    return model
 
 
 @Language.factory(
@@ -45,8 +69,9 @@ DEFAULT_TEXTCAT_MODEL = Config().from_str(TEXTCAT_MODEL_CONFIG)["model"]
 )
 def make_textcat(nlp: Language, name: str, model: Model[List[Doc], Floats2d], threshold: float,
                  scorer: Optional[Callable]) -> "XLMRTextcat":
-    """Text classifier; by default with its own backbone; use
-    ``spacy-xlmrxl.DocDataListener.v1`` as ``transformer`` to share an ``xlmrxl_transformer``."""
+    """Text classifier; by default with its own backbone; to share an ``xlmrxl_transformer``, use
+    ``spacy-xlmrxl.TextcatHead.v2`` with ``spacy-xlmrxl.DocDataListener.v1`` as ``tok2vec`` (then
+    ``nlp.replace_listeners(..., ["model.tok2vec"])`` works), or v1 with it as ``transformer``."""
     return XLMRTextcat(nlp.vocab, model, name=name, threshold=threshold, scorer=scorer)
 
 

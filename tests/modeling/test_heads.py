@@ -316,3 +316,78 @@ def test_output_access() -> None:
     with pytest.raises(KeyError):
         out["hidden_states"]
     assert max_diff(out.logits, ours(**_mlm()).logits) == 0
+
+
+# ------------------------------------------------------------------ QA head: num_labels as HF
+def test_question_answering_head_has_num_labels_outputs_like_hf() -> None:
+    for num_labels in (2, 3, 1):
+        hf, ours = make_pair("ForQuestionAnswering", num_labels=num_labels)
+        assert ours.qa_outputs.weight.shape == hf.qa_outputs.weight.shape == (num_labels, TINY["hidden_size"])
+        assert ours.num_labels == hf.num_labels == num_labels
+
+
+@pytest.mark.parametrize("num_labels", [1, 3])
+def test_question_answering_other_num_labels_round_trips_through_hf(tmp_path, num_labels: int) -> None:
+    from modeling.heads import XLMRobertaXLForQuestionAnswering
+
+    model = XLMRobertaXLForQuestionAnswering(XLMRobertaXLConfig(**TINY, num_labels=num_labels)).eval()
+    model.save_pretrained(tmp_path / "ours")
+    reference, info = transformers.XLMRobertaXLForQuestionAnswering.from_pretrained(
+        tmp_path / "ours", output_loading_info=True)
+    assert info["missing_keys"] == [] and info["unexpected_keys"] == [] and info["mismatched_keys"] == []
+    assert reference.config.num_labels == num_labels
+    torch.testing.assert_close(reference.qa_outputs.weight, model.qa_outputs.weight, rtol=0, atol=0)
+    reference.save_pretrained(tmp_path / "hf")
+    again = XLMRobertaXLForQuestionAnswering.from_pretrained(tmp_path / "hf")
+    assert again.config.num_labels == num_labels and again.loading_info["missing_keys"] == []
+    torch.testing.assert_close(again.qa_outputs.bias, model.qa_outputs.bias, rtol=0, atol=0)
+    inputs = _token_inputs()
+    with pytest.raises(ValueError):  # HF cannot unpack such a head into (start, end)
+        reference(**inputs)
+    if num_labels < 2:
+        with pytest.raises(ValueError, match="num_labels >= 2"):
+            model(**inputs)
+        return
+    # ours: the first two columns are start / end, as for a 2-label head
+    out = model(**inputs, output_hidden_states=True)
+    two = torch.nn.functional.linear(out.hidden_states[-1], model.qa_outputs.weight[:2], model.qa_outputs.bias[:2])
+    assert_close(out.start_logits, two[..., 0])
+    assert_close(out.end_logits, two[..., 1])
+
+
+def test_question_answering_checkpoint_with_two_row_head_and_other_num_labels_still_loads(tmp_path) -> None:
+    """Files written before the head followed num_labels: a 2-row qa_outputs, config num_labels 9."""
+    import json
+
+    from modeling.checkpoint import CheckpointError
+    from modeling.heads import XLMRobertaXLForQuestionAnswering
+
+    hf, ours = make_pair("ForQuestionAnswering")
+    ours.save_pretrained(tmp_path / "old")
+    config_file = tmp_path / "old" / "config.json"
+    config = json.loads(config_file.read_text())
+    config["id2label"] = {str(i): f"T{i}" for i in range(9)}
+    config["label2id"] = {f"T{i}": i for i in range(9)}
+    config_file.write_text(json.dumps(config))
+    loaded = XLMRobertaXLForQuestionAnswering.from_pretrained(tmp_path / "old")
+    assert loaded.config.num_labels == 2 and loaded.loading_info["missing_keys"] == []
+    inputs = _token_inputs()
+    expected = hf(**inputs)
+    out = loaded(**inputs)
+    assert_close(out.start_logits, expected.start_logits)
+    assert_close(out.end_logits, expected.end_logits)
+    with pytest.raises(CheckpointError, match="qa_outputs.weight"):  # an explicit num_labels is not overridden
+        XLMRobertaXLForQuestionAnswering.from_pretrained(tmp_path / "old", num_labels=3)
+
+
+def test_question_answering_num_labels_inferred_from_bare_weights(tmp_path) -> None:
+    from safetensors.torch import save_file
+
+    from modeling.heads import XLMRobertaXLForQuestionAnswering
+
+    model = XLMRobertaXLForQuestionAnswering(XLMRobertaXLConfig(**TINY, num_labels=3))
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(tmp_path / "weights.safetensors"))
+    loaded = XLMRobertaXLForQuestionAnswering.from_pretrained(tmp_path / "weights.safetensors",
+                                                              num_attention_heads=TINY["num_attention_heads"])
+    assert loaded.config.num_labels == 3
+    torch.testing.assert_close(loaded.qa_outputs.weight, model.qa_outputs.weight, rtol=0, atol=0)

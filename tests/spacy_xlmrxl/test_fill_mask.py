@@ -168,3 +168,39 @@ def test_masking_is_seeded_and_fresh_per_update(spm_model_path):
         for (b, row, col), target in zip(inputs.positions, targets):
             assert plan.batches[b].input_ids[row, col] == target  # targets are the unmasked pieces
     assert draws[0] == draws[1]  # same seed, same masks
+
+
+def test_default_scorer_reports_masked_word_accuracy(trained):
+    from spacy_xlmrxl.scorers import score_fill_mask
+
+    nlp, _ = trained
+    fill = nlp.get_pipe("xlmrxl_fill_mask")
+    assert fill.scorer is score_fill_mask
+    assert nlp.config["components"]["xlmrxl_fill_mask"]["scorer"] == {"@scorers": "spacy-xlmrxl.fill_mask_scorer.v1"}
+    predicted = nlp(MASKED)
+    (fillers,) = predicted._.fill_mask
+    # references restoring the text with the 1st / 3rd filler: a top-1 hit / a top-5 hit only
+    hit = Example(predicted, nlp.make_doc(fill_text(MASKED, [fillers[0]["piece"]])))
+    second = nlp(MASKED)
+    near = Example(second, nlp.make_doc(fill_text(MASKED, [fillers[2]["piece"]])))
+    assert fill.score([hit]) == {"fill_mask_acc": 1.0, "fill_mask_top5": 1.0}
+    assert fill.score([hit, near]) == {"fill_mask_acc": 0.5, "fill_mask_top5": 1.0}
+
+
+def test_scorer_agrees_with_evaluate_fill_mask_cli(trained):
+    import random
+
+    from spacy_xlmrxl.cli import evaluate_fill_mask, mask_probe
+    from spacy_xlmrxl.models import get_tokenizer
+
+    nlp, _ = trained
+    fill = nlp.get_pipe("xlmrxl_fill_mask")
+    texts = CORPUS * 4
+    cli = evaluate_fill_mask(nlp, texts, texts, seed=3)
+    rng = random.Random(3)
+    probes = [(mask_probe(text, get_tokenizer(fill.model), rng), text) for text in texts]
+    examples = [Example(nlp(probe[0]), nlp.make_doc(text)) for probe, text in probes if probe is not None]
+    assert len(examples) == cli["n_examples"] == len(texts)
+    scores = fill.score(examples)
+    assert (scores["fill_mask_acc"], scores["fill_mask_top5"]) == (cli["fill_mask_acc"], cli["fill_mask_top5"])
+    assert scores["fill_mask_top5"] > 0  # the model has learnt something of the corpus

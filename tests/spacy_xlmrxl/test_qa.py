@@ -214,3 +214,34 @@ def test_set_qa_annotation_checks_spans():
         set_qa_annotation(doc, question="Where?", answers=[(12, 99)])
     with pytest.raises(ValueError):
         set_qa_annotation(doc, question=["Where?"], answers=[[], []])
+
+
+def test_checkpoint_with_other_num_labels_gives_a_start_end_head(spm_model_path, tmp_path):
+    """A checkpoint of another task (config num_labels 9, no qa_outputs) gets a fresh 2-output QA
+    head; a saved pipeline whose config.json says 9 labels beside a 2-row head (as written
+    before the head followed num_labels) still loads."""
+    from modeling import XLMRobertaXLConfig
+    from modeling.heads import XLMRobertaXLForTokenClassification
+    from spacy_xlmrxl.models import backbone_shim
+
+    XLMRobertaXLForTokenClassification(XLMRobertaXLConfig.from_preset("tiny", num_labels=9)).save_pretrained(
+        tmp_path / "ner")
+    nlp = spacy.blank("en")
+    nlp.add_pipe("xlmrxl_qa", config={"model": {"checkpoint": str(tmp_path / "ner"), "tokenizer": str(spm_model_path)},
+                                      "top_k": 3, **WINDOW})
+    nlp.initialize()
+    module = backbone_shim(nlp.get_pipe("xlmrxl_qa").model).module
+    assert module.qa_outputs.out_features == 2 == module.config.num_labels
+    text, question = "Aarhus is the second largest city in Denmark.", "Where is Aarhus?"
+    answers = nlp(ask(nlp, text, question))._.answers
+    assert len(answers[0]) == 3
+    nlp.to_disk(tmp_path / "pipeline")
+    config_file = tmp_path / "pipeline" / "xlmrxl_qa" / "backbone" / "config.json"
+    config = json.loads(config_file.read_text())
+    config["id2label"] = {str(i): f"T{i}" for i in range(9)}
+    config["label2id"] = {f"T{i}": i for i in range(9)}
+    config_file.write_text(json.dumps(config))
+    loaded = spacy.load(tmp_path / "pipeline")
+    assert backbone_shim(loaded.get_pipe("xlmrxl_qa").model).module.config.num_labels == 2
+    again = loaded(ask(loaded, text, question))._.answers
+    assert [(a["start"], a["end"]) for a in again[0]] == [(a["start"], a["end"]) for a in answers[0]]

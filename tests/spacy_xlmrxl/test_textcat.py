@@ -93,3 +93,77 @@ def test_missing_labels_are_ignored_in_multilabel_loss(shared_data, spm_model_pa
     loss, d_scores = textcat.get_loss([Example(nlp.make_doc("x"), gold)], probs)
     assert d_scores[0, 1] == 0.0 and d_scores[0, 2] == 0.0 and d_scores[0, 0] != 0.0
     assert loss == pytest.approx(-numpy.log(probs[0, 0]), rel=1e-4)
+
+
+# ------------------------------------------------------- nlp.replace_listeners (TextcatHead.v2)
+def test_replace_listeners_gives_the_textcat_its_own_backbone(shared_data, spm_model_path, tmp_path):
+    import spacy
+    import torch
+
+    from spacy_xlmrxl.listener import XLMRListener
+    from spacy_xlmrxl.models import backbone_nodes
+
+    from .xlmr_helpers import tiny_transformer_config
+
+    nlp = blank("en")
+    nlp.add_pipe("xlmrxl_transformer", config={"model": tiny_transformer_config(spm_model_path)})
+    nlp.add_pipe("xlmrxl_textcat", config={"model": {
+        "@architectures": "spacy-xlmrxl.TextcatHead.v2",
+        "tok2vec": {"@architectures": "spacy-xlmrxl.DocDataListener.v1", "upstream": "xlmrxl_transformer"}}})
+    examples = sib_examples(nlp, shared_data, 6)
+    train(nlp, examples, 2)  # trained through the listener first
+    transformer, textcat = nlp.get_pipe("xlmrxl_transformer"), nlp.get_pipe("xlmrxl_textcat")
+    assert transformer.listening_components == ["xlmrxl_textcat"]
+    texts = [eg.reference.text for eg in examples] + [long_text()]
+    before = cats(list(nlp.pipe(texts)))
+
+    nlp.replace_listeners("xlmrxl_transformer", "xlmrxl_textcat", ["model.tok2vec"])
+
+    assert transformer.listener_map == {}
+    assert not any(isinstance(node, XLMRListener) for node in textcat.model.walk())
+    assert textcat.model.get_ref("tok2vec") is textcat.model.get_ref("transformer")
+    shared = transformer.model.shims[0].module
+    [own_node] = backbone_nodes(textcat.model)
+    own = own_node.shims[0].module
+    assert own is not shared
+    shared_ptrs = {p.data_ptr() for p in shared.parameters()}
+    assert not shared_ptrs & {p.data_ptr() for p in own.parameters()}, "the copy shares no weights"
+    block = nlp.config["components"]["xlmrxl_textcat"]["model"]["tok2vec"]
+    assert block["@architectures"] == "spacy-xlmrxl.Transformer.v1" and block["preset"] == "tiny"
+    numpy.testing.assert_allclose(cats(list(nlp.pipe(texts))), before, rtol=0, atol=1e-6)
+
+    # training the textcat now changes its own copy only. The last joint step's gradient is still
+    # pending in the shared backbone (nlp.update calls each component's finish_update right after
+    # its own update, i.e. before the listeners downstream backpropagate): apply it first
+    optimizer = nlp.resume_training()
+    transformer.finish_update(optimizer)
+    frozen = {name: p.detach().clone() for name, p in shared.named_parameters()}
+    start = {name: p.detach().clone() for name, p in own.named_parameters()}
+    for _ in range(2):
+        losses = {}
+        nlp.update(examples, sgd=optimizer, losses=losses)
+        assert losses["xlmrxl_textcat"] > 0
+        assert all(p.grad is None for p in shared.parameters())
+    assert all(torch.equal(p, frozen[name]) for name, p in shared.named_parameters())
+    assert any(not torch.equal(p, start[name]) for name, p in own.named_parameters())
+    trained = cats(list(nlp.pipe(texts)))
+    assert numpy.abs(trained - before).max() > 1e-4
+
+    nlp.to_disk(tmp_path / "pipeline")
+    loaded = spacy.load(tmp_path / "pipeline")
+    assert loaded.get_pipe("xlmrxl_transformer").listener_map == {}
+    assert loaded.config["components"]["xlmrxl_textcat"]["model"]["tok2vec"]["@architectures"] == \
+        "spacy-xlmrxl.Transformer.v1"
+    numpy.testing.assert_allclose(cats(list(loaded.pipe(texts))), trained, rtol=0, atol=1e-5)
+
+
+def test_textcat_head_v2_with_an_own_backbone(shared_data, spm_model_path):
+    from .xlmr_helpers import tiny_transformer_config
+
+    nlp = blank("en")
+    nlp.add_pipe("xlmrxl_textcat", config={"model": {
+        "@architectures": "spacy-xlmrxl.TextcatHead.v2", "tok2vec": tiny_transformer_config(spm_model_path)}})
+    examples = sib_examples(nlp, shared_data, 4)
+    losses = train(nlp, examples, 3)
+    assert losses[-1] < losses[0]
+    assert len(nlp(examples[0].reference.text).cats) == 7
