@@ -1,12 +1,15 @@
-"""Data-parallel spaCy training under ``torchrun``: all-reduced gradients, identical replicas.
+"""Data-parallel spaCy training under ``torchrun``: all-reduced gradients, identical replicas (DDP),
+or the backbone sharded with FSDP (``--strategy fsdp``, see `spacy_xlmrxl.distributed.fsdp`).
 
-Owns `GradientSync` (one flat all-reduce of every gradient of a pipeline: thinc parameters found
-by walking each trainable component's model, and the ``.grad`` of the torch parameters inside
-its ``PyTorchShim``s) and `train_ddp`, a training loop equivalent to ``spacy train`` driven by
-the same ``configs/*.cfg``, plus the CLI::
+Owns `GradientSync` (the all-reduce of every gradient of a pipeline: thinc parameters found by
+walking each trainable component's model, through one flat host buffer, and the ``.grad`` of the
+torch parameters inside its shims — the project's ``TorchModuleShim`` and thinc's
+``PyTorchShim`` — in place on their device, in buckets) and `train_ddp`, a training loop
+equivalent to ``spacy train`` driven by the same ``configs/*.cfg``, plus the CLI::
 
     torchrun --standalone --nproc_per_node 2 -m spacy_xlmrxl.distributed.ddp configs/ner.cfg \\
-        --output training/ddp --paths.train corpus/train.spacy --paths.dev corpus/dev.spacy
+        --output training/ddp --paths.train corpus/train.spacy --paths.dev corpus/dev.spacy \\
+        [--strategy fsdp] [--gpu]
 
 Semantics: every rank builds the same global batches as one process would (same seed, same
 shuffle, the config's batcher) and trains on its slice ``batch[rank::world_size]``; after
@@ -14,11 +17,12 @@ shuffle, the config's batcher) and trains on its slice ``batch[rank::world_size]
 for spaCy's losses, whose gradients are sums over the examples of a batch; use ``mean`` for a
 component whose loss is a per-batch mean) and then every rank runs the same optimizer step, so
 the replicas stay identical (rank 0's initial weights are broadcast first). Rank 0 evaluates
-every ``eval_frequency`` steps, writes ``train_log.jsonl`` and saves ``model-best`` /
-``model-last`` with ``nlp.to_disk``. Backends: gloo on CPU, nccl with ``--gpu`` (one GPU per
-rank, ``LOCAL_RANK``). Not supported: ``patience`` (training runs to ``max_steps`` /
-``max_epochs``), optimizer parameter averages for evaluation, FSDP (see the README: for XL/XXL
-the backbone would be wrapped with ``torch.distributed.fsdp`` per transformer layer instead).
+every ``eval_frequency`` steps (with FSDP every rank does: forward passes are collective),
+writes ``train_log.jsonl`` and saves ``model-best`` / ``model-last`` with ``nlp.to_disk`` (with
+FSDP from the full weights gathered on rank 0). Backends: gloo on CPU, nccl with ``--gpu`` (one
+GPU per rank: ``cuda:LOCAL_RANK``, set before the process group is created). Not supported:
+``patience`` (training runs to ``max_steps`` / ``max_epochs``), optimizer parameter averages for
+evaluation; FSDP shards ``Transformer.v1`` backbones only (ner, textcat), not QA / fill-mask.
 """
 
 from __future__ import annotations
@@ -35,19 +39,19 @@ import torch
 import torch.distributed as dist
 
 REDUCTIONS = ("sum", "mean")
+BUCKET_BYTES = 256 * 1024 ** 2  # torch gradients are all-reduced in float32 buckets of this size
 
 
 class GradientSync:
     """Every trainable parameter slot of a pipeline, in one order that is the same on all ranks.
 
     Thinc slots are ``(model node, parameter name)`` pairs; torch slots are the parameters of
-    the torch modules held by ``PyTorchShim``s. Components that share a model (listeners) are
-    visited once.
+    the torch modules held by shims (thinc's ``PyTorchShim`` and the project's
+    ``TorchModuleShim``). Components that share a model (listeners) are visited once.
+    Parameters sharded by FSDP (DTensors) are left out: FSDP reduces their gradients itself.
     """
 
     def __init__(self, nlp: Any, *, exclude: Sequence[str] = ()) -> None:
-        from thinc.shims import PyTorchShim
-
         self.thinc_slots: List[Tuple[Any, str]] = []
         self.torch_params: List[torch.nn.Parameter] = []
         seen_nodes, seen_shims = set(), set()
@@ -61,9 +65,11 @@ class GradientSync:
                 seen_nodes.add(node.id)
                 self.thinc_slots.extend((node, p) for p in node.param_names if node.has_param(p))
                 for shim in node.shims:
-                    if isinstance(shim, PyTorchShim) and shim.id not in seen_shims:
+                    module = getattr(shim, "_model", None)
+                    if isinstance(module, torch.nn.Module) and shim.id not in seen_shims:
                         seen_shims.add(shim.id)
-                        self.torch_params.extend(p for p in shim._model.parameters() if p.requires_grad)
+                        self.torch_params.extend(p for p in module.parameters()
+                                                 if p.requires_grad and not _is_sharded(p))
 
     @staticmethod
     def _world() -> int:
@@ -77,65 +83,103 @@ class GradientSync:
 
     def all_reduce_gradients(self, reduction: str = "sum") -> None:
         """Replace each gradient by its sum (or mean) over ranks; a slot with no gradient on any
-        rank stays without one, so the optimizer skips it as it would in one process."""
+        rank stays without one, so the optimizer skips it as it would in one process.
+
+        Thinc gradients go through one flat host buffer (they are small: the task heads); torch
+        gradients (the backbone: GBs for XL) are reduced where they live, in place, in buckets
+        of `BUCKET_BYTES`, with no host copy.
+        """
         if reduction not in REDUCTIONS:
             raise ValueError(f"reduction must be one of {REDUCTIONS}, got {reduction!r}")
         world = self._world()
         if world == 1 or not (self.thinc_slots or self.torch_params):
             return
-        arrays: List[torch.Tensor] = []
-        flags: List[float] = []
-        for value, shape in self._thinc_arrays(grads=True):
-            flags.append(0.0 if value is None else 1.0)
-            arrays.append(torch.zeros(shape) if value is None else torch.from_numpy(numpy.ascontiguousarray(value, dtype="float32")))
-        for param in self.torch_params:
-            flags.append(0.0 if param.grad is None else 1.0)
-            grad = torch.zeros_like(param, dtype=torch.float32) if param.grad is None else param.grad.float()
-            arrays.append(grad.detach().cpu())
-        flat = torch.cat([a.reshape(-1) for a in arrays] + [torch.tensor(flags)])
-        device = self.torch_params[0].device if self.torch_params else torch.device("cpu")
-        if dist.get_backend() == "nccl":
-            device = torch.device("cuda", torch.cuda.current_device())
-        flat = flat.to(device)
-        dist.all_reduce(flat, op=dist.ReduceOp.SUM)
-        if reduction == "mean":
-            flat[: -len(flags)] /= world
-        flat = flat.cpu()
-        offset, n_slots = 0, len(self.thinc_slots)
-        for index, array in enumerate(arrays):
-            reduced = flat[offset: offset + array.numel()].view(array.shape)
-            offset += array.numel()
-            if flat[-len(flags) + index] == 0:
+        device = _collective_device(self.torch_params[0].device if self.torch_params else None)
+        # one small all-reduce of the "has a gradient" flags of every slot, thinc and torch
+        thinc_values = list(self._thinc_arrays(grads=True))
+        flags = torch.tensor([0.0 if v is None else 1.0 for v, _ in thinc_values]
+                             + [0.0 if p.grad is None else 1.0 for p in self.torch_params], device=device)
+        dist.all_reduce(flags, op=dist.ReduceOp.SUM)
+        present = (flags > 0).cpu().tolist()
+        n_slots = len(self.thinc_slots)
+        arrays = [torch.zeros(shape) if value is None
+                  else torch.from_numpy(numpy.ascontiguousarray(value, dtype="float32"))
+                  for value, shape in thinc_values]
+        if arrays:
+            flat = torch.cat([a.reshape(-1) for a in arrays]).to(device)
+            dist.all_reduce(flat, op=dist.ReduceOp.SUM)
+            if reduction == "mean":
+                flat /= world
+            flat, offset = flat.cpu(), 0
+            for index, array in enumerate(arrays):
+                reduced = flat[offset: offset + array.numel()].view(array.shape)
+                offset += array.numel()
+                if present[index]:
+                    node, name = self.thinc_slots[index]
+                    node.set_grad(name, node.ops.asarray(reduced.numpy().copy()))
+        bucket: List[torch.Tensor] = []
+        size = 0
+        for index, param in enumerate(self.torch_params):
+            if not present[n_slots + index]:
                 continue
-            if index < n_slots:
-                node, name = self.thinc_slots[index]
-                node.set_grad(name, node.ops.asarray(reduced.numpy().copy()))
-            else:
-                param = self.torch_params[index - n_slots]
-                param.grad = reduced.to(device=param.device, dtype=param.dtype).clone()
+            if param.grad is None:
+                param.grad = torch.zeros_like(param)
+            bucket.append(param.grad)
+            size += param.grad.numel() * 4
+            if size >= BUCKET_BYTES:
+                _all_reduce_bucket(bucket, device, world if reduction == "mean" else 1)
+                bucket, size = [], 0
+        if bucket:
+            _all_reduce_bucket(bucket, device, world if reduction == "mean" else 1)
 
     def broadcast_parameters(self, src: int = 0) -> None:
-        """Copy rank ``src``'s weights to every rank (thinc parameters and torch parameters)."""
+        """Copy rank ``src``'s weights to every rank: thinc parameters through one flat buffer,
+        torch parameters tensor by tensor, in place where they live."""
         if self._world() == 1:
             return
+        device = _collective_device(self.torch_params[0].device if self.torch_params else None)
         tensors = [torch.from_numpy(numpy.ascontiguousarray(v, dtype="float32")) for v, _ in self._thinc_arrays(grads=False)]
-        tensors += [p.detach().float().cpu() for p in self.torch_params]
-        if not tensors:
-            return
-        flat = torch.cat([t.reshape(-1) for t in tensors])
-        if dist.get_backend() == "nccl":
-            flat = flat.cuda()
-        dist.broadcast(flat, src=src)
-        flat, offset = flat.cpu(), 0
-        for index, tensor in enumerate(tensors):
-            value = flat[offset: offset + tensor.numel()].view(tensor.shape)
-            offset += tensor.numel()
-            if index < len(self.thinc_slots):
+        if tensors:
+            flat = torch.cat([t.reshape(-1) for t in tensors]).to(device)
+            dist.broadcast(flat, src=src)
+            flat, offset = flat.cpu(), 0
+            for index, tensor in enumerate(tensors):
+                value = flat[offset: offset + tensor.numel()].view(tensor.shape)
+                offset += tensor.numel()
                 node, name = self.thinc_slots[index]
                 node.set_param(name, node.ops.asarray(value.numpy().copy()))
-            else:
-                with torch.no_grad():
-                    self.torch_params[index - len(self.thinc_slots)].copy_(value)
+        with torch.no_grad():
+            for param in self.torch_params:
+                if param.device == device:
+                    dist.broadcast(param.data, src=src)
+                else:
+                    value = param.detach().to(device)
+                    dist.broadcast(value, src=src)
+                    param.copy_(value)
+
+
+def _collective_device(preferred: Optional[torch.device]) -> torch.device:
+    """Where a tensor must be for a collective: this rank's GPU with nccl, else the CPU."""
+    if dist.get_backend() == "nccl":
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu") if preferred is None or preferred.type != "cpu" else preferred
+
+
+def _all_reduce_bucket(grads: List[torch.Tensor], device: torch.device, divide: int) -> None:
+    """Sum ``grads`` over ranks (float32, one flat buffer on ``device``) and write them back."""
+    flat = torch.cat([g.detach().reshape(-1).to(device=device, dtype=torch.float32) for g in grads])
+    dist.all_reduce(flat, op=dist.ReduceOp.SUM)
+    if divide != 1:
+        flat /= divide
+    offset = 0
+    with torch.no_grad():
+        for grad in grads:
+            grad.copy_(flat[offset: offset + grad.numel()].view_as(grad))
+            offset += grad.numel()
+
+
+def _is_sharded(param: torch.Tensor) -> bool:
+    return hasattr(param, "to_local") and hasattr(param, "placements")  # a DTensor (FSDP2)
 
 
 def _to_numpy(array: Any) -> numpy.ndarray:
@@ -143,12 +187,22 @@ def _to_numpy(array: Any) -> numpy.ndarray:
 
 
 def init_distributed(*, use_gpu: bool) -> Tuple[int, int]:
-    """``(rank, world_size)``; joins the torchrun process group when ``WORLD_SIZE`` > 1."""
+    """``(rank, world_size)``; joins the torchrun process group when ``WORLD_SIZE`` > 1.
+
+    With ``use_gpu`` the process's GPU is ``cuda:LOCAL_RANK`` (set before the process group
+    exists, so that nccl binds to it) and the backend is nccl; otherwise gloo.
+    """
     world = int(os.environ.get("WORLD_SIZE", "1"))
+    if use_gpu:
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
     if world == 1:
         return 0, 1
     if not dist.is_initialized():
-        dist.init_process_group(backend="nccl" if use_gpu else "gloo")
+        if use_gpu:
+            device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+            dist.init_process_group(backend="nccl", device_id=device)
+        else:
+            dist.init_process_group(backend="gloo")
     return dist.get_rank(), dist.get_world_size()
 
 
@@ -163,6 +217,9 @@ def _reduce_losses(losses: Dict[str, float], names: Sequence[str]) -> Dict[str, 
     return {n: float(values[i]) for i, n in enumerate(names) if values[len(names) + i] > 0}
 
 
+STRATEGIES = ("ddp", "fsdp")
+
+
 def train_ddp(
     config_path: Path,
     output: Path,
@@ -170,9 +227,13 @@ def train_ddp(
     overrides: Optional[Dict[str, Any]] = None,
     grad_reduce: str = "sum",
     use_gpu: bool = False,
+    strategy: str = "ddp",
+    fsdp_precision: str = "auto",
 ) -> Dict[str, Any]:
     """Train the pipeline of ``config_path`` on this rank (see the module docstring).
 
+    ``strategy="fsdp"`` shards the trainable ``Transformer.v1`` backbones with FSDP2 (see
+    `spacy_xlmrxl.distributed.fsdp`; ``fsdp_precision``: ``auto`` = bf16 on GPU, fp32 on CPU).
     Returns the last log entry (``step``, ``epoch``, ``losses``, ``score``).
     """
     from spacy import util
@@ -181,13 +242,16 @@ def train_ddp(
     from spacy.training.loop import create_evaluation_callback, create_train_batches, subdivide_batch, update_meta
     from spacy.util import registry, resolve_dot_names
 
+    if strategy not in STRATEGIES:
+        raise ValueError(f"strategy must be one of {STRATEGIES}, got {strategy!r}")
+    if grad_reduce not in REDUCTIONS:
+        raise ValueError(f"grad_reduce must be one of {REDUCTIONS}, got {grad_reduce!r}")
     rank, world = init_distributed(use_gpu=use_gpu)
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     if use_gpu:
-        local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-        torch.cuda.set_device(local_rank)
         util.require_gpu(local_rank)
     config = util.load_config(config_path, overrides=overrides or {}, interpolate=False)
-    nlp = init_nlp(config, use_gpu=-1 if not use_gpu else int(os.environ.get("LOCAL_RANK", "0")))
+    nlp = init_nlp(config, use_gpu=-1 if not use_gpu else local_rank)
     config = nlp.config.interpolate()
     T = registry.resolve(config["training"], schema=ConfigSchemaTraining)
     train_corpus, dev_corpus = resolve_dot_names(config, [T["train_corpus"], T["dev_corpus"]])
@@ -195,7 +259,14 @@ def train_ddp(
     frozen, annotating = T["frozen_components"], T["annotating_components"]
     if T["seed"] is not None:
         util.fix_random_seed(T["seed"])  # the same shuffles and batches on every rank
-    sync = GradientSync(nlp, exclude=frozen)
+    fsdp = strategy == "fsdp" and world > 1
+    balancer = None
+    if fsdp:
+        from .fsdp import CallBalancer, shard_backbones
+
+        shard_backbones(nlp, exclude=frozen, precision=fsdp_precision, grad_reduce=grad_reduce)
+        balancer = CallBalancer(nlp)
+    sync = GradientSync(nlp, exclude=frozen)  # with FSDP: the replicated (non-backbone) weights
     sync.broadcast_parameters()
     evaluate = create_evaluation_callback(nlp, dev_corpus, T["score_weights"])
     trained = [n for n, p in nlp.pipeline if n not in frozen and getattr(p, "is_trainable", False)]
@@ -203,39 +274,69 @@ def train_ddp(
     log_path = output / "train_log.jsonl"
     if rank == 0:
         log_path.write_text("")
+    evaluates = rank == 0 or fsdp  # with FSDP a forward pass is collective: every rank evaluates
+
+    def save(path: Path) -> None:
+        if not fsdp:
+            nlp.to_disk(path)
+            return
+        from .fsdp import full_backbones
+
+        with full_backbones(nlp, rank=rank):
+            if rank == 0:
+                nlp.to_disk(path)
+
     best_score, info = None, {}
     max_steps, eval_frequency = T["max_steps"], T["eval_frequency"]
+    accumulate = max(1, int(T["accumulate_gradient"]))
     for step, (epoch, batch) in enumerate(create_train_batches(nlp, train_corpus, batcher, T["max_epochs"]), start=1):
         if T["before_update"]:
             T["before_update"](nlp, {"step": step - 1, "epoch": epoch})
         local = list(batch)[rank::world]
         losses: Dict[str, float] = {}
-        for subbatch in subdivide_batch(local, T["accumulate_gradient"]) if local else ():
-            nlp.update(subbatch, drop=T["dropout"], losses=losses, sgd=False, exclude=frozen, annotates=annotating)
+        subbatches = list(subdivide_batch(local, accumulate)) if local else []
+        if balancer is None:
+            for subbatch in subbatches:
+                nlp.update(subbatch, drop=T["dropout"], losses=losses, sgd=False, exclude=frozen, annotates=annotating)
+        else:  # the same number of backbone calls on every rank, per subbatch slot
+            slots = accumulate + 1  # subdivide_batch yields at most accumulate_gradient + 1 parts
+            targets = balancer.targets(subbatches, slots)
+            for i in range(slots):
+                if i < len(subbatches):
+                    calls = balancer.local_calls([eg.predicted for eg in subbatches[i]])
+                    balancer.padded += int(sum(t - c for t, c in zip(targets[i], calls)))
+                    with balancer.expect(calls, targets[i]):
+                        nlp.update(subbatches[i], drop=T["dropout"], losses=losses, sgd=False, exclude=frozen,
+                                   annotates=annotating)
+                else:
+                    balancer.padded += int(sum(targets[i]))
+                    balancer.dummy_update(targets[i])
         sync.all_reduce_gradients(grad_reduce)
         for name, proc in nlp.pipeline:
             if name not in frozen and getattr(proc, "is_trainable", False) and proc.model not in (True, False, None):
                 proc.finish_update(optimizer)
         optimizer.step_schedules()
         info = {"step": step, "epoch": epoch, "losses": _reduce_losses(losses, trained), "score": None}
+        if balancer is not None:  # dummy backbone calls so far, all ranks (the cost of balancing)
+            info["fsdp_dummy_calls"] = balancer.total_padded()
         last = bool(max_steps) and step >= max_steps
-        if rank == 0 and (step % eval_frequency == 0 or last):
+        if evaluates and (step % eval_frequency == 0 or last):
             score, other_scores = evaluate()
             info.update(score=score, other_scores=other_scores)
             if best_score is None or score > best_score:
                 best_score = score
                 update_meta(T, nlp, info)
-                nlp.to_disk(output / "model-best")
+                save(output / "model-best")
         if rank == 0:
             with log_path.open("a", encoding="utf8") as handle:
                 handle.write(json.dumps({k: v for k, v in info.items() if k != "other_scores"}) + "\n")
         if last:
             break
-    if rank == 0:
+    if evaluates:
         if info.get("score") is None:
             info["score"], info["other_scores"] = evaluate()
         update_meta(T, nlp, info)
-        nlp.to_disk(output / "model-last")
+        save(output / "model-last")
     if world > 1:
         dist.barrier()
         dist.destroy_process_group()
@@ -253,6 +354,10 @@ def _parse_args(argv: Optional[Sequence[str]]) -> Tuple[argparse.Namespace, Dict
     parser.add_argument("--output", "-o", type=Path, required=True)
     parser.add_argument("--grad-reduce", choices=REDUCTIONS, default="sum")
     parser.add_argument("--gpu", action="store_true", help="one GPU per rank (LOCAL_RANK), nccl backend")
+    parser.add_argument("--strategy", choices=STRATEGIES, default="ddp",
+                        help="ddp: replicated model, all-reduced gradients; fsdp: FSDP2-sharded backbone")
+    parser.add_argument("--fsdp-precision", choices=("auto", "bf16", "fp32"), default="auto",
+                        help="FSDP compute/all-gather dtype (auto: bf16 on GPU, fp32 on CPU)")
     parser.add_argument("--code", type=Path, default=None, help="Python file with custom components")
     args, rest = parser.parse_known_args(argv)
     return args, parse_config_overrides(list(rest))
@@ -264,7 +369,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         from spacy.util import import_file
 
         import_file(args.code.stem, args.code)
-    info = train_ddp(args.config, args.output, overrides=overrides, grad_reduce=args.grad_reduce, use_gpu=args.gpu)
+    info = train_ddp(args.config, args.output, overrides=overrides, grad_reduce=args.grad_reduce, use_gpu=args.gpu,
+                     strategy=args.strategy, fsdp_precision=args.fsdp_precision)
     if int(os.environ.get("RANK", "0")) == 0:
         print(json.dumps({k: v for k, v in info.items() if k != "other_scores"}), file=sys.stderr)
     return 0

@@ -18,7 +18,12 @@ all-reduce buckets add nothing). FSDP (``FULL_SHARD``) divides it by N GPUs; for
 is kept in fp32 (4 B weights = the master, 4 B grads, 8 B Adam) and each wrap unit is gathered
 in bf16 for its forward/backward. Wrap units: the embeddings and each transformer layer; while
 one unit computes, the next is prefetched, so two gathered units (weights) plus one unsharded
-gradient of a unit are held at a time.
+gradient of a unit are held at a time; with bf16 that gradient is reduced in fp32
+(``reduce_dtype``), so its fp32 copy (4 B) is held beside the bf16 one while it is scattered.
+This is what `spacy_xlmrxl.distributed.fsdp` does (FSDP2 ``fully_shard`` per layer, embeddings
+and root; ``MixedPrecisionPolicy(bf16, reduce fp32)``; thinc's Adam on the fp32 shards). Not
+included: the full fp32 model each rank builds before it is sharded (``init_nlp``), and the
+one full tensor at a time gathered when rank 0 saves.
 
 Activations are the tensors autograd saves in the forward pass (the peak is reached at the start
 of the backward pass), per layer, for B sequences of S pieces, hidden H, FFN F, A heads, element
@@ -146,7 +151,8 @@ def plan_memory(
     else:
         weights, grads, optimizer = p * 4 / num_gpus, p * 4 / num_gpus, p * 8 / num_gpus
         units = sorted(unit_parameters(config), reverse=True)
-        gathered = (units[0] + units[1]) * low + units[0] * low  # 2 prefetched units + 1 unit's grads
+        # 2 gathered units + 1 unit's unsharded grads (+ their fp32 reduce-scatter copy with bf16)
+        gathered = (units[0] + units[1]) * low + units[0] * (low + (4 if precision == "bf16" else 0))
     acts = activation_bytes(config, batch_size=batch_size, seq_length=seq_length, element_bytes=low,
                             attention=attention, checkpointing=checkpointing)
     return MemoryPlan(name=name, strategy=strategy, precision=precision, checkpointing=checkpointing,

@@ -107,3 +107,63 @@ def test_activation_estimate_matches_saved_tensors(dropout, checkpointing):
         estimate -= layer
     # tolerance: 2% (index tensors and LayerNorm statistics are modelled exactly on CPU)
     assert measured == pytest.approx(estimate, rel=0.02)
+
+
+def _fsdp_state_bytes(rank: int, world: int, port: int, out_dir: str) -> None:
+    """One rank (spawned): shard a tiny backbone with `shard_shim`, one forward/backward and one
+    sharded thinc-Adam step; write this rank's bytes of weights, gradients and Adam moments."""
+    import json
+    import os
+
+    import torch.distributed as dist
+    from thinc.api import Adam
+
+    from modeling.model import XLMRobertaXLModel
+    from spacy_xlmrxl.backbone import TorchModuleShim
+    from spacy_xlmrxl.distributed.fsdp import shard_shim
+
+    os.environ["OMP_NUM_THREADS"] = "1"
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
+    try:
+        torch.manual_seed(0)
+        config = _tiny()
+        shim = TorchModuleShim(XLMRobertaXLModel(config), model_cls=XLMRobertaXLModel)
+        shard_shim(shim)
+        module = shim._model
+        out = module(input_ids=torch.randint(5, config.vocab_size, (2, 12)))
+        (out.last_hidden_state.square().mean() + out.pooler_output.sum()).backward()
+        nbytes = lambda ts: sum(t.numel() * t.element_size() for t in ts)  # noqa: E731
+        params = list(module.parameters())
+        weights = nbytes(p.to_local() for p in params)
+        grads = nbytes(p.grad.to_local() for p in params if p.grad is not None)
+        optimizer = Adam(0.001)
+        shim.finish_update(optimizer)
+        moments = sum(a.nbytes for a in list(optimizer.mom1.values()) + list(optimizer.mom2.values()))
+        with open(os.path.join(out_dir, f"rank{rank}.json"), "w") as handle:
+            json.dump({"weights": weights, "grads": grads, "optimizer": moments}, handle)
+    finally:
+        dist.destroy_process_group()
+
+
+@needs_model
+def test_fsdp_state_bytes_per_rank_match_the_plan(tmp_path):
+    """FSDP (fp32) on 2 gloo ranks: each rank holds half of the weights, gradients and Adam
+    moments that `plan_memory` counts (uneven dim-0 splits move a few rows between ranks)."""
+    import json
+    import socket
+
+    import torch.multiprocessing as mp
+
+    pytest.importorskip("torch.distributed.fsdp")
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    mp.spawn(_fsdp_state_bytes, args=(2, port, str(tmp_path)), nprocs=2, join=True)
+    ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
+    config = _tiny()
+    plan = plan_memory(config, strategy="fsdp", precision="fp32", num_gpus=2)
+    for field, planned in (("weights", plan.weights), ("grads", plan.gradients), ("optimizer", plan.optimizer)):
+        assert sum(r[field] for r in ranks) == 2 * planned, field
+        for r in ranks:
+            assert r[field] == pytest.approx(planned, rel=0.01), field

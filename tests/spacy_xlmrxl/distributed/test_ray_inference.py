@@ -1,4 +1,5 @@
-"""Ray inference against single-process ``nlp.pipe``: same records, order, resume, killed actor.
+"""Ray inference against single-process ``nlp.pipe``: same records, order, resume, killed actor;
+toy components, and the project's own NER pipeline (configs/ner.cfg, tiny backbone).
 
 One local Ray session (2 CPUs) is shared by the whole module to keep Ray's start-up cost once.
 """
@@ -138,3 +139,65 @@ def test_killed_actor_is_retried(ray_session, corpus, tmp_path):
     records = read_results(out)
     assert summary.written == 135 and len({r["id"] for r in records}) == 135
     assert records == _expected(marker_free, corpus)
+
+
+# --------------------------------------------------------------------------- the project's NER
+NER_TEXTS = ["Anna Berg went to Oslo with Acme", "Acme and the city of Berlin", "Oslo", "",
+             "Ein langer Satz über Berlin, Oslo und Anna, der in mehrere Stücke zerfällt. " * 3]
+
+
+@pytest.fixture(scope="module")
+def ner_model(spm_model_path, tmp_path_factory) -> Path:
+    """configs/ner.cfg with a tiny random backbone and a random NER head (so that it predicts
+    entities of every label without training), saved with ``nlp.to_disk``."""
+    import numpy
+    from spacy.tokens import Doc, DocBin, Span
+    from spacy.training.initialize import init_nlp
+    from spacy.util import load_config
+
+    root = tmp_path_factory.mktemp("ner")
+    blank = spacy.blank("xx")
+    docs = DocBin()
+    for label, words, k in (("PER", ["Anna", "went"], 0), ("LOC", ["to", "Oslo"], 1), ("ORG", ["Acme", "hires"], 0)):
+        doc = Doc(blank.vocab, words=words)
+        doc.ents = [Span(doc, k, k + 1, label=label)]
+        docs.add(doc)
+    docs.to_disk(root / "train.spacy")
+    config = load_config(REPO_ROOT / "configs" / "ner.cfg", overrides={
+        "paths.train": str(root / "train.spacy"), "paths.dev": str(root / "train.spacy"), "paths.preset": "tiny",
+        "paths.tokenizer": str(spm_model_path), "components.transformer.model.max_batch_pieces": 64,
+        "components.transformer.model.windows.window": 24, "components.transformer.model.windows.stride": 16,
+    }, interpolate=False)
+    nlp = init_nlp(config)
+    rng = numpy.random.default_rng(0)
+    for node in nlp.get_pipe("ner").model.walk():
+        for name in node.param_names:
+            if node.has_param(name):
+                param = node.get_param(name)
+                node.set_param(name, rng.normal(0.0, 1.0, param.shape).astype("float32"))
+    nlp.to_disk(root / "model")
+    return root / "model"
+
+
+def test_xlmrxl_ner_pipeline_on_ray_matches_nlp_pipe(ray_session, ner_model, tmp_path):
+    """A saved xlmrxl_ner pipeline through Ray (2 actors): the records of a single-process
+    ``nlp.pipe``, none lost or duplicated; a second run over more input resumes."""
+    rows = [{"id": f"n{i}", "text": NER_TEXTS[i % len(NER_TEXTS)] + (f" {i}" if i % 3 else "")} for i in range(30)]
+    first, second = tmp_path / "a.jsonl", tmp_path / "b.jsonl"
+    first.write_text("".join(json.dumps(r) + "\n" for r in rows[:18]))
+    second.write_text("".join(json.dumps(r) + "\n" for r in rows[18:]))
+    nlp = spacy.load(ner_model)
+    assert nlp.pipe_names == ["transformer", "ner"]
+    expected = [doc_to_record(r["id"], doc, EXTENSIONS) for r, doc in zip(rows, nlp.pipe(r["text"] for r in rows))]
+    assert sum(len(r["ents"]) for r in expected) >= 10
+    assert {e["label"] for r in expected for e in r["ents"]} == {"PER", "LOC", "ORG"}
+    out = tmp_path / "ner.jsonl"
+    run = dict(extensions=EXTENSIONS, num_actors=2, num_cpus_per_actor=0.5, progress=False, batch_size=4)
+    summary = run_pipeline_on_ray(ner_model, [first], out, **run)
+    assert (summary.written, summary.skipped) == (18, 0)
+    assert read_results(out) == expected[:18]
+    summary = run_pipeline_on_ray(ner_model, [first, second], out, **run)  # resumes: only the new ids
+    assert (summary.written, summary.skipped) == (12, 18)
+    records = read_results(out)
+    assert [r["id"] for r in records] == [r["id"] for r in rows]
+    assert records == expected
