@@ -94,10 +94,27 @@ def cpu_flags() -> set:
 
 
 def native_bf16() -> bool:
-    """Whether this CPU multiplies bf16 natively (AVX-512 BF16 or AMX); without it torch's bf16
-    matmul falls back to a slow path, many times slower than fp32."""
-    flags = cpu_flags()
-    return bool({"avx512_bf16", "amx_bf16"} & flags)
+    """Whether this CPU multiplies bf16 natively (AVX-512 BF16 or AMX; Arm bf16); without it torch's
+    bf16 matmul falls back to a slow path, many times slower than fp32. The same check as the
+    components' slow-bf16 warning (`spacy_xlmrxl.backbone.native_bf16_matmul`)."""
+    from spacy_xlmrxl.backbone import native_bf16_matmul
+
+    return native_bf16_matmul()
+
+
+def backbone_overrides(config: Mapping, **settings: object) -> Dict:
+    """Config overrides (for ``spacy.load(path, config=...)``) that set ``settings`` (e.g.
+    ``quantize="int8"``, ``dtype="bfloat16"``) on every ``spacy-xlmrxl.Transformer.v1`` block of
+    a pipeline ``config``, whatever the components are called: what
+    ``--components.<name>.model[...].quantize int8`` does on the command line."""
+    def visit(node: Mapping) -> Optional[Dict]:
+        if node.get("@architectures") == "spacy-xlmrxl.Transformer.v1":
+            return dict(settings)
+        found = {key: sub for key, child in node.items() if isinstance(child, Mapping)
+                 for sub in [visit(child)] if sub}
+        return found or None
+
+    return {"components": visit(config.get("components", {})) or {}}
 
 
 def machine_line() -> str:

@@ -11,9 +11,10 @@ medians) and how much the results move:
   also the entity F1 against the UNER gold annotation and its change.
 
 Options: ``bf16`` = bf16 weights and activations (the component setting ``dtype = "bfloat16"``);
-``int8`` = ``torch.ao.quantization.quantize_dynamic`` on every ``nn.Linear`` (int8 weights,
-activations quantised per batch, fp32 accumulation). The components have no int8 setting, so
-this script quantises the component's torch module in place. bf16 is only measured in full on
+``int8`` = the backbone setting ``quantize = "int8"``: ``torch.ao.quantization.quantize_dynamic``
+on every ``nn.Linear`` (int8 weights, activations quantised per batch, fp32 accumulation), done by
+`spacy_xlmrxl.backbone.quantize_linear_int8` for the bare backbone and by the config switch for the
+pipeline (``spacy.load(dir, config=...)`` with ``--trained``). bf16 is only measured in full on
 CPUs with native bf16 matmuls (AVX-512 BF16 / AMX); elsewhere it is measured on the smallest
 inputs only (``--bf16 on`` forces it everywhere, ``--bf16 off`` skips it).
 
@@ -37,10 +38,10 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.common import (REPO, UnerSentence, add_clock_option, geomean, interleaved_medians, load_uner,  # noqa: E402
-                          machine_line, native_bf16, print_table, use_clock)
-from bench.pipeline_throughput import (build_hf_dir, build_ours, count_entities, entity_agreement,  # noqa: E402
-                                       quantize_int8)
+                          machine_line, native_bf16, print_table, backbone_overrides, use_clock)
+from bench.pipeline_throughput import build_hf_dir, build_ours, count_entities, entity_agreement  # noqa: E402
 from modeling import XLMRobertaXLConfig, XLMRobertaXLModel  # noqa: E402
+from spacy_xlmrxl.backbone import is_quantized, quantize_linear_int8  # noqa: E402
 
 BACKBONES = {
     "xl-2L": dict(hidden_size=2560, num_attention_heads=32, intermediate_size=10240, num_hidden_layers=2),
@@ -56,9 +57,7 @@ def compare(out: torch.Tensor, ref: torch.Tensor) -> Tuple[float, float]:
 
 
 def backbone_variants(model: XLMRobertaXLModel) -> Dict[str, torch.nn.Module]:
-    int8 = copy.deepcopy(model)
-    quantize_int8(int8)
-    return {"int8": int8, "bf16": copy.deepcopy(model).to(torch.bfloat16)}
+    return {"int8": quantize_linear_int8(model), "bf16": copy.deepcopy(model).to(torch.bfloat16)}
 
 
 def bench_backbones(points: List[Tuple[int, int]], rounds: int, bf16_mode: str, bf16_max_tokens: int) -> List[str]:
@@ -112,23 +111,24 @@ def bench_pipeline(sentences: List[UnerSentence], rounds: int, bf16_mode: str, b
     texts = [s.text for s in sentences]
     if trained is not None:
         fp32 = spacy.load(trained)
-        int8 = spacy.load(trained)
-        bf16_factory: Callable[[], Any] = lambda: spacy.load(trained)  # noqa: E731  (cast below)
+        # the config switches, as --components.<name>.model[...].quantize int8 would set them
+        int8 = spacy.load(trained, config=backbone_overrides(fp32.config, quantize="int8"))
+        bf16_factory: Callable[[], Any] = lambda: spacy.load(  # noqa: E731
+            trained, config=backbone_overrides(fp32.config, dtype="bfloat16"))
         where = f"trained pipeline {trained}"
     else:
         hf_dir = build_hf_dir(6, 768, 12, 3072, 0)
         fp32 = build_ours(hf_dir, texts, max_batch_pieces=4096)
-        int8 = build_ours(hf_dir, texts, max_batch_pieces=4096)
+        int8 = build_ours(hf_dir, texts, max_batch_pieces=4096, quantize="int8")
         bf16_factory = lambda: build_ours(hf_dir, texts, max_batch_pieces=4096, dtype="bfloat16")  # noqa: E731
         where = f"random-init 6x768 model ({hf_dir.name}) and seeded random tag layer, the same for every option"
-    for module in _backbones(int8):
-        quantize_int8(module)
+    assert all(is_quantized(m) for m in _backbones(int8)) and _backbones(int8), "quantize = int8 was not applied"
     n_words = sum(len(fp32.make_doc(t)) for t in texts)
     pipe = lambda nlp, xs=texts: list(nlp.pipe(xs))  # noqa: E731
     times = interleaved_medians({"fp32": lambda: pipe(fp32), "int8": lambda: pipe(int8)}, rounds=rounds)
     ref_docs, int8_docs = pipe(fp32), pipe(int8)
     rows = [["fp32", n_words / times["fp32"], 1.0, count_entities(ref_docs), 1.0],
-            ["int8 (set by this script: no config switch)", n_words / times["int8"], times["fp32"] / times["int8"],
+            ["int8 (quantize = \"int8\")", n_words / times["int8"], times["fp32"] / times["int8"],
              count_entities(int8_docs), entity_agreement(ref_docs, int8_docs)]]
     headers = ["option", "words/s", "x fp32", "entities", "entity F1 vs fp32"]
     if trained is not None:
@@ -138,9 +138,6 @@ def bench_pipeline(sentences: List[UnerSentence], rounds: int, bf16_mode: str, b
     summary = [f"NER pipeline int8 {rows[1][2]:.2f}x fp32 (entity agreement {rows[1][4]:.3f})"]
     if bf16_mode != "off" and (bf16_mode == "on" or native_bf16() or bf16_docs > 0):
         bf16 = bf16_factory()
-        if trained is not None:
-            for module in _backbones(bf16):
-                module.to(torch.bfloat16)
         sub = texts if (native_bf16() or bf16_mode == "on") else texts[:bf16_docs]
         sub_words = sum(len(fp32.make_doc(t)) for t in sub)
         t = interleaved_medians({"fp32": lambda: pipe(fp32, sub), "bf16": lambda: pipe(bf16, sub)},
@@ -162,6 +159,7 @@ def bench_pipeline(sentences: List[UnerSentence], rounds: int, bf16_mode: str, b
 
 
 def _backbones(nlp: Any) -> List[torch.nn.Module]:
+    """The torch modules the pipeline's backbones run (the int8 copies when quantised)."""
     from spacy_xlmrxl.models import backbone_nodes, backbone_shim
 
     modules = []

@@ -3,8 +3,12 @@
 Each measurement runs in a fresh process: build the tiny transformer + ner + textcat pipeline
 (real tokenizer from ``../shared``), warm it up, record the peak RSS, process the input, and
 report the growth of the peak RSS (``ru_maxrss``) and the wall time. Doc sizes and window sizes
-vary so the table shows what memory follows: the doc (pieces, tokens, per-piece hidden states
-kept on the doc) or the window (activations of one padded batch of windows).
+vary so the table shows what memory follows: the doc (tokens, pieces) or the window (one padded
+batch of windows, ``max_batch_pieces`` positions). Per doc the columns split what stays:
+``ours/tok`` is ``doc._.xlmrxl`` (token vectors the listeners read, ``<s>`` states, int32 ids,
+offsets and alignment) per spaCy token, ``ours/pc`` the part of it besides the token vectors per
+piece, ``spaCy/tok`` spaCy's own Doc per token (``nlp.make_doc``, traced), ``peak B/pc`` the
+peak RSS growth per piece, and ``batch KiB`` the hidden states of one window batch.
 Then the ``slow`` tests of ``tests/reliability`` run (``--no-tests`` skips them).
 
     python bench/reliability_big.py            # the table, then the slow tests
@@ -20,6 +24,7 @@ import resource
 import subprocess
 import sys
 import time
+import tracemalloc
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
@@ -38,22 +43,38 @@ def measure(case: str, size: int, window: int) -> dict:
 
     nlp = build_shared_pipeline(SPM, window=window, stride=window * 3 // 4)
     list(nlp.pipe([long_text(5_000), "warm up"]))
+    texts = [long_text(size)] if case == "doc" else [
+        f"Doc {i} \u05e9\u05dc\u05d5\u05dd" if i % 7 else "" for i in range(size)]
     before = _peak_mib()
     start = time.perf_counter()
     if case == "doc":
-        doc = nlp(long_text(size))
-        n_tokens, n_docs, n_pieces = len(doc), 1, doc._.xlmrxl.n_pieces
-        assert len(doc._.xlmrxl.align.lengths) == len(doc)
+        docs = [nlp(texts[0])]
+        assert len(docs[0]._.xlmrxl.align.lengths) == len(docs[0])
     else:
-        texts = [f"Doc {i} \u05e9\u05dc\u05d5\u05dd" if i % 7 else "" for i in range(size)]
         docs = list(nlp.pipe(texts, batch_size=256))
         assert [d.text for d in docs] == texts
-        n_docs, n_tokens, n_pieces = len(docs), sum(map(len, docs)), sum(d._.xlmrxl.n_pieces for d in docs)
-        del docs
     seconds = time.perf_counter() - start
+    peak_growth = _peak_mib() - before
+    data = [d._.xlmrxl for d in docs]
+    n_docs, n_tokens, n_pieces = len(docs), sum(map(len, docs)), sum(d.n_pieces for d in data)
+    ours = sum(d.nbytes() for d in data)
+    vectors = sum(v.nbytes for d in data for v in d.tokvecs.values())
+    assert all(d.hidden is None for d in data)  # no per-piece states kept: the listeners read token vectors
+    del docs, data
+    tracemalloc.start()
+    made = [nlp.make_doc(text) for text in texts]
+    spacy_bytes = tracemalloc.get_traced_memory()[0]
+    tracemalloc.stop()
+    del made
+    model = nlp.get_pipe("xlmrxl_transformer").model
+    batch_bytes = model.attrs["max_batch_pieces"] * model.get_dim("nO") * 4
     return {"case": case, "size": size, "window": window, "docs": n_docs, "tokens": n_tokens, "pieces": n_pieces,
-            "rss_before_mib": round(before, 1), "peak_growth_mib": round(_peak_mib() - before, 1),
-            "seconds": round(seconds, 1)}
+            "rss_before_mib": round(before, 1), "peak_growth_mib": round(peak_growth, 1),
+            "ours_b_per_token": round(ours / max(n_tokens, 1), 1),
+            "ours_besides_vectors_b_per_piece": round((ours - vectors) / max(n_pieces, 1), 1),
+            "spacy_doc_b_per_token": round(spacy_bytes / max(n_tokens, 1), 1),
+            "peak_b_per_piece": round(peak_growth * 2**20 / max(n_pieces, 1)),
+            "batch_kib": round(batch_bytes / 1024), "seconds": round(seconds, 1)}
 
 
 def main() -> None:
@@ -70,13 +91,22 @@ def main() -> None:
     scale = 10 if args.quick else 1
     runs = [("doc", 10_000, 510), ("doc", 100_000, 510), ("doc", 1_000_000 // scale, 510),
             ("doc", 1_000_000 // scale, 128), ("docs", 10_000 // scale, 510)]
-    print(f"{'case':5} {'size':>9} {'window':>6} {'tokens':>8} {'pieces':>8} {'rss MiB':>8} {'peak +MiB':>9} {'s':>6}")
+    print(f"{'case':5} {'size':>9} {'window':>6} {'tokens':>8} {'pieces':>8} {'rss MiB':>8} {'peak +MiB':>9} "
+          f"{'peak B/pc':>9} {'ours/tok':>8} {'ours/pc':>7} {'spaCy/tok':>9} {'batch KiB':>9} {'s':>6}")
+    results = []
     for case, size, window in runs:
         out = subprocess.run([sys.executable, __file__, "--one", case, str(size), str(window)], cwd=REPO,
                              capture_output=True, text=True, check=True)
         r = json.loads(out.stdout.strip().splitlines()[-1])
+        results.append(r)
         print(f"{r['case']:5} {r['size']:>9} {r['window']:>6} {r['tokens']:>8} {r['pieces']:>8} "
-              f"{r['rss_before_mib']:>8} {r['peak_growth_mib']:>9} {r['seconds']:>6}", flush=True)
+              f"{r['rss_before_mib']:>8} {r['peak_growth_mib']:>9} {r['peak_b_per_piece']:>9} "
+              f"{r['ours_b_per_token']:>8} {r['ours_besides_vectors_b_per_piece']:>7} "
+              f"{r['spacy_doc_b_per_token']:>9} {r['batch_kib']:>9} {r['seconds']:>6}", flush=True)
+    small, big = [r for r in results if r["case"] == "doc" and r["window"] == 510][::2][:2]
+    slope = (big["peak_growth_mib"] - small["peak_growth_mib"]) * 2**20 / (big["pieces"] - small["pieces"])
+    print(f"peak RSS growth per extra piece ({small['size']} -> {big['size']} characters, window 510): "
+          f"{slope:.0f} B", flush=True)
     if not args.no_tests:
         env = {**os.environ, "XLMRXL_RUN_SLOW": "1"}
         sys.exit(subprocess.call([sys.executable, "-m", "pytest", "-q", "-m", "slow", "tests/reliability"],

@@ -1,8 +1,10 @@
 """Alignment of sentencepiece pieces to spaCy tokens, and pooling of piece vectors into token vectors.
 
 Owns :func:`align_tokens_to_pieces` (character-offset alignment, vectorised with numpy),
-:func:`pool_pieces` (mean / first-piece pooling with its backprop, on any thinc ``Ops``) and
-:func:`piece_pooler`, a thinc ``Model`` wrapping the pooling for a batch of docs.
+:func:`pool_pieces` (mean / first-piece pooling with its backprop, on any thinc ``Ops``),
+:class:`StreamingPooler` (the same pooling at inference, block of pieces by block of pieces, so
+that no (n_pieces, H) array of a doc is ever held) and :func:`piece_pooler`, a thinc ``Model``
+wrapping the pooling for a batch of docs.
 
 Alignment rules (the contract the rest of the package relies on):
 
@@ -173,6 +175,99 @@ def pool_pieces(
         return d_hidden
 
     return pooled, backprop
+
+
+class StreamingPooler:
+    """:func:`pool_pieces` (no backprop) over piece rows that arrive in blocks, for inference.
+
+    ``add(start, rows)`` takes the final (n, H) vectors of pieces ``start .. start + n`` (blocks
+    come in piece order and tile ``0..n_pieces``, as :class:`~spacy_xlmrxl.windows.StreamingRecombiner`
+    returns them) and pools every token whose pieces have all arrived, for each mode in ``modes``.
+    Only the rows of pieces still needed by a token not yet pooled are kept (a few windows'
+    worth when offsets are monotone). ``outputs[mode]`` is (n_tokens, H), bit-identical to
+    ``pool_pieces(ops, hidden, align, mode=mode)[0]`` (same additions in the same order).
+    """
+
+    def __init__(self, ops: Ops, align: Ragged, n_pieces: int, width: int, modes: Sequence[str],
+                 dtype: str = "float32") -> None:
+        for mode in modes:
+            if mode not in POOLING_MODES:
+                raise ValueError(f"mode must be one of {POOLING_MODES}, got {mode!r}")
+        self.ops = ops
+        self.modes = tuple(dict.fromkeys(modes))
+        self.n_pieces = int(n_pieces)
+        self.width = int(width)
+        self.lengths = np.asarray(ops.to_numpy(align.lengths), dtype=np.int32)
+        self.pieces = np.asarray(ops.to_numpy(align.dataXd), dtype=np.int32)
+        if self.pieces.size and int(self.pieces.max()) >= self.n_pieces:
+            raise ValueError(f"alignment refers to piece {int(self.pieces.max())} but the doc has "
+                             f"{self.n_pieces} pieces")
+        n_tokens = len(self.lengths)
+        self.starts = (np.cumsum(self.lengths, dtype=np.int64) - self.lengths).astype(np.int64)
+        has = self.lengths > 0
+        tok_max = np.full(n_tokens, -1, dtype=np.int32)
+        tok_min = np.full(n_tokens, self.n_pieces, dtype=np.int32)
+        if has.any():
+            tok_max[has] = np.maximum.reduceat(self.pieces, self.starts[has])
+            tok_min[has] = np.minimum.reduceat(self.pieces, self.starts[has])
+        # Tokens in the order they become ready (their last piece arrives), and for each point
+        # of that order the lowest piece a token not yet pooled still needs.
+        self._order = np.argsort(tok_max, kind="stable").astype(np.int32)
+        self._ready_at = tok_max[self._order]
+        self._low = np.append(np.minimum.accumulate(tok_min[self._order][::-1])[::-1],
+                              np.int32(self.n_pieces))
+        self._next = 0
+        xp = ops.xp
+        self.outputs = {mode: xp.zeros((n_tokens, self.width), dtype=dtype) for mode in self.modes}
+        self._base = 0  # piece index of self._rows[0]
+        self._rows = xp.zeros((0, self.width), dtype=dtype)
+        self.received = 0
+        self._pool(0)  # tokens without pieces
+
+    def add(self, start: int, rows: Floats2d) -> None:
+        if start != self.received:
+            raise ValueError(f"pieces arrive in order: expected a block at {self.received}, got {start}")
+        xp = self.ops.xp
+        self._rows = xp.concatenate([self._rows, rows]) if len(self._rows) else rows
+        self.received = start + rows.shape[0]
+        self._pool(self.received)
+
+    def _pool(self, received: int) -> None:
+        # Tokens whose last piece is < received (tokens without pieces have -1: pooled first).
+        stop = int(np.searchsorted(self._ready_at, received, side="left"))
+        tokens = self._order[self._next:stop]
+        self._next = stop
+        if len(tokens):
+            lengths = self.lengths[tokens].astype(np.int64)
+            for mode in self.modes:
+                self._pool_mode(mode, tokens, lengths)
+        low = min(int(self._low[self._next]), self.received)
+        if low > self._base:
+            self._rows = self._rows[low - self._base:].copy()
+            self._base = low
+
+    def _pool_mode(self, mode: str, tokens: np.ndarray, lengths: np.ndarray) -> None:
+        ops, xp = self.ops, self.ops.xp
+        starts = self.starts[tokens]
+        if mode == "mean":
+            owners, pairs = _expand_ranges(starts, starts + lengths)
+            pieces = self.pieces[pairs]
+            scale = 1.0 / np.maximum(lengths, 1)
+        else:
+            has_piece = lengths > 0
+            pieces = self.pieces[starts[has_piece]]
+            owners = np.flatnonzero(has_piece)
+            scale = np.ones(len(tokens))
+        table = xp.zeros((len(tokens), self.width), dtype=self._rows.dtype)
+        if len(pieces):
+            rows = xp.ascontiguousarray(self._rows[ops.asarray1i((pieces - self._base).astype(np.int32))])
+            ops.scatter_add(table, ops.asarray1i(owners.astype(np.int32)), rows)
+        table *= xp.asarray(scale.astype(table.dtype))[:, None]
+        self.outputs[mode][ops.asarray1i(tokens)] = table
+
+    @property
+    def finished(self) -> bool:
+        return self._next == len(self._order)
 
 
 def piece_pooler(

@@ -10,7 +10,7 @@ that lets a Doc holding an `XLMRDocData` go through ``Doc.to_bytes`` (``nlp.pipe
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy
 import srsly
@@ -34,16 +34,22 @@ class XLMRDocData:
         pieces per token (0 for whitespace tokens);
     windows: the ``(start, end)`` piece windows the backbone ran on (an empty doc has the one
         window ``(0, 0)``, i.e. ``<s></s>``);
-    hidden: (n_pieces, H) last hidden states, overlapping windows averaged;
-    cls: (n_windows, H) the ``<s>`` state of each window.
+    hidden: (n_pieces, H) last hidden states, overlapping windows averaged; always set in
+        training (``begin_update``), and at inference only when piece states are asked for
+        (``Transformer.v1``'s own ``predict``, or the component's ``piece_states``), else None;
+    cls: (n_windows, H) the ``<s>`` state of each window;
+    tokvecs: inference only: pooling mode (``"mean"``/``"first"``) -> (n_tokens, H) token
+        vectors, pooled window batch by window batch (bit-identical to pooling ``hidden``), for
+        the modes the listening components use.
     """
 
     piece_ids: numpy.ndarray
     offsets: numpy.ndarray
     align: Ragged
     windows: List[Tuple[int, int]]
-    hidden: Floats2d
+    hidden: Optional[Floats2d]
     cls: Floats2d
+    tokvecs: Dict[str, Floats2d] = field(default_factory=dict)
 
     @property
     def n_pieces(self) -> int:
@@ -51,7 +57,13 @@ class XLMRDocData:
 
     @property
     def width(self) -> int:
-        return int(self.hidden.shape[1])
+        return int((self.hidden if self.hidden is not None else self.cls).shape[1])
+
+    def nbytes(self) -> int:
+        """Bytes of the arrays this doc data holds (what it keeps per doc)."""
+        arrays = [self.piece_ids, self.offsets, self.align.dataXd, self.align.lengths, self.cls,
+                  *self.tokvecs.values()] + ([self.hidden] if self.hidden is not None else [])
+        return int(sum(a.nbytes for a in arrays))
 
     @classmethod
     def zeros(cls, n_tokens: int, width: int, *, ops: Optional[Ops] = None) -> "XLMRDocData":
@@ -67,7 +79,8 @@ class XLMRDocData:
         )
 
     def grad_zeros(self, ops: Ops) -> "XLMRGrad":
-        return XLMRGrad(hidden=ops.alloc2f(*self.hidden.shape), cls=ops.alloc2f(*self.cls.shape))
+        hidden = ops.alloc2f(self.n_pieces, self.width)
+        return XLMRGrad(hidden=hidden, cls=ops.alloc2f(*self.cls.shape))
 
 
 _MSGPACK_KEY = "__xlmrxl_doc_data__"
@@ -80,7 +93,9 @@ def _encode_doc_data(obj: Any, chain: Any = None) -> Any:
         return {_MSGPACK_KEY: {
             "piece_ids": any_to_numpy(obj.piece_ids), "offsets": any_to_numpy(obj.offsets),
             "align_data": any_to_numpy(obj.align.dataXd), "align_lengths": any_to_numpy(obj.align.lengths),
-            "windows": [list(w) for w in obj.windows], "hidden": any_to_numpy(obj.hidden), "cls": any_to_numpy(obj.cls)}}
+            "windows": [list(w) for w in obj.windows],
+            "hidden": None if obj.hidden is None else any_to_numpy(obj.hidden), "cls": any_to_numpy(obj.cls),
+            "tokvecs": {mode: any_to_numpy(v) for mode, v in obj.tokvecs.items()}}}
     return obj if chain is None else chain(obj)
 
 
@@ -90,7 +105,8 @@ def _decode_doc_data(obj: Any, chain: Any = None) -> Any:
         msg = obj[_MSGPACK_KEY]
         return XLMRDocData(piece_ids=msg["piece_ids"], offsets=msg["offsets"],
                            align=Ragged(msg["align_data"], msg["align_lengths"]),
-                           windows=[(int(s), int(e)) for s, e in msg["windows"]], hidden=msg["hidden"], cls=msg["cls"])
+                           windows=[(int(s), int(e)) for s, e in msg["windows"]], hidden=msg["hidden"], cls=msg["cls"],
+                           tokvecs=dict(msg.get("tokvecs") or {}))
     return obj if chain is None else chain(obj)
 
 

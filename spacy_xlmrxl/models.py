@@ -4,6 +4,8 @@ Owns
 - ``spacy-xlmrxl.Transformer.v1``: Model[List[Doc], List[XLMRDocData]] around the torch
   `XLMRobertaXLModel`: tokenises each doc, aligns pieces to tokens, cuts long docs into piece
   windows, runs length-sorted window batches, recombines overlaps; backprop goes into torch.
+  Inference (`predict_doc_data`) recombines and pools batch by batch, keeping per doc only
+  the token vectors asked for (and the piece states only when asked).
   The torch module is built (and weights loaded) in the model's ``init``, i.e. in
   ``nlp.initialize``, never at ``add_pipe``;
 - ``spacy-xlmrxl.TokenVectors.v1``: a ``tok2vec`` (List[Doc] -> List[Floats2d], one row per
@@ -25,14 +27,15 @@ import torch
 from spacy.tokens import Doc
 from spacy.util import registry
 from thinc.api import Dropout, Linear, Model, Softmax_v2, chain, reduce_mean, with_array
+from thinc.layers.chain import forward as _chain_forward
 from thinc.types import Floats2d, Ragged
 
-from .alignment import POOLING_MODES, align_tokens_to_pieces, pool_pieces
-from .backbone import (DEFAULT_CHECKPOINT, BackboneSource, TorchModuleShim, load_tokenizer, to_torch, to_xp,
-                       torch_device)
+from .alignment import POOLING_MODES, StreamingPooler, align_tokens_to_pieces, pool_pieces
+from .backbone import (DEFAULT_CHECKPOINT, BackboneSource, TorchModuleShim, check_quantize_dtype, load_tokenizer,
+                       to_torch, to_xp, torch_device)
 from .doc_data import XLMRDocData, XLMRGrad
 from .listener import XLMRListener
-from .windows import batch_windows, make_strided_windows, recombine
+from .windows import StreamingRecombiner, batch_windows, make_strided_windows, recombine
 
 TRANSFORMER_NAME = "xlmrxl-transformer"
 WindowMaker = Callable[[int], List[Tuple[int, int]]]
@@ -50,6 +53,8 @@ def build_transformer(
     mixed_precision: Union[str, bool, None] = None,
     grad_checkpointing: bool = False,
     freeze: bool = False,
+    quantize: Optional[str] = None,
+    freeze_word_embeddings: bool = False,
 ) -> Model[List[Doc], List[XLMRDocData]]:
     """The XLM-R-XL backbone as a thinc layer.
 
@@ -59,13 +64,19 @@ def build_transformer(
     windows: ``(n_pieces) -> [(start, end)]`` piece windows (``spacy-xlmrxl.strided_windows.v1``);
     max_batch_pieces: padded positions per model call; dtype: weights dtype (float32 for
     training); mixed_precision: ``"bf16"``/``"fp16"``/null; grad_checkpointing; freeze: no
-    weight updates (inference mode even in ``update``).
+    weight updates (inference mode even in ``update``); quantize: null or ``"int8"`` (CPU
+    inference only: dynamic int8 ``nn.Linear`` layers, applied after the weights are loaded;
+    the float weights are kept for saving; training raises); freeze_word_embeddings: train
+    everything but the vocab x hidden word-embedding matrix (no gradient, no optimizer state
+    for it: 7.7 GB less GPU memory for XL with Adam; much less work per step on a CPU).
     """
     if max_batch_pieces <= 0:
         raise ValueError(f"max_batch_pieces must be positive, got {max_batch_pieces}")
     source = BackboneSource(checkpoint=checkpoint, preset=preset, tokenizer=tokenizer, dtype=dtype).validate()
+    check_quantize_dtype(quantize, dtype)
     shim = TorchModuleShim(None, mixed_precision=mixed_precision, frozen=freeze,
-                           grad_checkpointing=grad_checkpointing,
+                           grad_checkpointing=grad_checkpointing, quantize=quantize,
+                           freeze_word_embeddings=freeze_word_embeddings,
                            model_cls=_backbone_class(), model_kwargs={"add_pooling_layer": False})
     return Model(
         TRANSFORMER_NAME,
@@ -107,6 +118,8 @@ dtype = null
 mixed_precision = null
 grad_checkpointing = false
 freeze = false
+freeze_word_embeddings = false
+quantize = null
 
 [{section}.windows]
 @misc = "spacy-xlmrxl.strided_windows.v1"
@@ -189,14 +202,154 @@ class _AtLeastOneWindow:
         return list(self.make_windows(n_pieces)) or [(0, 0)]
 
 
-def _transformer_forward(model: Model, docs: List[Doc], is_train: bool
-                         ) -> Tuple[List[XLMRDocData], Callable[[List[XLMRGrad]], List[Doc]]]:
+#: Texts longer than twice this many characters are tokenised chunk by chunk (see `_encode_long`).
+ENCODE_CHUNK_CHARS = 1 << 16
+
+
+def _encode_docs(tokenizer: Any, docs: Sequence[Doc]) -> Tuple[List[numpy.ndarray], List[numpy.ndarray]]:
+    """(n_pieces,) int32 ids and (n_pieces, 2) int32 offsets per doc. Each doc's Python lists
+    are dropped as soon as they are converted, and a long text is tokenised in chunks, so the
+    tokenizer's lists (~300 bytes per piece) never exist for more than one chunk."""
+    texts = [doc.text for doc in docs]
+    piece_ids: List[Any] = [None] * len(texts)
+    offsets: List[Any] = [None] * len(texts)
+    short = [i for i, text in enumerate(texts) if len(text) <= 2 * ENCODE_CHUNK_CHARS]
+    encodings = tokenizer.encode_pieces_batch([texts[i] for i in short]) if short else []
+    for j, i in enumerate(short):
+        enc, encodings[j] = encodings[j], None
+        piece_ids[i] = numpy.asarray(enc.ids, dtype="int32")
+        offsets[i] = numpy.asarray(enc.offsets, dtype="int32").reshape(-1, 2)
+        del enc
+    for i, text in enumerate(texts):
+        if piece_ids[i] is None:
+            piece_ids[i], offsets[i] = _encode_long(tokenizer, text)
+    return piece_ids, offsets
+
+
+def _is_plain(char: str) -> bool:
+    return char.isascii() and char.isalnum()
+
+
+def _chunk_starts(text: str, size: int) -> List[int]:
+    """Where the chunks of ``text`` start: right after a space between two ASCII letters or
+    digits (``"word word"``), about every ``size`` characters. SentencePiece never joins
+    characters across such a space and normalises neither neighbour, so the chunks' pieces are
+    the pieces of the whole text. A text without such a space is one chunk."""
+    starts = [0]
+    while len(text) - starts[-1] > 2 * size:
+        low, space = starts[-1] + size // 2, text.rfind(" ", starts[-1] + size // 2, starts[-1] + size)
+        while space > low and not (_is_plain(text[space - 1]) and _is_plain(text[space + 1])):
+            space = text.rfind(" ", low, space)
+        if space <= low:
+            break
+        starts.append(space + 1)
+    return starts
+
+
+def _encode_long(tokenizer: Any, text: str) -> Tuple[numpy.ndarray, numpy.ndarray]:
+    """`_encode_docs` for one long text, chunk by chunk (see `_chunk_starts`)."""
+    starts = _chunk_starts(text, ENCODE_CHUNK_CHARS)
+    ids, spans = [], []
+    try:
+        for start, end in zip(starts, starts[1:] + [len(text)]):
+            enc = tokenizer.encode_pieces(text[start:end])
+            ids.append(numpy.asarray(enc.ids, dtype="int32"))
+            spans.append(numpy.asarray(enc.offsets, dtype="int32").reshape(-1, 2) + numpy.int32(start))
+            del enc
+    except ValueError:  # e.g. a lone surrogate: the error names its position in the whole text
+        tokenizer.encode_pieces(text)
+        raise
+    return numpy.concatenate(ids), numpy.concatenate(spans).astype("int32", copy=False)
+
+
+def is_transformer_layer(model: Model) -> bool:
+    """Whether ``model`` is a ``spacy-xlmrxl.Transformer.v1`` layer (see `predict_doc_data`)."""
+    return getattr(model, "_func", None) is _transformer_forward
+
+
+def predict_doc_data(model: Model, docs: Sequence[Doc], *, pooling: Sequence[str] = (),
+                     piece_states: bool = True) -> List[XLMRDocData]:
+    """Inference of a ``Transformer.v1`` layer with memory bounded by the window batch.
+
+    The window batches run one at a time; each batch's output is recombined
+    (`StreamingRecombiner`) and pooled per spaCy token (`StreamingPooler`, for each mode in
+    ``pooling``, into ``XLMRDocData.tokvecs``) as soon as the pieces it completes are final,
+    then released. ``piece_states``: also keep every piece's recombined state (``hidden``,
+    n_pieces x H per doc); otherwise ``hidden`` is None. Values are bit-identical to
+    ``begin_update`` followed by ``pool_pieces``. Another layer: its ``predict``, then pooled.
+    """
+    docs = list(docs)
+    for mode in pooling:
+        if mode not in POOLING_MODES:
+            raise ValueError(f"pooling must be one of {POOLING_MODES}, got {mode!r}")
+    if not is_transformer_layer(model):
+        outputs = model.predict(docs)
+        for data in outputs:
+            if data.hidden is not None:
+                data.tokvecs.update({m: pool_pieces(model.ops, data.hidden, data.align, mode=m)[0] for m in pooling})
+                if not piece_states:
+                    data.hidden = None
+        return outputs
     shim = backbone_shim(model)
     ops = model.ops
     tokenizer = get_tokenizer(model)
-    encodings = tokenizer.encode_pieces_batch([doc.text for doc in docs])
-    piece_ids = [numpy.asarray(enc.ids, dtype="int32") for enc in encodings]
-    offsets = [numpy.asarray(enc.offsets, dtype="int32").reshape(-1, 2) for enc in encodings]
+    piece_ids, offsets = _encode_docs(tokenizer, docs)
+    aligns = [align_tokens_to_pieces(doc, spans) for doc, spans in zip(docs, offsets)]
+    plan = batch_windows(piece_ids, _AtLeastOneWindow(model.attrs["windows"]),
+                         max_batch_pieces=model.attrs["max_batch_pieces"],
+                         bos_id=tokenizer.bos_id, eos_id=tokenizer.eos_id, pad_id=tokenizer.pad_id, lazy=True)
+    width = model.get_dim("nO")
+    window_index: List[int] = []  # position in plan.windows -> index among its doc's windows
+    seen = [0] * len(docs)
+    for span in plan.windows:
+        window_index.append(seen[span.doc])
+        seen[span.doc] += 1
+    recombiners = [StreamingRecombiner(plan.doc_windows[d], plan.n_pieces[d]) for d in range(len(docs))]
+    poolers = [StreamingPooler(ops, aligns[d], plan.n_pieces[d], width, pooling) if pooling else None
+               for d in range(len(docs))]
+    hiddens = [ops.alloc2f(plan.n_pieces[d], width) if piece_states else None for d in range(len(docs))]
+    cls_states = [ops.alloc2f(len(w), width) for w in plan.doc_windows]
+    device = shim.device
+    with shim.run(False):
+        for b, batch in enumerate(plan.batches):
+            input_ids, attention_mask = plan.inputs(b)
+            out = shim.module(input_ids=torch.from_numpy(input_ids).to(device),
+                              attention_mask=torch.from_numpy(attention_mask).to(device)).last_hidden_state
+            del input_ids, attention_mask
+            array = to_xp(out, ops)
+            for row, (span, position) in enumerate(zip(batch.rows, batch.positions)):
+                d = span.doc
+                cls_states[d][window_index[int(position)]] = array[row, 0]
+                block = recombiners[d].add(window_index[int(position)], array[row, 1 : 1 + span.end - span.start])
+                if block is not None:
+                    start, rows = block
+                    if hiddens[d] is not None:
+                        hiddens[d][start : start + rows.shape[0]] = rows
+                    if poolers[d] is not None:
+                        poolers[d].add(start, rows)
+            del out, array, block
+    results = []
+    for d in range(len(docs)):
+        assert recombiners[d].finished and (poolers[d] is None or poolers[d].finished)
+        results.append(XLMRDocData(piece_ids=piece_ids[d], offsets=offsets[d], align=aligns[d],
+                                   windows=list(plan.doc_windows[d]), hidden=hiddens[d],
+                                   cls=cls_states[d],
+                                   tokvecs=poolers[d].outputs if poolers[d] is not None else {}))
+    return results
+
+
+def _no_doc_grads(d_outputs: List[XLMRGrad]) -> List[Doc]:
+    return []
+
+
+def _transformer_forward(model: Model, docs: List[Doc], is_train: bool
+                         ) -> Tuple[List[XLMRDocData], Callable[[List[XLMRGrad]], List[Doc]]]:
+    if not is_train:  # window batch by window batch, every piece state kept (see predict_doc_data)
+        return predict_doc_data(model, docs), _no_doc_grads
+    shim = backbone_shim(model)
+    ops = model.ops
+    tokenizer = get_tokenizer(model)
+    piece_ids, offsets = _encode_docs(tokenizer, docs)
     plan = batch_windows(piece_ids, _AtLeastOneWindow(model.attrs["windows"]),
                          max_batch_pieces=model.attrs["max_batch_pieces"],
                          bos_id=tokenizer.bos_id, eos_id=tokenizer.eos_id, pad_id=tokenizer.pad_id)
@@ -280,12 +433,24 @@ def _width_init(model: Model, X: Optional[List[XLMRDocData]] = None, Y: Any = No
 
 def _pooler_forward(model: Model, data: List[XLMRDocData], is_train: bool
                     ) -> Tuple[List[Floats2d], Callable[[List[Floats2d]], List[XLMRGrad]]]:
-    pooled = [pool_pieces(model.ops, d.hidden, d.align, mode=model.attrs["pooling"]) for d in data]
+    mode = model.attrs["pooling"]
+    pooled = [pool_pieces(model.ops, d.hidden, d.align, mode=mode) if d.hidden is not None
+              else (_pooled_at_inference(d, mode), None) for d in data]
 
     def backprop(d_tokvecs: List[Floats2d]) -> List[XLMRGrad]:
-        return [XLMRGrad(hidden=bp(dY)) for (_, bp), dY in zip(pooled, d_tokvecs)]
+        return [XLMRGrad(hidden=bp(dY) if bp is not None else None) for (_, bp), dY in zip(pooled, d_tokvecs)]
 
     return [vectors for vectors, _ in pooled], backprop
+
+
+def _pooled_at_inference(data: XLMRDocData, mode: str) -> Floats2d:
+    """The token vectors inference pooled for ``mode`` (doc data without piece states)."""
+    if mode not in data.tokvecs:
+        raise ValueError(
+            f"doc._.xlmrxl has neither piece states nor {mode!r}-pooled token vectors (it has "
+            f"{sorted(data.tokvecs)}): the xlmrxl_transformer pools only for the listeners it has linked; "
+            f"set its piece_states = true to keep every piece's state")
+    return data.tokvecs[mode]
 
 
 @registry.architectures("spacy-xlmrxl.TokenVectors.v1")
@@ -293,14 +458,26 @@ def build_token_vectors(transformer: Model[List[Doc], List[XLMRDocData]], poolin
                         ) -> Model[List[Doc], List[Floats2d]]:
     """Token vectors (one row per spaCy token, zeros for whitespace tokens) from a backbone."""
     model = chain(transformer, doc_data_pooler(pooling))
+    model._func = _token_vectors_forward  # the chain, but inference pools window batch by window batch
     model.set_ref("transformer", transformer)
     return model
+
+
+def _token_vectors_forward(model: Model, docs: List[Doc], is_train: bool
+                           ) -> Tuple[List[Floats2d], Callable[[List[Floats2d]], List[Doc]]]:
+    transformer, pooler = model.layers
+    if is_train or not is_transformer_layer(transformer):
+        return _chain_forward(model, docs, is_train)
+    mode = pooler.attrs["pooling"]
+    data = predict_doc_data(transformer, docs, pooling=(mode,), piece_states=False)
+    return [d.tokvecs[mode] for d in data], _no_doc_grads
 
 
 @registry.architectures("spacy-xlmrxl.Listener.v1")
 def build_listener(upstream: str = "*", pooling: str = "mean") -> Model[List[Doc], List[Floats2d]]:
     """Token vectors from an upstream ``xlmrxl_transformer`` component (shared backbone)."""
     listener = XLMRListener(upstream)
+    listener.attrs["pooling"] = pooling  # the upstream pools for it at inference
     model = chain(listener, doc_data_pooler(pooling))
     model.set_ref("transformer", listener)
     return model

@@ -34,8 +34,8 @@ from spacy.util import registry
 from thinc.api import Model, Optimizer, set_dropout_rate
 from thinc.types import Floats2d, Floats3d
 
-from .backbone import (DEFAULT_CHECKPOINT, BackboneSource, TorchModuleShim, save_module_dir, to_torch, to_xp,
-                       torch_device)
+from .backbone import (DEFAULT_CHECKPOINT, BackboneSource, TorchModuleShim, check_quantize_dtype, save_module_dir,
+                       to_torch, to_xp, torch_device)
 from .models import WindowMaker, backbone_shim, install_backbone
 from .windows import WindowBatch, make_strided_windows
 
@@ -45,6 +45,7 @@ MLM_MODEL_NAME = "xlmrxl-masked-lm"
 BACKBONE_DEFAULTS: Dict[str, Any] = {
     "checkpoint": DEFAULT_CHECKPOINT, "preset": None, "tokenizer": None, "max_batch_pieces": 4096,
     "dtype": None, "mixed_precision": None, "grad_checkpointing": False, "freeze": False, "seed": None,
+    "quantize": None, "freeze_word_embeddings": False,
 }
 
 
@@ -110,13 +111,16 @@ def export_task_model(nlp_or_component: Any, out_dir: Any, *, factory: str, name
 def _task_model(name: str, forward: Callable, model_cls_name: str, *, checkpoint: Optional[str],
                 preset: Optional[str], tokenizer: Optional[str], dtype: Optional[str], seed: Optional[int],
                 mixed_precision: Union[str, bool, None], grad_checkpointing: bool, freeze: bool,
-                max_batch_pieces: int, **attrs: Any) -> Model:
+                max_batch_pieces: int, quantize: Optional[str] = None, freeze_word_embeddings: bool = False,
+                **attrs: Any) -> Model:
     """A thinc layer owning a `modeling.heads` model ``model_cls_name`` (built in ``init``)."""
     if max_batch_pieces <= 0:
         raise ValueError(f"max_batch_pieces must be positive, got {max_batch_pieces}")
     source = BackboneSource(checkpoint=checkpoint, preset=preset, tokenizer=tokenizer, dtype=dtype, seed=seed).validate()
+    check_quantize_dtype(quantize, dtype)
     shim = TorchModuleShim(None, mixed_precision=mixed_precision, frozen=freeze,
-                           grad_checkpointing=grad_checkpointing, model_cls=_head_class(model_cls_name))
+                           grad_checkpointing=grad_checkpointing, model_cls=_head_class(model_cls_name),
+                           quantize=quantize, freeze_word_embeddings=freeze_word_embeddings)
     return Model(
         name,
         forward,
@@ -165,17 +169,20 @@ def build_qa_model(
     grad_checkpointing: bool = False,
     freeze: bool = False,
     seed: Optional[int] = None,
+    quantize: Optional[str] = None,
+    freeze_word_embeddings: bool = False,
 ) -> Model[Sequence[WindowBatch], List[Floats3d]]:
     """Extractive-QA start/end logits from `XLMRobertaXLForQuestionAnswering`.
 
     Backbone settings as in ``spacy-xlmrxl.Transformer.v1`` (checkpoint or preset, tokenizer,
-    dtype, mixed_precision, grad_checkpointing, freeze); ``seed``: random init of a preset;
+    dtype, mixed_precision, grad_checkpointing, freeze, quantize, freeze_word_embeddings); ``seed``: random init of a preset;
     ``max_batch_pieces`` bounds the padded positions
     of one model call (the component packs the question/context features with it).
     """
     return _task_model(QA_MODEL_NAME, _qa_forward, "XLMRobertaXLForQuestionAnswering", checkpoint=checkpoint,
                        preset=preset, tokenizer=tokenizer, dtype=dtype, seed=seed, mixed_precision=mixed_precision,
-                       grad_checkpointing=grad_checkpointing, freeze=freeze, max_batch_pieces=max_batch_pieces)
+                       grad_checkpointing=grad_checkpointing, freeze=freeze, max_batch_pieces=max_batch_pieces,
+                       quantize=quantize, freeze_word_embeddings=freeze_word_embeddings)
 
 
 def _qa_forward(model: Model, batches: Sequence[WindowBatch], is_train: bool
@@ -211,6 +218,8 @@ def build_masked_lm(
     grad_checkpointing: bool = False,
     freeze: bool = False,
     seed: Optional[int] = None,
+    quantize: Optional[str] = None,
+    freeze_word_embeddings: bool = False,
 ) -> Model[MLMInput, Floats2d]:
     """Vocabulary logits at chosen positions from `XLMRobertaXLForMaskedLM`.
 
@@ -221,6 +230,7 @@ def build_masked_lm(
     return _task_model(MLM_MODEL_NAME, _mlm_forward, "XLMRobertaXLForMaskedLM", checkpoint=checkpoint,
                        preset=preset, tokenizer=tokenizer, dtype=dtype, seed=seed, mixed_precision=mixed_precision,
                        grad_checkpointing=grad_checkpointing, freeze=freeze, max_batch_pieces=max_batch_pieces,
+                       quantize=quantize, freeze_word_embeddings=freeze_word_embeddings,
                        windows=windows if windows is not None else make_strided_windows())
 
 

@@ -8,7 +8,9 @@ Owns
   ``config.json``, (sharded) ``model*.safetensors``, ``sentencepiece.bpe.model``. The directory
   is written into a temporary sibling and renamed into place (`modeling.checkpoint.atomic_directory`),
   so an interrupted save never damages an existing one; loading reads every file before it changes the component, and
-  memory-maps the weights;
+  memory-maps the weights (no copy; a ``dtype`` setting converts tensor by tensor). A backbone
+  with ``quantize = "int8"`` saves its float weights, so the directory stays a float HF
+  checkpoint and loading quantises again (identical predictions);
 - `export_ner_to_hf` / `export_textcat_to_hf`: a trained ``xlmrxl_ner`` / ``xlmrxl_textcat``
   as an HF ``XLMRobertaXLForTokenClassification`` / ``...ForSequenceClassification``
   directory that HF transformers loads.
@@ -29,7 +31,7 @@ from thinc.api import Model
 
 from modeling.checkpoint import atomic_directory
 
-from .backbone import TOKENIZER_FILE, load_module_dir, save_module_dir, torch_device
+from .backbone import TOKENIZER_FILE, load_module_dir, save_module_dir, torch_device, torch_dtype
 from .models import backbone_nodes, backbone_shim, install_backbone
 
 PathLike = Union[str, os.PathLike]
@@ -86,7 +88,7 @@ class BackbonePipe:
             }
             for index, node in enumerate(nodes):
                 serialize[backbone_dir_name(index)] = lambda p, node=node: save_module_dir(
-                    backbone_shim(node).module, p, tokenizer_model=node.attrs.get("tokenizer_model"),
+                    backbone_shim(node).float_module, p, tokenizer_model=node.attrs.get("tokenizer_model"),
                     max_shard_size=MAX_SHARD_SIZE)
             util.to_disk(staging, serialize, exclude)
 
@@ -109,7 +111,12 @@ class BackbonePipe:
                     raise FileNotFoundError(f"{folder}: the backbone weights of {path} are missing")
                 continue
             shim = backbone_shim(node)
-            module = load_module_dir(shim.model_cls, folder, device=torch_device(self.model.ops), **shim.model_kwargs)
+            # the layer's dtype setting (e.g. a dtype = "bfloat16" override at spacy.load) converts
+            # tensor by tensor while loading; null keeps the saved dtype (memory-mapped, no copy)
+            source = node.attrs.get("source")
+            dtype = torch_dtype(getattr(source, "dtype", None)) or "auto"
+            module = load_module_dir(shim.model_cls, folder, device=torch_device(self.model.ops), dtype=dtype,
+                                     **shim.model_kwargs)
             loaded.append((node, module, _read(folder / TOKENIZER_FILE)))
         # everything is read: now change the component
         if cfg is not None:
@@ -138,7 +145,7 @@ class BackbonePipe:
             for node in backbone_nodes(self.model):
                 node.attrs["tokenizer"] = None  # rebuilt from the restored tokenizer model
                 if backbone_shim(node).has_module:
-                    install_backbone(node, backbone_shim(node).module, node.attrs["tokenizer_model"])
+                    install_backbone(node, backbone_shim(node).float_module, node.attrs["tokenizer_model"])
 
         deserialize = {
             "cfg": lambda b: self.cfg.update(srsly.json_loads(b)),
@@ -182,7 +189,7 @@ def _backbone_of(component: Any, nlp: Optional[Language]) -> Tuple[torch.nn.Modu
         raise ValueError(f"component {getattr(component, 'name', component)!r} has no loaded backbone "
                          "(initialise or load it; a listening component needs the nlp object)")
     node = nodes[0]
-    return backbone_shim(node).module, node.attrs["tokenizer_model"]
+    return backbone_shim(node).float_module, node.attrs["tokenizer_model"]
 
 
 def _linear_weights(layer: Model) -> Tuple[torch.Tensor, torch.Tensor]:

@@ -2,7 +2,9 @@
 
 Owns the registered window maker ``"spacy-xlmrxl.strided_windows.v1"`` (in
 ``spacy.registry.misc``), :func:`recombine` (averaging the outputs of overlapping windows back
-into one (n_pieces, H) array, with its backprop) and :func:`batch_windows` /
+into one (n_pieces, H) array, with its backprop), :class:`StreamingRecombiner` (the same
+average at inference, window by window, returning pieces as soon as they are final) and
+:func:`batch_windows` /
 :class:`WindowPlan` (framework-agnostic numpy: padded ``input_ids`` / ``attention_mask``
 batches under a size budget, and the way back from batch outputs to per-doc window outputs).
 
@@ -14,8 +16,8 @@ checkpoints) whatever the spaCy tokenisation is.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any, Callable, List, NamedTuple, Optional, Sequence, Tuple
+from dataclasses import dataclass, field
+from typing import Any, Callable, Dict, List, NamedTuple, Optional, Sequence, Tuple
 
 import numpy as np
 from spacy.util import registry
@@ -159,6 +161,62 @@ def recombine(
     return averaged, backprop
 
 
+class StreamingRecombiner:
+    """:func:`recombine` for inference, one window at a time, in any arrival order.
+
+    ``add(k, output)`` takes window ``windows[k]``'s (end - start, H) output (it keeps a copy
+    only while a piece of the window is still waiting for another window) and returns the
+    ``(start, rows)`` block of pieces that became final: ``rows`` is (end - start, H), the
+    pieces every covering window of which has now arrived. Blocks come in piece order and tile
+    ``0..n_pieces``. The values are bit-identical to :func:`recombine` (same additions in the
+    same window order, same scale), but only the windows still overlapping unfinished pieces
+    are held: with windows arriving in document order, about two windows per doc.
+    """
+
+    def __init__(self, windows: Sequence[Window], n_pieces: int) -> None:
+        self.windows = [(int(s), int(e)) for s, e in windows]
+        self.n_pieces = int(n_pieces)
+        self.counts = _check_windows(self.windows, self.n_pieces).astype(np.int32)
+        self._by_start = sorted(range(len(self.windows)), key=lambda k: self.windows[k])
+        self._next = 0  # position in _by_start of the first window that has not arrived
+        self._seen = np.zeros(len(self.windows), dtype=bool)
+        self._kept: Dict[int, Any] = {}  # k -> rows of window k from piece end - len(rows) on
+        self.done = 0  # pieces [0, done) have been returned
+
+    def add(self, k: int, output: Any) -> Optional[Tuple[int, Any]]:
+        start, end = self.windows[k]
+        if self._seen[k] or output.ndim != 2 or output.shape[0] != end - start:
+            raise ValueError(f"window {k} {(start, end)}: output of shape {output.shape}, or added twice")
+        self._seen[k] = True
+        if end > self.done:
+            self._kept[k] = output[max(self.done - start, 0):].copy()
+        while self._next < len(self._by_start) and self._seen[self._by_start[self._next]]:
+            self._next += 1
+        # Every window covering a piece before the first missing window's start has arrived.
+        last = self.windows[self._by_start[self._next]][0] if self._next < len(self._by_start) else self.n_pieces
+        first = self.done
+        if last <= first:
+            return None
+        xp = get_array_module(output)
+        block = xp.zeros((last - first, output.shape[1]), dtype=output.dtype)
+        for j in sorted(self._kept):  # document window order, as recombine adds them
+            s, e = self.windows[j]
+            lo, hi = max(s, first), min(e, last)
+            if lo < hi:
+                rows = self._kept[j]
+                offset = e - rows.shape[0]
+                block[lo - first : hi - first] += rows[lo - offset : hi - offset]
+        scale = xp.asarray((1.0 / np.maximum(self.counts[first:last], 1))[:, None].astype(output.dtype))
+        self.done = last
+        for j in [j for j in self._kept if self.windows[j][1] <= last]:
+            del self._kept[j]
+        return first, block * scale
+
+    @property
+    def finished(self) -> bool:
+        return self.done == self.n_pieces and bool(self._seen.all())
+
+
 class WindowSpan(NamedTuple):
     """One window: pieces ``start:end`` of doc ``doc``."""
 
@@ -188,13 +246,24 @@ class WindowPlan:
 
     windows: every window, grouped by doc and in window order within a doc;
     doc_windows[d]: doc ``d``'s ``(start, end)`` list (for :func:`recombine`);
-    n_pieces[d]: the number of pieces of doc ``d``; batches: model inputs, longest windows first.
+    n_pieces[d]: the number of pieces of doc ``d``; batches: model inputs, longest windows first
+    (with ``lazy=True``, their ``input_ids`` / ``attention_mask`` are None: use :meth:`inputs`).
     """
 
     windows: List[WindowSpan]
     doc_windows: List[List[Window]]
     n_pieces: List[int]
     batches: List[WindowBatch]
+    source: Optional[Tuple[Any, ...]] = field(default=None, repr=False)  # what lazy batches are built from
+
+    def inputs(self, b: int) -> Tuple[np.ndarray, np.ndarray]:
+        """``(input_ids, attention_mask)`` of ``batches[b]``; a lazy plan builds them now, so
+        that only one batch's inputs exist at a time."""
+        batch = self.batches[b]
+        if batch.input_ids is not None or self.source is None:
+            return batch.input_ids, batch.attention_mask
+        built = _make_batch([int(p) for p in batch.positions], self.windows, *self.source)
+        return built.input_ids, built.attention_mask
 
     def split_outputs(self, batch_outputs: Sequence[Any]) -> List[List[Any]]:
         """Per-doc lists of per-window piece outputs from per-batch model outputs.
@@ -254,6 +323,7 @@ def batch_windows(
     pad_id: int = 1,
     max_padding: float = 0.1,
     min_batch_pieces: int = 256,
+    lazy: bool = False,
 ) -> WindowPlan:
     """Cut each doc's pieces into windows and pack the windows into padded model batches.
 
@@ -265,13 +335,14 @@ def batch_windows(
     A batch also closes when the next window would make its padding exceed ``max_padding`` of
     its real positions, once it holds ``min_batch_pieces`` padded positions (smaller batches
     multiply too inefficiently to be worth splitting): mixed lengths then cost little padding.
-    Returns a :class:`WindowPlan`; docs with no piece have no window.
+    Returns a :class:`WindowPlan`; docs with no piece have no window. ``lazy``: build each
+    batch's ``input_ids`` / ``attention_mask`` only when :meth:`WindowPlan.inputs` asks for it.
     """
     if max_batch_pieces <= 0:
         raise ValueError(f"max_batch_pieces must be positive, got {max_batch_pieces}")
     if max_batch_windows is not None and max_batch_windows <= 0:
         raise ValueError(f"max_batch_windows must be positive, got {max_batch_windows}")
-    ids = [np.asarray(piece_ids, dtype=np.int64).reshape(-1) for piece_ids in doc_piece_ids]
+    ids = [_as_ids(piece_ids) for piece_ids in doc_piece_ids]
     doc_windows = [list(make_windows(len(piece_ids))) for piece_ids in ids]
     windows = [WindowSpan(d, s, e) for d, spans in enumerate(doc_windows) for s, e in spans]
     order = sorted(range(len(windows)), key=lambda i: windows[i].start - windows[i].end)
@@ -292,11 +363,20 @@ def batch_windows(
                 continue
         groups.append([position])
         real = length
-    batches = [
-        _make_batch(group, windows, ids, pad_to_multiple_of, bos_id, eos_id, pad_id)
-        for group in groups
-    ]
-    return WindowPlan(windows, doc_windows, [len(piece_ids) for piece_ids in ids], batches)
+    source = (ids, pad_to_multiple_of, bos_id, eos_id, pad_id)
+    if lazy:
+        batches = [WindowBatch([windows[p] for p in group], np.asarray(group, dtype=np.int64), None, None)
+                   for group in groups]
+    else:
+        batches = [_make_batch(group, windows, *source) for group in groups]
+    return WindowPlan(windows, doc_windows, [len(piece_ids) for piece_ids in ids], batches,
+                      source if lazy else None)
+
+
+def _as_ids(piece_ids: Any) -> np.ndarray:
+    """1-d integer array of piece ids (an int32 array stays int32: no copy)."""
+    ids = np.asarray(piece_ids).reshape(-1)
+    return ids if ids.dtype.kind in "iu" else ids.astype(np.int64)
 
 
 def _make_batch(

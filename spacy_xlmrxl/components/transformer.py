@@ -11,7 +11,7 @@ given there) and tells the listeners the hidden width.
 from __future__ import annotations
 
 from itertools import islice
-from typing import Callable, Dict, Iterable, List, Optional, Sequence
+from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple
 
 from spacy.language import Language
 from spacy.pipeline import TrainablePipe
@@ -22,7 +22,7 @@ from thinc.api import Config, Model, Optimizer, set_dropout_rate
 
 from ..doc_data import GradAccumulator, XLMRDocData, XLMRGrad, set_doc_data
 from ..listener import XLMRListener, find_xlmr_listeners
-from ..models import set_backbone_source, transformer_config
+from ..models import predict_doc_data, set_backbone_source, transformer_config
 from ..serialize import BackbonePipe
 
 DEFAULT_TRANSFORMER_MODEL = Config().from_str(transformer_config("model"))["model"]
@@ -31,21 +31,33 @@ DEFAULT_TRANSFORMER_MODEL = Config().from_str(transformer_config("model"))["mode
 @Language.factory(
     "xlmrxl_transformer",
     assigns=["doc._.xlmrxl"],
-    default_config={"model": DEFAULT_TRANSFORMER_MODEL},
+    default_config={"model": DEFAULT_TRANSFORMER_MODEL, "piece_states": None},
 )
-def make_transformer(nlp: Language, name: str, model: Model[List[Doc], List[XLMRDocData]]) -> "XLMRTransformer":
-    """The shared backbone; components use ``spacy-xlmrxl.Listener.v1`` to read it."""
-    return XLMRTransformer(nlp.vocab, model, name=name)
+def make_transformer(nlp: Language, name: str, model: Model[List[Doc], List[XLMRDocData]],
+                     piece_states: Optional[bool] = None) -> "XLMRTransformer":
+    """The shared backbone; components use ``spacy-xlmrxl.Listener.v1`` to read it.
+
+    piece_states: keep every piece's state on ``doc._.xlmrxl.hidden`` after inference
+    (n_pieces x H floats per doc). null (default): only when no listening component is linked
+    (a bare transformer, read through ``doc._.xlmrxl``); with listeners, a doc keeps just the
+    token vectors they pool (``doc._.xlmrxl.tokvecs``) and the ``<s>`` states.
+    """
+    if piece_states is not None and not isinstance(piece_states, bool):
+        raise ValueError(f"piece_states must be true, false or null, got {piece_states!r}")
+    return XLMRTransformer(nlp.vocab, model, name=name, piece_states=piece_states)
 
 
 class XLMRTransformer(BackbonePipe, TrainablePipe):
     """Runs the backbone once per batch; see the module docstring."""
 
-    def __init__(self, vocab: Vocab, model: Model, name: str = "xlmrxl_transformer") -> None:
+    def __init__(self, vocab: Vocab, model: Model, name: str = "xlmrxl_transformer", *,
+                 piece_states: Optional[bool] = None) -> None:
         self.vocab = vocab
         self.model = model
         self.name = name
         self.listener_map: Dict[str, List[XLMRListener]] = {}
+        self.listener_pooling: Dict[str, List[str]] = {}  # component -> pooling modes it reads
+        self.piece_states = piece_states
         self.cfg: Dict[str, object] = {}
 
     # -- listeners (the protocol of spaCy's Tok2Vec)
@@ -69,6 +81,7 @@ class XLMRTransformer(BackbonePipe, TrainablePipe):
             self.listener_map[component_name].remove(listener)
             if not self.listener_map[component_name]:
                 del self.listener_map[component_name]
+                self.listener_pooling.pop(component_name, None)
             return True
         return False
 
@@ -76,13 +89,32 @@ class XLMRTransformer(BackbonePipe, TrainablePipe):
         """Register the `XLMRListener` layers of ``component`` that listen to this pipe."""
         model = getattr(component, "model", None)
         if isinstance(model, Model):
-            for listener in find_xlmr_listeners(model, self.name):
+            listeners = find_xlmr_listeners(model, self.name)
+            for listener in listeners:
                 self.add_listener(listener, component.name)  # type: ignore[attr-defined]
+            if listeners:  # the poolers next to them (a hand-built chain has no "pooling" attr)
+                modes = [n.attrs["pooling"] for n in model.walk() if n.name == "xlmrxl-pooler"]
+                self.listener_pooling[component.name] = sorted(set(modes))  # type: ignore[attr-defined]
+
+    def inference_outputs(self) -> Tuple[Tuple[str, ...], bool]:
+        """(pooling modes, keep piece states) of ``predict``: the modes the linked listeners
+        pool with, and ``piece_states`` (null: only without any listener)."""
+        modes = {listener.attrs.get("pooling") for listener in self.listeners}
+        for component_modes in self.listener_pooling.values():
+            modes.update(component_modes)
+        modes.discard(None)
+        keep = self.piece_states if self.piece_states is not None else not self.listeners
+        return tuple(sorted(modes)), bool(keep)
 
     # -- prediction
     def predict(self, docs: Iterable[Doc]) -> List[XLMRDocData]:
+        """`XLMRDocData` per doc, computed window batch by window batch: see `inference_outputs`
+        for what it keeps (``spacy_xlmrxl.models.predict_doc_data``)."""
         docs = list(docs)
-        return self.model.predict(docs) if docs else []
+        if not docs:
+            return []
+        pooling, piece_states = self.inference_outputs()
+        return predict_doc_data(self.model, docs, pooling=pooling, piece_states=piece_states)
 
     def set_annotations(self, docs: Sequence[Doc], outputs: Sequence[XLMRDocData]) -> None:
         set_doc_data(docs, outputs)

@@ -20,7 +20,10 @@ def check_shared_doc(nlp: Language, doc: Doc) -> None:
     data = doc._.xlmrxl
     assert data is not None
     n_pieces = data.n_pieces
-    assert data.hidden.shape[0] == n_pieces and numpy.isfinite(data.hidden).all()
+    assert data.hidden is None  # listeners only need pooled token vectors: no per-piece states kept
+    vectors = data.tokvecs["mean"]
+    assert vectors.shape == (len(doc), data.width) and vectors.dtype == numpy.float32
+    assert numpy.isfinite(vectors).all()
     assert data.cls.shape[0] == len(data.windows) >= 1 and numpy.isfinite(data.cls).all()
     lengths = numpy.asarray(data.align.lengths)
     assert lengths.shape == (len(doc),)

@@ -125,7 +125,7 @@ def victim(spm_model_path):
 
 def _predictions(nlp):
     docs = list(nlp.pipe(TEXTS))
-    return ([d._.xlmrxl.hidden.copy() for d in docs], [[(e.start, e.end, e.label_) for e in d.ents] for d in docs],
+    return ([d._.xlmrxl.tokvecs["mean"].copy() for d in docs], [[(e.start, e.end, e.label_) for e in d.ents] for d in docs],
             [d.cats for d in docs])
 
 

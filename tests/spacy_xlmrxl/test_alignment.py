@@ -15,7 +15,7 @@ from spacy.attrs import IDX
 from spacy.tokens import Doc
 from thinc.api import NumpyOps, Ragged
 
-from spacy_xlmrxl.alignment import align_tokens_to_pieces, piece_pooler, pool_pieces
+from spacy_xlmrxl.alignment import StreamingPooler, align_tokens_to_pieces, piece_pooler, pool_pieces
 
 # Languages whose blank tokenizer needs no extra package (ja, ko, th, vi do).
 LANGS = ("en", "de", "da", "ru", "zh", "xx", "ar", "el")
@@ -355,3 +355,53 @@ def test_pooling_errors():
         pool_pieces(OPS, np.zeros((6, 3), dtype=np.float32), align, mode="max")
     with pytest.raises(ValueError, match="mode"):
         piece_pooler("sum")
+
+
+# --- streaming pooling (inference) -----------------------------------------------------------
+
+
+def _stream_pool(hidden: np.ndarray, align: Ragged, cuts, modes):
+    pooler = StreamingPooler(OPS, align, len(hidden), hidden.shape[1], modes)
+    bounds = sorted(set([0, len(hidden)] + [c for c in cuts if 0 <= c <= len(hidden)]))
+    for start, end in zip(bounds, bounds[1:]):
+        pooler.add(start, hidden[start:end])
+    assert pooler.finished
+    return pooler
+
+
+@SETTINGS
+@given(data=st.data(), unordered=st.booleans())
+def test_streaming_pooler_is_bit_identical_to_pool_pieces(data, unordered):
+    doc = data.draw(random_docs())
+    n = len(doc.text)
+    if unordered:
+        spans = st.tuples(st.integers(0, n), st.integers(0, n)).map(lambda p: (min(p), max(p)))
+        offsets = data.draw(st.lists(spans, max_size=30))
+    else:
+        offsets = data.draw(fake_segmentations(n))
+    align = align_tokens_to_pieces(doc, offsets)
+    rng = np.random.default_rng(data.draw(st.integers(0, 2**32 - 1)))
+    hidden = rng.normal(size=(len(offsets), 4)).astype(np.float32)
+    cuts = data.draw(st.lists(st.integers(0, len(offsets)), max_size=6))
+    pooler = _stream_pool(hidden, align, cuts, ["mean", "first"])
+    for mode in ("mean", "first"):
+        expected, _ = pool_pieces(OPS, hidden, align, mode=mode)
+        got = pooler.outputs[mode]
+        assert got.dtype == np.float32 and np.array_equal(got.view(np.uint32), expected.view(np.uint32)), mode
+
+
+def test_streaming_pooler_keeps_only_the_rows_pending_tokens_need():
+    nlp = blank("en")
+    doc = nlp("one two three four five six seven eight")
+    offsets = [(t.idx, t.idx + len(t.text)) for t in doc]  # one piece per token, monotone
+    align = align_tokens_to_pieces(doc, offsets)
+    hidden = np.arange(len(doc) * 2, dtype=np.float32).reshape(-1, 2)
+    pooler = StreamingPooler(OPS, align, len(hidden), 2, ["mean"])
+    for start in range(0, len(hidden), 2):
+        pooler.add(start, hidden[start : start + 2])
+        assert len(pooler._rows) == 0  # every token of the block pooled at once: nothing held
+    assert np.array_equal(pooler.outputs["mean"], hidden)
+    with pytest.raises(ValueError, match="in order"):
+        pooler.add(3, hidden[:1])
+    with pytest.raises(ValueError, match="mode"):
+        StreamingPooler(OPS, align, len(hidden), 2, ["max"])

@@ -8,6 +8,7 @@ import torch
 from spacy.training import Example
 from spacy.util import fix_random_seed
 
+from spacy_xlmrxl.alignment import pool_pieces
 from spacy_xlmrxl.doc_data import XLMRDocData
 from spacy_xlmrxl.listener import XLMRListener
 
@@ -68,8 +69,44 @@ def test_pipeline_annotates_docs_and_batches_like_single_docs(shared):
     for doc in batch:
         data = doc._.xlmrxl
         assert isinstance(data, XLMRDocData)
-        assert data.hidden.shape == (data.n_pieces, 64) and data.align.lengths.shape == (len(doc),)
+        assert data.hidden is None and data.align.lengths.shape == (len(doc),)  # no per-piece states kept
+        assert set(data.tokvecs) == {"mean"} and data.tokvecs["mean"].shape == (len(doc), 64)
         assert set(doc.cats) == {"long", "short"}
+
+
+def test_inference_pools_for_the_listeners_bit_identical_to_the_piece_states(shared):
+    nlp, examples, _, _ = shared
+    transformer = nlp.get_pipe("xlmrxl_transformer")
+    assert transformer.inference_outputs() == (("mean",), False)
+    docs = [nlp.make_doc(eg.reference.text) for eg in examples] + [nlp.make_doc(" ".join(["Ord"] * 300))]
+    kept = transformer.predict(docs)
+    full = transformer.model.predict(docs)  # the layer's own predict keeps every piece state
+    tok2vec = nlp.get_pipe("xlmrxl_ner").model.get_ref("tok2vec")
+    for doc, data, reference in zip(docs, kept, full):
+        assert data.hidden is None and reference.hidden.shape == (reference.n_pieces, 64)
+        expected, _ = pool_pieces(transformer.model.ops, reference.hidden, reference.align, mode="mean")
+        assert numpy.array_equal(data.tokvecs["mean"], expected)
+        numpy.testing.assert_array_equal(data.cls, reference.cls)
+        assert data.nbytes() <= reference.nbytes()  # n_tokens x H instead of n_pieces x H
+        doc._.xlmrxl = data
+    assert all(numpy.array_equal(v, d.tokvecs["mean"]) for v, d in zip(tok2vec.predict(docs), kept))
+
+
+def test_piece_states_setting(shared_data, spm_model_path):
+    from spacy_xlmrxl.doc_data import XLMRDocData as Data
+
+    nlp = blank("da")
+    nlp.add_pipe("xlmrxl_transformer", config={"model": tiny_transformer_config(spm_model_path)})
+    examples = uner_examples(nlp, shared_data, 2)
+    nlp.initialize(lambda: examples)
+    transformer = nlp.get_pipe("xlmrxl_transformer")
+    assert transformer.inference_outputs() == ((), True)  # a bare transformer: its output is read directly
+    doc = nlp("Kjeld bor i København")
+    assert isinstance(doc._.xlmrxl, Data) and doc._.xlmrxl.hidden.shape == (doc._.xlmrxl.n_pieces, 64)
+    transformer.piece_states = False
+    assert nlp("Kjeld bor i København")._.xlmrxl.hidden is None
+    with pytest.raises(ValueError, match="piece_states"):
+        blank("da").add_pipe("xlmrxl_transformer", config={"piece_states": "maybe"})
 
 
 def test_listener_without_upstream_output_gives_zeros(shared):

@@ -15,6 +15,7 @@ from thinc.api import Config, NumpyOps
 
 from spacy_xlmrxl.alignment import align_tokens_to_pieces, pool_pieces
 from spacy_xlmrxl.windows import (
+    StreamingRecombiner,
     StridedWindows,
     batch_windows,
     check_max_window,
@@ -263,3 +264,67 @@ def test_long_document_every_token_gets_a_vector():
     token_of_pair = np.repeat(np.arange(len(doc)), align.lengths)
     sums = np.bincount(token_of_pair, weights=np.asarray(piece_ids)[align.dataXd], minlength=len(doc))
     np.testing.assert_allclose(vectors[:, 0], sums / np.maximum(align.lengths, 1), rtol=1e-5)
+
+
+# --- streaming recombination (inference) -------------------------------------------------------
+
+
+def _stream(windows, outputs, n_pieces, order):
+    """Feed windows in ``order``; return the blocks and the most windows held at once."""
+    streamer = StreamingRecombiner(windows, n_pieces)
+    blocks, most_held = [], 0
+    for k in order:
+        block = streamer.add(k, outputs[k])
+        most_held = max(most_held, len(streamer._kept))
+        if block is not None:
+            blocks.append(block)
+    assert streamer.finished
+    return blocks, most_held
+
+
+@SETTINGS
+@given(n_pieces=st.integers(0, 300), window=st.integers(1, 40), stride_fraction=st.floats(0.01, 1.0),
+       seed=st.integers(0, 2**32 - 1), shuffle=st.booleans())
+def test_streaming_recombiner_is_bit_identical_to_recombine(n_pieces, window, stride_fraction, seed, shuffle):
+    windows = StridedWindows(window=window, stride=max(1, int(window * stride_fraction)))(n_pieces) or [(0, 0)]
+    rng = np.random.default_rng(seed)
+    outputs = [rng.normal(size=(e - s, 5)).astype(np.float32) for s, e in windows]
+    expected, _ = recombine(OPS, outputs, windows, n_pieces, width=5)
+    order = rng.permutation(len(windows)) if shuffle else range(len(windows))
+    blocks, most_held = _stream(windows, outputs, n_pieces, order)
+    starts = [start for start, _ in blocks]
+    assert starts == sorted(starts) and sum(len(rows) for _, rows in blocks) == n_pieces
+    streamed = np.concatenate([rows for _, rows in blocks]) if blocks else np.zeros((0, 5), np.float32)
+    assert streamed.dtype == np.float32 and np.array_equal(streamed.view(np.uint32), expected.view(np.uint32))
+    if not shuffle:  # document order: only the windows overlapping the next one are held
+        assert most_held <= -(-window // max(1, int(window * stride_fraction))) + 1
+
+
+def test_streaming_recombiner_arbitrary_windows_and_errors():
+    windows = [(2, 6), (0, 3), (0, 6), (5, 6)]
+    outputs = [np.full((e - s, 1), float(k + 1), np.float32) for k, (s, e) in enumerate(windows)]
+    expected, _ = recombine(OPS, outputs, windows, 6)
+    for order in ([0, 1, 2, 3], [3, 2, 1, 0], [1, 3, 0, 2]):
+        blocks, _ = _stream(windows, outputs, 6, order)
+        assert np.array_equal(np.concatenate([rows for _, rows in blocks]), expected)
+    streamer = StreamingRecombiner(windows, 6)
+    with pytest.raises(ValueError, match="shape"):
+        streamer.add(0, np.zeros((3, 1), np.float32))
+    streamer.add(0, outputs[0])
+    with pytest.raises(ValueError, match="twice"):
+        streamer.add(0, outputs[0])
+    with pytest.raises(ValueError, match="piece 4"):
+        StreamingRecombiner([(0, 4)], 5)
+
+
+def test_lazy_plan_builds_the_same_inputs_one_batch_at_a_time():
+    ids = [np.arange(5, 5 + n, dtype=np.int32) for n in (0, 7, 40, 3)]
+    make = StridedWindows(window=8, stride=6)
+    eager = batch_windows(ids, make, max_batch_pieces=30)
+    lazy = batch_windows(ids, make, max_batch_pieces=30, lazy=True)
+    assert len(eager.batches) == len(lazy.batches) > 1
+    for b, (e, l) in enumerate(zip(eager.batches, lazy.batches)):
+        assert l.input_ids is None and l.rows == e.rows
+        input_ids, attention_mask = lazy.inputs(b)
+        assert np.array_equal(input_ids, e.input_ids) and np.array_equal(attention_mask, e.attention_mask)
+        assert eager.inputs(b)[0] is e.input_ids

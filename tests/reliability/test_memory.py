@@ -1,0 +1,71 @@
+"""Memory of a long doc through the shared transformer: what stays on the Doc is the token
+vectors the listeners read plus a few int32 bytes per piece, and what is held meanwhile is one
+window batch, a few windows per doc and the tokenizer's lists of one chunk of text, not a
+hidden state per piece."""
+
+from __future__ import annotations
+
+import gc
+import json
+import random
+import tracemalloc
+from pathlib import Path
+
+import spacy_xlmrxl.models as models
+from modeling.tokenizer import XLMRobertaTokenizer
+
+from .test_long_docs import long_text
+
+CORPUS = json.loads((Path(__file__).parent / "corpus.json").read_text(encoding="utf8"))["texts"]
+
+# Measured (tiny preset, width 64, windows of 32/16, 30 k characters = ~10 k pieces, 5.8 k tokens,
+# text chunks of 4 k characters): the token vectors (147 B per piece here), ~43 B per piece kept
+# besides them (ids, offsets, alignment, one <s> state per 16 pieces) and a traced peak of ~80 B
+# per piece above the vectors. Before the streaming inference: 256 B per piece more kept (every
+# piece's state on the Doc) and a traced peak of ~780 B per piece (the tokenizer's lists of the
+# whole text, the outputs of every window, recombined and pooled copies of the whole doc).
+KEPT_PER_PIECE = 64  # bytes besides the token vectors
+PEAK_PER_PIECE = 160  # bytes above the start, besides the token vectors
+
+
+def test_memory_per_piece_is_bounded(shared_nlp, monkeypatch):
+    monkeypatch.setattr(models, "ENCODE_CHUNK_CHARS", 4096)  # a 30 k text is "long"
+    transformer = shared_nlp.get_pipe("xlmrxl_transformer")
+    transformer(shared_nlp.make_doc(long_text(2_000)))  # warm up
+    doc = shared_nlp.make_doc(long_text(30_000))
+    gc.collect()
+    tracemalloc.start()
+    try:
+        start, _ = tracemalloc.get_traced_memory()
+        doc = transformer(doc)
+        gc.collect()
+        kept, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    data = doc._.xlmrxl
+    n_pieces = data.n_pieces
+    vectors = data.tokvecs["mean"].nbytes
+    assert n_pieces > 5_000 and data.hidden is None
+    assert vectors == len(doc) * data.width * 4
+    assert data.nbytes() - vectors <= KEPT_PER_PIECE * n_pieces, data.nbytes() / n_pieces
+    assert kept - start - vectors <= KEPT_PER_PIECE * n_pieces, (kept - start - vectors) / n_pieces
+    assert peak - start - vectors <= PEAK_PER_PIECE * n_pieces, (peak - start - vectors) / n_pieces
+
+
+def test_long_texts_are_tokenised_in_chunks_with_the_pieces_of_the_whole(spm_model_path, monkeypatch):
+    tokenizer = XLMRobertaTokenizer(spm_model_path)
+    rng = random.Random(0)
+    texts = [long_text(20_000)]
+    for _ in range(30):  # corpus texts (every script, odd characters) glued by spaces, masks, digits
+        parts = [rng.choice(CORPUS) or "." for _ in range(rng.randint(1, 40))]
+        texts.append("".join(p + rng.choice([" ", "  ", " <mask> ", "\n", " a ", "x y", "1 2 3"]) for p in parts))
+    for text in texts:
+        size = rng.choice([8, 50, 500])
+        monkeypatch.setattr(models, "ENCODE_CHUNK_CHARS", size)
+        ids, offsets = models._encode_long(tokenizer, text)
+        whole = tokenizer.encode_pieces(text)
+        assert ids.dtype.name == offsets.dtype.name == "int32"
+        assert ids.tolist() == whole.ids
+        assert [tuple(span) for span in offsets.tolist()] == whole.offsets
+    assert len(models._chunk_starts(texts[0], 500)) > 10
+    assert models._chunk_starts("\u4e2d" * 5_000, 500) == [0]  # no safe cut: one chunk
