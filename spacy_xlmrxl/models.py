@@ -342,17 +342,24 @@ def _no_doc_grads(d_outputs: List[XLMRGrad]) -> List[Doc]:
     return []
 
 
+def transformer_call_plan(model: Model, docs: Sequence[Doc]) -> Tuple[List[Any], List[Any], Any]:
+    """``(piece_ids, offsets, plan)`` of a training forward of this ``Transformer.v1`` layer:
+    one backbone call per ``plan.batches`` entry (FSDP ranks use it to agree on the count)."""
+    tokenizer = get_tokenizer(model)
+    piece_ids, offsets = _encode_docs(tokenizer, list(docs))
+    plan = batch_windows(piece_ids, _AtLeastOneWindow(model.attrs["windows"]),
+                         max_batch_pieces=model.attrs["max_batch_pieces"],
+                         bos_id=tokenizer.bos_id, eos_id=tokenizer.eos_id, pad_id=tokenizer.pad_id)
+    return piece_ids, offsets, plan
+
+
 def _transformer_forward(model: Model, docs: List[Doc], is_train: bool
                          ) -> Tuple[List[XLMRDocData], Callable[[List[XLMRGrad]], List[Doc]]]:
     if not is_train:  # window batch by window batch, every piece state kept (see predict_doc_data)
         return predict_doc_data(model, docs), _no_doc_grads
     shim = backbone_shim(model)
     ops = model.ops
-    tokenizer = get_tokenizer(model)
-    piece_ids, offsets = _encode_docs(tokenizer, docs)
-    plan = batch_windows(piece_ids, _AtLeastOneWindow(model.attrs["windows"]),
-                         max_batch_pieces=model.attrs["max_batch_pieces"],
-                         bos_id=tokenizer.bos_id, eos_id=tokenizer.eos_id, pad_id=tokenizer.pad_id)
+    piece_ids, offsets, plan = transformer_call_plan(model, docs)
     device = shim.device
     outputs: List[torch.Tensor] = []
     with shim.run(is_train) as tracking:

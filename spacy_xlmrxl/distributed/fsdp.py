@@ -337,24 +337,14 @@ class CallBalancer:
 
     def local_calls(self, docs: Sequence[Any]) -> List[int]:
         """Model calls each sharded backbone makes for ``docs`` (the plan of its forward)."""
-        from .. import models
-        from ..windows import batch_windows
+        from ..models import transformer_call_plan
 
         counts = []
         for node, _ in self.nodes:
             if not docs:
                 counts.append(0)
                 continue
-            tokenizer = models.get_tokenizer(node)
-            encode = getattr(models, "_encode_docs", None)  # the forward's own encoding, when it has one
-            if encode is not None:
-                piece_ids = encode(tokenizer, docs)[0]
-            else:  # pragma: no cover - older models.py
-                piece_ids = [numpy.asarray(enc.ids, dtype="int32")
-                             for enc in tokenizer.encode_pieces_batch([doc.text for doc in docs])]
-            plan = batch_windows(piece_ids, models._AtLeastOneWindow(node.attrs["windows"]),
-                                 max_batch_pieces=node.attrs["max_batch_pieces"],
-                                 bos_id=tokenizer.bos_id, eos_id=tokenizer.eos_id, pad_id=tokenizer.pad_id)
+            plan = transformer_call_plan(node, docs)[2]
             counts.append(len(plan.batches))
         return counts
 
