@@ -25,8 +25,10 @@ Answers, on the contenders of ``bench/pipeline_throughput.py`` (same UNER senten
    spaCy tokens per model call).
 5. **Batching policies of ours**, interleaved: ``batch_windows``' ``max_batch_pieces`` and its
    padding rule (close a batch when padding would exceed ``max_padding`` once the batch holds
-   ``min_batch_pieces``; shipped: 4096, 0.1, 256), forced through a wrapper of
-   ``spacy_xlmrxl.models.batch_windows`` in this process (a prototype: no file is changed).
+   ``min_batch_pieces``; shipped: 4096, 0.1, 256), or the prototype `batch_windows_dp`
+   (``dp:<call cost>:<max_batch_pieces>``: batches cut to minimise padded positions + call cost
+   x calls), forced through a wrapper of ``spacy_xlmrxl.models.batch_windows`` in this process
+   (no file is changed).
 
 Both ``nlp.pipe`` calls use ``nlp.batch_size`` (1000) unless ``--batch-size`` is given, like
 ``pipeline_throughput.py``; HF's bare forward uses batches of 64 sorted sentences (as there).
