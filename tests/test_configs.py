@@ -30,7 +30,7 @@ def test_config_validates_like_debug_config(name):
     nlp = load_model_from_config(config, auto_fill=True, validate=True)
     filled = nlp.config.interpolate()
     registry.resolve(filled["training"], schema=ConfigSchemaTraining, validate=True)
-    assert filled["paths"]["checkpoint"] is None and filled["paths"]["preset"] == "small"
+    assert filled["paths"]["checkpoint"] is None and filled["paths"]["preset"] == "tiny"
     assert filled["paths"]["tokenizer"] == "assets/tokenizer/sentencepiece.bpe.model"
     assert filled["paths"]["train"].startswith("corpus/") and filled["paths"]["dev"].startswith("corpus/")
 
