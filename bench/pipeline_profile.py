@@ -25,7 +25,7 @@ Answers, on the contenders of ``bench/pipeline_throughput.py`` (same UNER senten
    spaCy tokens per model call).
 5. **Batching policies of ours**, interleaved: ``batch_windows``' ``max_batch_pieces`` and its
    padding rule (close a batch when padding would exceed ``max_padding`` once the batch holds
-   ``min_batch_pieces``; shipped: 4096, 0.1, 256), or the prototype `batch_windows_dp`
+   ``min_batch_pieces``; shipped: 4096, 0.1, 2048 — 256 before this script's findings), or the prototype `batch_windows_dp`
    (``dp:<call cost>:<max_batch_pieces>``: batches cut to minimise padded positions + call cost
    x calls), forced through a wrapper of ``spacy_xlmrxl.models.batch_windows`` in this process
    (no file is changed).
@@ -61,7 +61,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.common import (CLOCK, CLOCKS, add_clock_option, interleaved_medians, load_uner,  # noqa: E402
                           machine_line, matmul_gflops, print_table, use_clock)
-from bench.pipeline_throughput import build_hf_dir, build_ours, build_spacy_transformers  # noqa: E402
+from bench.pipeline_throughput import (build_hf_dir, build_ours, build_spacy_transformers,  # noqa: E402
+                                      hf_sorted_forward_and_model)
 
 
 # --------------------------------------------------------------------------------- texts
@@ -137,31 +138,9 @@ def transformer_node_of_ours(nlp: Any) -> Any:
 
 
 def hf_bare(hf_dir: Path, texts: List[str], batch_size: int) -> Tuple[Callable[[], None], torch.nn.Module]:
-    """HF's bare model over ``texts`` in length-sorted batches of ``batch_size`` (as in
-    ``pipeline_throughput.hf_sorted_forward``; the module is returned too, for the hooks)."""
-    import transformers
-
-    tokenizer = transformers.AutoTokenizer.from_pretrained(str(hf_dir))
-    model = transformers.AutoModel.from_pretrained(str(hf_dir), attn_implementation="sdpa").eval()
-    encoded = tokenizer(texts, truncation=True, max_length=512)["input_ids"]
-    order = sorted(range(len(texts)), key=lambda i: len(encoded[i]))
-    batches = []
-    for start in range(0, len(order), batch_size):
-        rows = [encoded[i] for i in order[start:start + batch_size]]
-        width = max(len(r) for r in rows)
-        ids = torch.full((len(rows), width), tokenizer.pad_token_id, dtype=torch.long)
-        mask = torch.zeros((len(rows), width), dtype=torch.long)
-        for r, row in enumerate(rows):
-            ids[r, :len(row)] = torch.tensor(row)
-            mask[r, :len(row)] = 1
-        batches.append((ids, mask))
-
-    def run() -> None:
-        with torch.inference_mode():
-            for ids, mask in batches:
-                model(input_ids=ids, attention_mask=mask)
-
-    return run, model
+    """HF's bare model over ``texts`` in length-sorted batches of ``batch_size`` (the contender of
+    ``pipeline_throughput.py``); the module is returned too, for the hooks."""
+    return hf_sorted_forward_and_model(hf_dir, texts, batch_size)
 
 
 # --------------------------------------------------------------------------------- batching policies
@@ -528,7 +507,7 @@ def main(argv: Optional[List[str]] = None) -> None:
         sweep = measure({policy_label(p): (rec_ours, with_policy(node, p, lambda: list(
             ours.pipe(texts, batch_size=args.batch_size)))) for p in policies}, args.rounds, config, clock)
         print(f"\n5. xlmrxl_ner batching policies (max_batch_pieces, padding rule; {CLOCK['name']} clock, "
-              f"interleaved, median of {args.rounds}; the shipped rule is padding <= 0.1 once >= 256)")
+              f"interleaved, median of {args.rounds}; the shipped rule is padding <= 0.1 once >= 2048)")
         print_table(["policy", "words/s", "calls", "pad x", "us/padded pos", "us/real pos", "fwd GFLOP/s",
                      "fwd % of total"],
                     [[name, n_words / s["total"], s["calls"], s["padded"] / s["real"], 1e6 * s["fwd"] / s["padded"],

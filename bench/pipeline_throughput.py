@@ -26,7 +26,7 @@ import os
 import random
 import sys
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -126,6 +126,12 @@ def build_spacy_transformers(hf_dir: Path, texts: List[str]) -> Any:
 
 def hf_sorted_forward(hf_dir: Path, texts: List[str], batch_size: int) -> Callable[[], None]:
     """HF's bare model over ``texts`` in length-sorted batches (no spaCy, no alignment)."""
+    return hf_sorted_forward_and_model(hf_dir, texts, batch_size)[0]
+
+
+def hf_sorted_forward_and_model(hf_dir: Path, texts: List[str], batch_size: int
+                                ) -> Tuple[Callable[[], None], torch.nn.Module]:
+    """`hf_sorted_forward` and the HF module it runs (for hooks)."""
     import transformers
 
     tokenizer = transformers.AutoTokenizer.from_pretrained(str(hf_dir))
@@ -148,7 +154,7 @@ def hf_sorted_forward(hf_dir: Path, texts: List[str], batch_size: int) -> Callab
             for ids, mask in batches:
                 model(input_ids=ids, attention_mask=mask)
 
-    return run
+    return run, model
 
 
 def count_entities(docs: List[Any]) -> int:

@@ -6,12 +6,7 @@ project's components; both runs are real ``torchrun`` / ``python -m`` subprocess
 
 from __future__ import annotations
 
-import json
-import os
 import random
-import socket
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy
@@ -21,7 +16,7 @@ from spacy.tokens import Doc, DocBin
 
 from spacy_xlmrxl.distributed.ddp import GradientSync
 
-REPO_ROOT = Path(__file__).resolve().parents[3]
+from .launch import REPO_ROOT, run_training
 TAGS = {"the": "DET", "a": "DET", "cat": "NOUN", "dog": "NOUN", "idea": "NOUN", "runs": "VERB",
         "sleeps": "VERB", "sees": "VERB", "big": "ADJ", "red": "ADJ", "quickly": "ADV"}
 
@@ -112,25 +107,10 @@ def setup(tmp_path_factory):
     return root
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def _run(root: Path, out: Path, nproc: int) -> list:
-    args = ["-m", "spacy_xlmrxl.distributed.ddp", str(root / "tagger.cfg"), "--output", str(out),
+    args = [str(root / "tagger.cfg"), "--output", str(out),
             "--paths.train", str(root / "train.spacy"), "--paths.dev", str(root / "dev.spacy")]
-    if nproc == 1:
-        cmd = [sys.executable, *args]
-    else:
-        cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "1", "--nproc_per_node", str(nproc),
-               "--master_addr", "127.0.0.1", "--master_port", str(_free_port()), *args]
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO_ROOT), os.environ.get("PYTHONPATH", "")]),
-               OMP_NUM_THREADS="1")
-    proc = subprocess.run(cmd, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
+    return run_training(args, out, nproc, env={"OMP_NUM_THREADS": "1"})
 
 
 def _weights(path: Path) -> list:
@@ -174,15 +154,10 @@ def test_xlmrxl_ner_trains_on_two_ranks(spm_model_path, tmp_path):
             docs.add(doc)
         docs.to_disk(tmp_path / f"{split}.spacy")
     out = tmp_path / "out"
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "1", "--nproc_per_node", "2",
-           "--master_addr", "127.0.0.1", "--master_port", str(_free_port()), "-m", "spacy_xlmrxl.distributed.ddp",
-           str(REPO_ROOT / "configs" / "ner.cfg"), "--output", str(out), "--paths.train", str(tmp_path / "train.spacy"),
-           "--paths.dev", str(tmp_path / "dev.spacy"), "--paths.preset", "tiny", "--paths.tokenizer",
-           str(spm_model_path), "--training.max_steps", "2", "--training.eval_frequency", "2"]
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO_ROOT), os.environ.get("PYTHONPATH", "")]))
-    proc = subprocess.run(cmd, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    log = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
+    log = run_training([str(REPO_ROOT / "configs" / "ner.cfg"), "--output", str(out),
+                        "--paths.train", str(tmp_path / "train.spacy"), "--paths.dev", str(tmp_path / "dev.spacy"),
+                        "--paths.preset", "tiny", "--paths.tokenizer", str(spm_model_path),
+                        "--training.max_steps", "2", "--training.eval_frequency", "2"], out, 2)
     assert [e["step"] for e in log] == [1, 2] and all(numpy.isfinite(e["losses"]["ner"]) for e in log)
     trained = spacy.load(out / "model-last")
     assert trained.pipe_names == ["transformer", "ner"]

@@ -8,12 +8,7 @@ different numbers of backbone calls, which exercises the dummy-call balancing.
 
 from __future__ import annotations
 
-import json
-import os
 import random
-import socket
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy
@@ -23,17 +18,11 @@ from spacy.tokens import Doc, DocBin, Span
 
 pytest.importorskip("torch.distributed.fsdp")
 
-REPO_ROOT = Path(__file__).resolve().parents[3]
+from .launch import REPO_ROOT, run_training
 CODE = Path(__file__).resolve().parent / "no_dropout.py"
 NAMES = {"Anna": "PER", "Oslo": "LOC", "Acme": "ORG", "Berlin": "LOC"}
 FILLER = ["went", "to", "the", "house", "saw", "a", "very", "long", "road", "and", "then"]
 STEPS = 4
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def _corpus(root: Path) -> None:
@@ -54,22 +43,13 @@ def _corpus(root: Path) -> None:
 
 
 def _run(root: Path, out: Path, spm: Path, nproc: int, strategy: str = "fsdp") -> list:
-    args = ["-m", "spacy_xlmrxl.distributed.ddp", str(REPO_ROOT / "configs" / "ner.cfg"), "--output", str(out),
+    args = [str(REPO_ROOT / "configs" / "ner.cfg"), "--output", str(out),
             "--code", str(CODE), "--strategy", strategy,
             "--paths.train", str(root / "train.spacy"), "--paths.dev", str(root / "dev.spacy"),
             "--paths.preset", "tiny", "--paths.tokenizer", str(spm), "--training.max_steps", str(STEPS),
             "--training.eval_frequency", "2", "--training.dropout", "0.0",
             "--training.batcher.size", "20", "--components.transformer.model.max_batch_pieces", "12"]
-    if nproc == 1:
-        cmd = [sys.executable, *args]
-    else:
-        cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "1", "--nproc_per_node", str(nproc),
-               "--master_addr", "127.0.0.1", "--master_port", str(_free_port()), *args]
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO_ROOT), os.environ.get("PYTHONPATH", "")]),
-               OMP_NUM_THREADS="1")
-    proc = subprocess.run(cmd, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=240)
-    assert proc.returncode == 0, proc.stderr[-4000:]
-    return [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
+    return run_training(args, out, nproc, timeout=240, env={"OMP_NUM_THREADS": "1"})
 
 
 @pytest.fixture(scope="module")
