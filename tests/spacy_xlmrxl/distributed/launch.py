@@ -8,9 +8,26 @@ import socket
 import subprocess
 import sys
 from pathlib import Path
-from typing import Dict, List, Sequence
+from typing import Dict, List, Mapping, Sequence
 
 REPO_ROOT = Path(__file__).resolve().parents[3]
+
+
+def toy_ner_docbin(vocab, rng, n: int, names: Mapping[str, str], filler: Sequence[str], length: Sequence[int]):
+    """A DocBin of ``n`` docs of filler words (``length``: (min, max) words, inclusive), each with
+    one single-word entity from ``names`` at a random position."""
+    from spacy.tokens import Doc, DocBin, Span
+
+    docs = DocBin()
+    for _ in range(n):
+        size = length[0] if length[0] == length[1] else rng.randint(*length)
+        words = [rng.choice(filler) for _ in range(size)]
+        k, name = rng.randrange(len(words)), rng.choice(list(names))
+        words[k] = name
+        doc = Doc(vocab, words=words)
+        doc.ents = [Span(doc, k, k + 1, label=names[name])]
+        docs.add(doc)
+    return docs
 
 
 def free_port() -> int:

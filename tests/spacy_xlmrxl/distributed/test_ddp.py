@@ -16,7 +16,7 @@ from spacy.tokens import Doc, DocBin
 
 from spacy_xlmrxl.distributed.ddp import GradientSync
 
-from .launch import REPO_ROOT, run_training
+from .launch import REPO_ROOT, run_training, toy_ner_docbin
 TAGS = {"the": "DET", "a": "DET", "cat": "NOUN", "dog": "NOUN", "idea": "NOUN", "runs": "VERB",
         "sleeps": "VERB", "sees": "VERB", "big": "ADJ", "red": "ADJ", "quickly": "ADV"}
 
@@ -138,21 +138,13 @@ def test_two_ranks_follow_one_process(setup):
 
 def test_xlmrxl_ner_trains_on_two_ranks(spm_model_path, tmp_path):
     """The project's configs/ner.cfg (transformer + listener NER) with a tiny random backbone."""
-    from spacy.tokens import Span
 
     nlp = spacy.blank("xx")
     rng = random.Random(0)
     names = {"Anna": "PER", "Oslo": "LOC", "Acme": "ORG"}
     for split, n in (("train", 16), ("dev", 4)):
-        docs = DocBin()
-        for _ in range(n):
-            words = [rng.choice(["went", "to", "the", "house", "saw"]) for _ in range(rng.randint(3, 7))]
-            k, name = rng.randrange(len(words)), rng.choice(list(names))
-            words[k] = name
-            doc = Doc(nlp.vocab, words=words)
-            doc.ents = [Span(doc, k, k + 1, label=names[name])]
-            docs.add(doc)
-        docs.to_disk(tmp_path / f"{split}.spacy")
+        toy_ner_docbin(nlp.vocab, rng, n, names, ["went", "to", "the", "house", "saw"], (3, 7)).to_disk(
+            tmp_path / f"{split}.spacy")
     out = tmp_path / "out"
     log = run_training([str(REPO_ROOT / "configs" / "ner.cfg"), "--output", str(out),
                         "--paths.train", str(tmp_path / "train.spacy"), "--paths.dev", str(tmp_path / "dev.spacy"),

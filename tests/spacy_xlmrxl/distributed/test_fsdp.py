@@ -14,11 +14,10 @@ from pathlib import Path
 import numpy
 import pytest
 import spacy
-from spacy.tokens import Doc, DocBin, Span
 
 pytest.importorskip("torch.distributed.fsdp")
 
-from .launch import REPO_ROOT, run_training
+from .launch import REPO_ROOT, run_training, toy_ner_docbin
 CODE = Path(__file__).resolve().parent / "no_dropout.py"
 NAMES = {"Anna": "PER", "Oslo": "LOC", "Acme": "ORG", "Berlin": "LOC"}
 FILLER = ["went", "to", "the", "house", "saw", "a", "very", "long", "road", "and", "then"]
@@ -31,15 +30,7 @@ def _corpus(root: Path) -> None:
     nlp = spacy.blank("xx")
     rng = random.Random(0)
     for split, n in (("train", 10), ("dev", 4)):
-        docs = DocBin()
-        for _ in range(n):
-            words = [rng.choice(FILLER) for _ in range(6)]
-            k, name = rng.randrange(len(words)), rng.choice(list(NAMES))
-            words[k] = name
-            doc = Doc(nlp.vocab, words=words)
-            doc.ents = [Span(doc, k, k + 1, label=NAMES[name])]
-            docs.add(doc)
-        docs.to_disk(root / f"{split}.spacy")
+        toy_ner_docbin(nlp.vocab, rng, n, NAMES, FILLER, (6, 6)).to_disk(root / f"{split}.spacy")
 
 
 def _run(root: Path, out: Path, spm: Path, nproc: int, strategy: str = "fsdp") -> list:
