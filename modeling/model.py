@@ -17,7 +17,7 @@ import torch
 from torch import Tensor, nn
 
 from .config import XLMRobertaXLConfig
-from .layers import DenseProjection, Embeddings, Encoder, LayerInputs, attention_bias, expand_head_mask
+from .layers import DenseProjection, Embeddings, Encoder, LayerInputs, PaddingLayout, attention_bias, expand_head_mask
 from .outputs import BackboneOutput, Cache
 
 PathLike = Union[str, "os.PathLike[str]"]
@@ -201,6 +201,7 @@ class XLMRobertaXLModel(XLMRobertaXLPreTrainedModel):
         use_cache: Optional[bool] = None,
         output_attentions: bool = False,
         output_hidden_states: bool = False,
+        skip_padding: bool = False,
     ) -> BackboneOutput:
         """Run the backbone.
 
@@ -212,10 +213,25 @@ class XLMRobertaXLModel(XLMRobertaXLPreTrainedModel):
           input (decoder with ``add_cross_attention`` only; ignored by an encoder, as in HF).
         - ``past_key_values``: the cache returned by a previous call (T cached positions).
         - ``use_cache``: return the updated cache (decoder only; default ``config.use_cache``).
+        - ``skip_padding`` (not in HF; encoder with a (B, S) ``attention_mask``): compute only the
+          real positions outside the attention product (`PaddingLayout`), so padding costs
+          nothing in the projections, feed-forward parts and LayerNorms. The real positions'
+          outputs equal the padded computation's (within float rounding of the matrix products);
+          padded positions of ``last_hidden_state`` are 0 instead of states nobody should read.
+          Not with attention weights, head masks, per-layer hidden states or a cache.
         """
         config = self.config
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("give exactly one of input_ids and inputs_embeds")
+        layout: Optional[PaddingLayout] = None
+        if skip_padding and attention_mask is not None and not bool(attention_mask.all()):
+            unsupported = {"a decoder config": config.is_decoder, "output_attentions": output_attentions,
+                           "output_hidden_states": output_hidden_states, "head_mask": head_mask is not None,
+                           "past_key_values": bool(past_key_values)}
+            given = [name for name, on in unsupported.items() if on]
+            if given:
+                raise ValueError(f"skip_padding cannot be combined with {', '.join(given)}")
+            layout = PaddingLayout(attention_mask)
         batch_size, length = (input_ids if input_ids is not None else inputs_embeds).shape[:2]
         use_cache = bool(config.use_cache if use_cache is None else use_cache) and config.is_decoder
         past_length = past_key_values[0][0].shape[2] if past_key_values else 0
@@ -236,18 +252,21 @@ class XLMRobertaXLModel(XLMRobertaXLPreTrainedModel):
         if encoder_hidden_states is not None:
             cross_bias = attention_bias(encoder_attention_mask, query_length=length, dtype=dtype, device=device)
         output = self.encoder(
-            embeddings,
+            embeddings if layout is None else layout.unpad(embeddings),
             LayerInputs(
                 attention_bias=self_bias,
                 encoder_hidden_states=encoder_hidden_states,
                 encoder_attention_bias=cross_bias,
                 output_attentions=output_attentions,
+                layout=layout,
             ),
             head_mask=expand_head_mask(head_mask, num_layers=config.num_hidden_layers, dtype=dtype),
             past_key_values=past_key_values,
             use_cache=use_cache,
             output_hidden_states=output_hidden_states,
         )
+        if layout is not None:
+            output.last_hidden_state = layout.pad(output.last_hidden_state)
         if self.pooler is not None:
             output.pooler_output = self.pooler(output.last_hidden_state[:, 0])
         return output

@@ -314,7 +314,8 @@ def predict_doc_data(model: Model, docs: Sequence[Doc], *, pooling: Sequence[str
         for b, batch in enumerate(plan.batches):
             input_ids, attention_mask = plan.inputs(b)
             out = shim.module(input_ids=torch.from_numpy(input_ids).to(device),
-                              attention_mask=torch.from_numpy(attention_mask).to(device)).last_hidden_state
+                              attention_mask=torch.from_numpy(attention_mask).to(device),
+                              skip_padding=True).last_hidden_state
             del input_ids, attention_mask
             array = to_xp(out, ops)
             for row, (span, position) in enumerate(zip(batch.rows, batch.positions)):
@@ -365,7 +366,7 @@ def _transformer_forward(model: Model, docs: List[Doc], is_train: bool
     with shim.run(is_train) as tracking:
         for batch in plan.batches:
             out = shim.module(input_ids=torch.from_numpy(batch.input_ids).to(device),
-                              attention_mask=torch.from_numpy(batch.attention_mask).to(device))
+                              attention_mask=torch.from_numpy(batch.attention_mask).to(device), skip_padding=True)
             outputs.append(out.last_hidden_state)
     width = model.get_dim("nO")
     arrays = [to_xp(out, ops) for out in outputs]

@@ -193,7 +193,7 @@ def _qa_forward(model: Model, batches: Sequence[WindowBatch], is_train: bool
     with shim.run(is_train) as tracking:
         for batch in batches:
             input_ids, attention_mask = _torch_inputs(batch, device)
-            out = shim.module(input_ids=input_ids, attention_mask=attention_mask)
+            out = shim.module(input_ids=input_ids, attention_mask=attention_mask, skip_padding=True)
             outputs.append(torch.stack((out.start_logits, out.end_logits), dim=-1))
     arrays = [to_xp(out, model.ops) for out in outputs]
 
@@ -248,7 +248,7 @@ def _mlm_forward(model: Model, X: MLMInput, is_train: bool) -> Tuple[Floats2d, C
         for b in wanted:
             rows = numpy.flatnonzero(positions[:, 0] == b)
             input_ids, attention_mask = _torch_inputs(X.batches[b], device)
-            hidden = module.roberta(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+            hidden = module.roberta(input_ids=input_ids, attention_mask=attention_mask, skip_padding=True).last_hidden_state
             index_rows = torch.from_numpy(positions[rows, 1]).to(device)
             index_cols = torch.from_numpy(positions[rows, 2]).to(device)
             gathered.append(hidden[index_rows, index_cols])

@@ -240,6 +240,59 @@ def test_padded_batch_equals_each_sequence_alone() -> None:
         assert_close(batch.pooler_output[row], alone.pooler_output[0])
 
 
+def real_positions(tensor: Tensor, mask: Tensor) -> Tensor:
+    """(B, S, X) -> (R, X): the rows where ``mask`` is 1."""
+    return tensor[mask.bool()]
+
+
+@pytest.mark.parametrize("checkpointing", [False, True])
+def test_skip_padding_equals_padded_forward_and_hf(checkpointing: bool) -> None:
+    """Real positions (states, pooler, every parameter's gradient) equal HF's padded forward;
+    padded positions come out 0 and get no gradient."""
+    hf, ours = make_pair(hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+    ids, mask = random_ids(batch=4, length=11, pad_lengths=(0, 4, 9, 2))
+    if checkpointing:
+        ours.gradient_checkpointing_enable()
+    hf.train(), ours.train()
+    expected = hf(ids, attention_mask=mask)
+    actual = ours(ids, attention_mask=mask, skip_padding=True)
+    assert_close(real_positions(actual.last_hidden_state, mask), real_positions(expected.last_hidden_state, mask))
+    assert_close(actual.pooler_output, expected.pooler_output, what="pooler_output")
+    assert float(actual.last_hidden_state.detach()[~mask.bool()].abs().max()) == 0.0
+    for model, out in ((hf, expected), (ours, actual)):
+        weighted_sum([real_positions(out.last_hidden_state, mask), out.pooler_output]).backward()
+    assert_grads_close(hf, ours)
+
+
+def test_skip_padding_runs_only_the_real_positions() -> None:
+    _, ours = make_pair()
+    ids, mask = random_ids(batch=3, length=10, pad_lengths=(0, 6, 8))
+    rows = []
+    ours.encoder.layer[0].intermediate.register_forward_hook(lambda module, args, out: rows.append(out.shape[:-1]))
+    ours(ids, attention_mask=mask, skip_padding=True)
+    assert rows == [torch.Size([int(mask.sum())])]  # 10 + 4 + 2 positions, not 30
+    ours(ids, attention_mask=torch.ones_like(mask), skip_padding=True)  # nothing to skip: padded layout
+    ours(ids, skip_padding=True)
+    assert rows[1:] == [torch.Size([3, 10])] * 2
+    plain = ours(ids, attention_mask=torch.ones_like(mask)).last_hidden_state
+    assert_close(ours(ids, skip_padding=True).last_hidden_state, plain)
+
+
+def test_skip_padding_refuses_what_needs_the_padded_grid() -> None:
+    _, ours = make_pair()
+    ids, mask = random_ids(pad_lengths=(0, 3, 0))
+    for kwargs, named in ((dict(output_attentions=True), "output_attentions"),
+                          (dict(output_hidden_states=True), "output_hidden_states"),
+                          (dict(head_mask=torch.ones(TINY["num_attention_heads"])), "head_mask")):
+        with pytest.raises(ValueError, match=f"skip_padding cannot be combined with {named}"):
+            ours(ids, attention_mask=mask, skip_padding=True, **kwargs)
+    _, decoder = make_pair(is_decoder=True)
+    with pytest.raises(ValueError, match="a decoder config"):
+        decoder(ids, attention_mask=mask, skip_padding=True)
+    with pytest.raises(ValueError, match=r"\(B, S\) attention_mask"):
+        ours(ids, attention_mask=mask[:, None, :].expand(-1, ids.shape[1], -1), skip_padding=True)
+
+
 def test_train_mode_dropout_matches_hf() -> None:
     """Same seed, same dropout masks: the dropouts sit where HF's do (none after the FFN)."""
     hf, ours = make_pair(attention_probs_dropout_prob=0.0, hidden_dropout_prob=0.2)
