@@ -21,6 +21,7 @@ inputs only (``--bf16 on`` forces it everywhere, ``--bf16 off`` skips it).
     python bench/cpu_inference_options.py            # backbone + pipeline
     python bench/cpu_inference_options.py --quick    # small inputs, 1 round
     python bench/cpu_inference_options.py --trained training/ner/model-best
+    python bench/cpu_inference_options.py --skip backbone --langs da --docs 10000   # F1 on all Danish test sentences
 """
 
 from __future__ import annotations
@@ -179,6 +180,8 @@ def main(argv: Optional[List[str]] = None) -> None:
     parser.add_argument("--bf16-max-tokens", type=int, default=64, help="auto without native bf16: largest backbone input")
     parser.add_argument("--bf16-docs", type=int, default=0, help="auto without native bf16: pipeline sentences in bf16")
     parser.add_argument("--trained", type=Path, default=None, help="a trained xlmrxl NER pipeline directory")
+    parser.add_argument("--langs", default="", help="UNER languages for the pipeline part, comma-separated "
+                        "(default: all; e.g. da for the workflow's Danish-trained model)")
     parser.add_argument("--skip", choices=["backbone", "pipeline"], action="append", default=[])
     add_clock_option(parser)
     args = parser.parse_args(argv)
@@ -194,6 +197,8 @@ def main(argv: Optional[List[str]] = None) -> None:
         summary += bench_backbones(POINTS["quick" if args.quick else "default"], rounds, args.bf16, args.bf16_max_tokens)
     if "pipeline" not in args.skip:
         sentences = load_uner()
+        if sentences is not None and args.langs:
+            sentences = [s for s in sentences if s.lang in set(args.langs.split(","))] or None
         if sentences is None:
             print("pipeline part SKIPPED: ../shared/data/ner/uner is absent")
         else:

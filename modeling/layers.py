@@ -134,21 +134,21 @@ class PaddingLayout:
         if attention_mask.dim() != 2:
             raise ValueError(f"skipping padding needs a (B, S) attention_mask, got shape {tuple(attention_mask.shape)}")
         self.batch_size, self.length = attention_mask.shape
-        #: (R,) int64: flat indices ``b * S + s`` of the real positions, in row-major order
-        self.indices = attention_mask.reshape(-1).nonzero().squeeze(1)
-
-    @property
-    def num_real(self) -> int:
-        return int(self.indices.shape[0])
+        #: (R,) int64 each: batch row and position of every real position, in row-major order
+        self.rows, self.columns = attention_mask.nonzero(as_tuple=True)
+        #: (R,) int64: their flat indices ``row * S + column``
+        self.indices = self.rows * self.length + self.columns
 
     def unpad(self, states: Tensor) -> Tensor:
-        """(B, S, X) -> (R, X): the rows at the real positions."""
-        return states.reshape(self.batch_size * self.length, -1).index_select(0, self.indices)
+        """(B, S, ...) -> (R, X), X the product of the trailing sizes: the rows at the real
+        positions, gathered in one copy even from a strided view (e.g. attention's
+        (B, N, S, D) output transposed to (B, S, N, D))."""
+        return states[self.rows, self.columns].reshape(self.rows.shape[0], -1)
 
     def pad(self, rows: Tensor) -> Tensor:
         """(R, X) -> (B, S, X), zeros at the padded positions."""
-        flat = rows.new_zeros(self.batch_size * self.length, rows.shape[-1])
-        return flat.index_copy(0, self.indices, rows).view(self.batch_size, self.length, -1)
+        grid = torch.zeros(self.batch_size * self.length, rows.shape[-1], dtype=rows.dtype, device=rows.device)
+        return grid.index_copy_(0, self.indices, rows).view(self.batch_size, self.length, -1)
 
 
 # ---------------------------------------------------------------------------------- modules
