@@ -139,18 +139,19 @@ def recombine(
     for (start, end), out in zip(windows, window_outputs):
         if out.ndim != 2 or out.shape[0] != end - start:
             raise ValueError(f"window {(start, end)} has an output of shape {out.shape}")
-    counts = _check_windows(windows, n_pieces)
+    streaming = StreamingRecombiner(windows, n_pieces)  # the one implementation of the average
     xp = ops.xp
     if window_outputs:
         width = window_outputs[0].shape[1]
         dtype = window_outputs[0].dtype
     else:
         width, dtype = width or 0, np.float32
-    scale = xp.asarray((1.0 / np.maximum(counts, 1))[:, None].astype(dtype))
-    summed = xp.zeros((n_pieces, width), dtype=dtype)
-    for (start, end), out in zip(windows, window_outputs):
-        summed[start:end] += out
-    averaged = summed * scale
+    averaged = xp.zeros((n_pieces, width), dtype=dtype)
+    for k, out in enumerate(window_outputs):
+        block = streaming.add(k, out)
+        if block is not None:
+            averaged[block[0] : block[0] + block[1].shape[0]] = block[1]
+    scale = xp.asarray((1.0 / np.maximum(streaming.counts, 1))[:, None].astype(dtype))
 
     def backprop(d_averaged: Floats2d) -> List[Floats2d]:
         if d_averaged.shape != (n_pieces, width):
@@ -164,13 +165,14 @@ def recombine(
 class StreamingRecombiner:
     """:func:`recombine` for inference, one window at a time, in any arrival order.
 
+    (:func:`recombine` itself runs on it, adding every window in order.)
     ``add(k, output)`` takes window ``windows[k]``'s (end - start, H) output (it keeps a copy
     only while a piece of the window is still waiting for another window) and returns the
     ``(start, rows)`` block of pieces that became final: ``rows`` is (end - start, H), the
     pieces every covering window of which has now arrived. Blocks come in piece order and tile
-    ``0..n_pieces``. The values are bit-identical to :func:`recombine` (same additions in the
-    same window order, same scale), but only the windows still overlapping unfinished pieces
-    are held: with windows arriving in document order, about two windows per doc.
+    ``0..n_pieces``. Each piece is the sum of its windows' rows in document window order, times
+    ``1 / count``, whatever the arrival order; only the windows still overlapping unfinished
+    pieces are held: with windows arriving in document order, about two windows per doc.
     """
 
     def __init__(self, windows: Sequence[Window], n_pieces: int) -> None:

@@ -92,6 +92,26 @@ def test_inference_pools_for_the_listeners_bit_identical_to_the_piece_states(sha
     assert all(numpy.array_equal(v, d.tokvecs["mean"]) for v, d in zip(tok2vec.predict(docs), kept))
 
 
+def test_backbone_computes_only_the_real_pieces_in_inference_and_training(shared):
+    """The window batches are padded, but the feed-forward parts see only the real positions
+    (``skip_padding``): as many rows as the windows' pieces + ``<s></s>``, in both paths."""
+    nlp, examples, _, _ = shared
+    transformer = nlp.get_pipe("xlmrxl_transformer")
+    module = transformer.model.shims[0].module
+    docs = [nlp.make_doc(eg.reference.text) for eg in examples] + [nlp.make_doc("Kort.")]
+    rows = []
+    hook = module.encoder.layer[0].intermediate.register_forward_hook(lambda m, args, out: rows.append(out.shape))
+    try:
+        kept = transformer.model.predict(docs)
+        real = sum(end - start + 2 for data in kept for start, end in data.windows)
+        assert all(len(shape) == 2 for shape in rows) and sum(shape[0] for shape in rows) == real
+        rows.clear()
+        _, backprop = transformer.model.begin_update(docs)
+        assert all(len(shape) == 2 for shape in rows) and sum(shape[0] for shape in rows) == real
+    finally:
+        hook.remove()
+
+
 def test_piece_states_setting(shared_data, spm_model_path):
     from spacy_xlmrxl.doc_data import XLMRDocData as Data
 
