@@ -84,17 +84,23 @@ def transition_constraints(tags: Sequence[str], scheme: str) -> Tuple[numpy.ndar
 
 def constrained_viterbi(log_probs: numpy.ndarray, allowed: numpy.ndarray, start: numpy.ndarray,
                         end: numpy.ndarray) -> numpy.ndarray:
-    """Best tag sequence (n,) for (n, T) log-probabilities under the transition constraints."""
+    """Best tag sequence (n,) for (n, T) log-probabilities under the transition constraints.
+
+    Scores add up in float64 whatever the input dtype; the back-pointers take the smallest
+    integer type that holds T (1 byte per token and tag for up to 256 tags), so the transient
+    memory is the input plus about T bytes per token."""
     n, n_tags = log_probs.shape
     if n == 0:
         return numpy.zeros((0,), dtype="int64")
     blocked = numpy.where(allowed, 0.0, -numpy.inf)
-    score = numpy.where(start, log_probs[0], -numpy.inf)
-    back = numpy.zeros((n, n_tags), dtype="int64")
+    score = numpy.where(start, log_probs[0].astype("float64"), -numpy.inf)
+    back = numpy.zeros((n, n_tags), dtype=numpy.min_scalar_type(n_tags - 1))
+    tags = numpy.arange(n_tags)
     for t in range(1, n):
         candidates = score[:, None] + blocked
-        back[t] = candidates.argmax(axis=0)
-        score = candidates[back[t], numpy.arange(n_tags)] + log_probs[t]
+        best = candidates.argmax(axis=0)
+        back[t] = best
+        score = candidates[best, tags] + log_probs[t]
     score = numpy.where(end, score, -numpy.inf)
     path = numpy.zeros((n,), dtype="int64")
     path[-1] = int(score.argmax())
@@ -180,11 +186,11 @@ class XLMRNer(LabelledPipe):
         return [self._decode(doc, self.model.ops.to_numpy(doc_scores)) for doc, doc_scores in zip(docs, scores)]
 
     def _decode(self, doc: Doc, probs: numpy.ndarray) -> List[Entity]:
-        content = numpy.asarray([i for i, token in enumerate(doc) if not token.is_space], dtype="int64")
+        content = numpy.flatnonzero(doc.to_array("IS_SPACE") == 0)
         if not len(content):
             return []
-        with numpy.errstate(divide="ignore"):
-            log_probs = numpy.log(probs[content].astype("float64"))
+        with numpy.errstate(divide="ignore"):  # float32 logs; constrained_viterbi sums in float64
+            log_probs = numpy.log(probs if len(content) == len(doc) else probs[content])
         path = constrained_viterbi(log_probs, *self._get_constraints())
         names = self.tag_names
         return [(int(content[s]), int(content[e - 1]) + 1, label)
