@@ -292,18 +292,10 @@ def predict_doc_data(model: Model, docs: Sequence[Doc], *, pooling: Sequence[str
         return outputs
     shim = backbone_shim(model)
     ops = model.ops
-    tokenizer = get_tokenizer(model)
-    piece_ids, offsets = _encode_docs(tokenizer, docs)
+    piece_ids, offsets, plan = transformer_call_plan(model, docs, lazy=True)
     aligns = [align_tokens_to_pieces(doc, spans) for doc, spans in zip(docs, offsets)]
-    plan = batch_windows(piece_ids, _AtLeastOneWindow(model.attrs["windows"]),
-                         max_batch_pieces=model.attrs["max_batch_pieces"],
-                         bos_id=tokenizer.bos_id, eos_id=tokenizer.eos_id, pad_id=tokenizer.pad_id, lazy=True)
     width = model.get_dim("nO")
-    window_index: List[int] = []  # position in plan.windows -> index among its doc's windows
-    seen = [0] * len(docs)
-    for span in plan.windows:
-        window_index.append(seen[span.doc])
-        seen[span.doc] += 1
+    window_index = plan.index_in_doc()
     recombiners = [StreamingRecombiner(plan.doc_windows[d], plan.n_pieces[d]) for d in range(len(docs))]
     poolers = [StreamingPooler(ops, aligns[d], plan.n_pieces[d], width, pooling) if pooling else None
                for d in range(len(docs))]
@@ -343,14 +335,15 @@ def _no_doc_grads(d_outputs: List[XLMRGrad]) -> List[Doc]:
     return []
 
 
-def transformer_call_plan(model: Model, docs: Sequence[Doc]) -> Tuple[List[Any], List[Any], Any]:
-    """``(piece_ids, offsets, plan)`` of a training forward of this ``Transformer.v1`` layer:
-    one backbone call per ``plan.batches`` entry (FSDP ranks use it to agree on the count)."""
+def transformer_call_plan(model: Model, docs: Sequence[Doc], *, lazy: bool = False) -> Tuple[List[Any], List[Any], Any]:
+    """``(piece_ids, offsets, plan)`` of a forward of this ``Transformer.v1`` layer: one backbone
+    call per ``plan.batches`` entry (FSDP ranks use it to agree on the count). ``lazy``: the
+    batches' inputs are built one at a time by ``plan.inputs(b)`` (inference)."""
     tokenizer = get_tokenizer(model)
     piece_ids, offsets = _encode_docs(tokenizer, list(docs))
     plan = batch_windows(piece_ids, _AtLeastOneWindow(model.attrs["windows"]),
                          max_batch_pieces=model.attrs["max_batch_pieces"],
-                         bos_id=tokenizer.bos_id, eos_id=tokenizer.eos_id, pad_id=tokenizer.pad_id)
+                         bos_id=tokenizer.bos_id, eos_id=tokenizer.eos_id, pad_id=tokenizer.pad_id, lazy=lazy)
     return piece_ids, offsets, plan
 
 
@@ -413,11 +406,7 @@ def _cls_rows(plan: Any, arrays: Sequence[Any]) -> List[List[Any]]:
 
 def _add_cls_grads(plan: Any, merged: List[Any], d_cls: Sequence[Optional[Any]]) -> None:
     """Add each doc's (n_windows, H) ``<s>`` gradient at position 0 of its windows' rows."""
-    window_index = []
-    seen = [0] * len(plan.n_pieces)
-    for span in plan.windows:
-        window_index.append(seen[span.doc])
-        seen[span.doc] += 1
+    window_index = plan.index_in_doc()
     for batch, grad in zip(plan.batches, merged):
         for row, position in enumerate(batch.positions):
             span = plan.windows[int(position)]

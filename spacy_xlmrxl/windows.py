@@ -267,6 +267,15 @@ class WindowPlan:
         built = _make_batch([int(p) for p in batch.positions], self.windows, *self.source)
         return built.input_ids, built.attention_mask
 
+    def index_in_doc(self) -> List[int]:
+        """For each entry of ``windows``, its index among its doc's windows."""
+        seen = [0] * len(self.n_pieces)
+        indices = []
+        for span in self.windows:
+            indices.append(seen[span.doc])
+            seen[span.doc] += 1
+        return indices
+
     def split_outputs(self, batch_outputs: Sequence[Any]) -> List[List[Any]]:
         """Per-doc lists of per-window piece outputs from per-batch model outputs.
 
