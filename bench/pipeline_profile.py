@@ -61,7 +61,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.common import (CLOCK, CLOCKS, add_clock_option, interleaved_medians, load_uner,  # noqa: E402
                           machine_line, matmul_gflops, print_table, use_clock)
-from bench.pipeline_throughput import (build_hf_dir, build_ours, build_spacy_transformers,  # noqa: E402
+from bench.pipeline_throughput import (add_contender_options, build_hf_dir, build_ours, build_spacy_transformers,  # noqa: E402
                                       hf_sorted_forward_and_model)
 
 
@@ -377,19 +377,12 @@ def breakdown(timers: StageTimers, forward_wall: float, total: float) -> List[Tu
 # --------------------------------------------------------------------------------- main
 def main(argv: Optional[List[str]] = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--docs", type=int, default=200, help="UNER sentences (balanced over languages)")
-    parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--batch-size", type=int, default=None,
-                        help="nlp.pipe batch size for both pipelines (default: nlp.batch_size = 1000)")
-    parser.add_argument("--max-batch-pieces", type=int, default=4096, help="ours: padded pieces per model call")
+    add_contender_options(parser)
     parser.add_argument("--sweep", default="4096:0.1:256,4096:0.1:2048,1024,2048,4096,8192",
                         help="batching policies of ours to compare, comma-separated: max_batch_pieces[:max_padding"
                              "[:min_batch_pieces]], no max_padding = no padding limit (empty: skip)")
     parser.add_argument("--prototype", default="4096",
                         help="policy of the prototype row of table 1 (same syntax as --sweep)")
-    parser.add_argument("--layers", type=int, default=6)
-    parser.add_argument("--hidden", type=int, default=768)
-    parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--quick", action="store_true", help="48 sentences, 1 round, 2 policies")
     add_clock_option(parser)
     args = parser.parse_args(argv)

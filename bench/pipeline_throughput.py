@@ -175,8 +175,9 @@ def entity_agreement(reference: List[Any], other: List[Any]) -> float:
     return 2 * tp / (n_ref + n_other)
 
 
-def main(argv: Optional[List[str]] = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def add_contender_options(parser: argparse.ArgumentParser) -> None:
+    """The options that fix the texts and the contenders (model size, weights, batching), shared
+    with ``bench/pipeline_profile.py`` so that both scripts measure the same thing by default."""
     parser.add_argument("--docs", type=int, default=200, help="UNER sentences (balanced over languages)")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--batch-size", type=int, default=None,
@@ -185,6 +186,11 @@ def main(argv: Optional[List[str]] = None) -> None:
     parser.add_argument("--layers", type=int, default=6)
     parser.add_argument("--hidden", type=int, default=768)
     parser.add_argument("--seed", type=int, default=0)
+
+
+def main(argv: Optional[List[str]] = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_contender_options(parser)
     parser.add_argument("--bf16", choices=["auto", "on", "off"], default="auto",
                         help="auto: measure bf16 only on CPUs with native bf16 matmuls; on: always, "
                              "on --bf16-docs sentences where the CPU lacks them")

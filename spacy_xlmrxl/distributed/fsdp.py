@@ -56,6 +56,8 @@ import numpy
 import torch
 import torch.distributed as dist
 
+from .ddp import _collective_device
+
 PRECISIONS = ("auto", "bf16", "fp32")
 
 
@@ -329,9 +331,7 @@ class CallBalancer:
 
     def total_padded(self) -> int:
         """Collective: the dummy calls of all ranks so far."""
-        value = torch.tensor([self.padded], dtype=torch.int64)
-        if dist.get_backend() == "nccl":
-            value = value.cuda()
+        value = torch.tensor([self.padded], dtype=torch.int64, device=_collective_device(None))
         dist.all_reduce(value)
         return int(value.item())
 
@@ -353,9 +353,7 @@ class CallBalancer:
         local = numpy.zeros((n_slots, len(self.nodes)), dtype="int64")
         for i, sub in enumerate(subbatches):
             local[i] = self.local_calls([eg.predicted for eg in sub])
-        flat = torch.from_numpy(local.reshape(-1).copy())
-        if dist.get_backend() == "nccl":
-            flat = flat.cuda()
+        flat = torch.from_numpy(local.reshape(-1).copy()).to(_collective_device(None))
         dist.all_reduce(flat, op=dist.ReduceOp.MAX)
         return flat.cpu().numpy().reshape(local.shape)
 
