@@ -327,8 +327,10 @@ class XLMRobertaXLForQuestionAnswering(XLMRobertaXLTaskModel):
     def config_for_weights(cls, config: XLMRobertaXLConfig, shapes: Any) -> XLMRobertaXLConfig:
         """``config`` with ``num_labels`` set to the rows of the checkpoint's ``qa_outputs.weight``
         (``shapes``: key -> shape) when they differ; unchanged when there is no such weight."""
-        rows = next((shape[0] for key, shape in shapes.items()
-                     if (key == "qa_outputs.weight" or key.endswith(".qa_outputs.weight")) and len(shape) == 2), None)
+        from .checkpoint import _find  # the key lookup of the checkpoint's shape checks
+
+        found = _find(shapes, "qa_outputs.weight")
+        rows = found[1][0] if found is not None and len(found[1]) == 2 else None
         if rows is None or rows == config.num_labels:
             return config
         logger.warning("the config says num_labels=%d but qa_outputs.weight has %d rows (a checkpoint written "
