@@ -97,7 +97,7 @@ def native_bf16() -> bool:
     """Whether this CPU multiplies bf16 natively (AVX-512 BF16 or AMX; Arm bf16); without it torch's
     bf16 matmul falls back to a slow path, many times slower than fp32. The same check as the
     components' slow-bf16 warning (`spacy_xlmrxl.backbone.native_bf16_matmul`)."""
-    from spacy_xlmrxl.backbone import native_bf16_matmul
+    from spacy_xlmrxl.backbone.precision import native_bf16_matmul
 
     return native_bf16_matmul()
 

@@ -42,7 +42,7 @@ from bench.common import (REPO, UnerSentence, add_clock_option, geomean, interle
                           machine_line, native_bf16, print_table, backbone_overrides, use_clock)
 from bench.pipeline_throughput import build_hf_dir, build_ours, count_entities, entity_agreement  # noqa: E402
 from modeling import XLMRobertaXLConfig, XLMRobertaXLModel  # noqa: E402
-from spacy_xlmrxl.backbone import is_quantized, quantize_linear_int8  # noqa: E402
+from spacy_xlmrxl.backbone.quantize import is_quantized, quantize_linear_int8
 
 BACKBONES = {
     "xl-2L": dict(hidden_size=2560, num_attention_heads=32, intermediate_size=10240, num_hidden_layers=2),
@@ -161,7 +161,7 @@ def bench_pipeline(sentences: List[UnerSentence], rounds: int, bf16_mode: str, b
 
 def _backbones(nlp: Any) -> List[torch.nn.Module]:
     """The torch modules the pipeline's backbones run (the int8 copies when quantised)."""
-    from spacy_xlmrxl.models import backbone_nodes, backbone_shim
+    from spacy_xlmrxl.backbone.nodes import backbone_nodes, backbone_shim
 
     modules = []
     for _, component in nlp.pipeline:

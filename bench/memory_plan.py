@@ -15,7 +15,7 @@ from typing import Optional, Sequence
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from modeling.config import XLMRobertaXLConfig  # noqa: E402
-from spacy_xlmrxl.distributed.memory_plan import format_table, plan_grid  # noqa: E402
+from spacy_xlmrxl.distributed.memory_plan import format_table, plan_grid
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

@@ -126,13 +126,13 @@ def linear_flops_per_position(config: Any) -> float:
 
 
 def torch_module_of_ours(nlp: Any) -> torch.nn.Module:
-    from spacy_xlmrxl.models import backbone_nodes, backbone_shim
+    from spacy_xlmrxl.backbone.nodes import backbone_nodes, backbone_shim
 
     return backbone_shim(backbone_nodes(nlp.get_pipe("xlmrxl_ner").model)[0]).module
 
 
 def transformer_node_of_ours(nlp: Any) -> Any:
-    from spacy_xlmrxl.models import backbone_nodes
+    from spacy_xlmrxl.backbone.nodes import backbone_nodes
 
     return backbone_nodes(nlp.get_pipe("xlmrxl_ner").model)[0]
 
@@ -181,7 +181,7 @@ def batch_windows_dp(doc_piece_ids: Sequence[Sequence[int]], make_windows: Calla
     hundred positions' worth), so short windows are neither split into many small batches
     (the shipped padding rule) nor lumped under one long one (plain filling to the budget)."""
     import numpy as np
-    from spacy_xlmrxl.windows import WindowPlan, WindowSpan, _make_batch
+    from spacy_xlmrxl.ml.windows import WindowPlan, WindowSpan, _make_batch
 
     ids = [np.asarray(piece_ids, dtype=np.int64).reshape(-1) for piece_ids in doc_piece_ids]
     doc_windows = [list(make_windows(len(piece_ids))) for piece_ids in ids]
@@ -212,7 +212,7 @@ def batch_windows_dp(doc_piece_ids: Sequence[Sequence[int]], make_windows: Calla
 def with_policy(node: Any, policy: Policy, fn: Callable[[], object]) -> Callable[[], object]:
     """``fn`` run with ``batch_windows`` (as ``predict_doc_data`` calls it) forced to ``policy``:
     a prototype of a different batching rule, in this process only."""
-    import spacy_xlmrxl.models as models
+    import spacy_xlmrxl.ml.transformer as models
 
     kind, pieces, value, min_pieces = policy
 
@@ -331,12 +331,12 @@ class StageTimers:
 
 def instrument_ours(nlp: Any, timers: StageTimers) -> None:
     """Wrap the stages of ``xlmrxl_ner`` inference (module globals and methods, this process only)."""
-    import spacy_xlmrxl.models as models
-    from spacy_xlmrxl.alignment import StreamingPooler
-    from spacy_xlmrxl.components import ner as ner_module
-    from spacy_xlmrxl.windows import StreamingRecombiner
+    import spacy_xlmrxl.ml.transformer as models
+    from spacy_xlmrxl.ml.alignment import StreamingPooler
+    from spacy_xlmrxl.pipeline import ner as ner_module
+    from spacy_xlmrxl.ml.windows import StreamingRecombiner
 
-    timers.wrap(models, "_encode_docs", "sentencepiece encode (_encode_docs)")
+    timers.wrap(models, "encode_docs", "sentencepiece encode (encode_docs)")
     timers.wrap(models, "align_tokens_to_pieces", "alignment (align_tokens_to_pieces)")
     timers.wrap(models, "batch_windows", "windows + batches (batch_windows)")
     timers.wrap(models, "to_xp", "torch -> numpy (to_xp)")

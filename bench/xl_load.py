@@ -234,7 +234,7 @@ def child_spacy(pipeline: Path, dtype_name: str, *, quantize: bool = False) -> D
     import spacy
 
     import spacy_xlmrxl  # noqa: F401  (imported before the clock starts, as HF's class is)
-    from spacy_xlmrxl.models import backbone_nodes, backbone_shim
+    from spacy_xlmrxl.backbone.nodes import backbone_nodes, backbone_shim
 
     dtype = DTYPES[dtype_name]
     settings = {**({"dtype": dtype_name} if dtype != torch.float32 else {}), **({"quantize": "int8"} if quantize else {})}

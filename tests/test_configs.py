@@ -10,8 +10,11 @@ import spacy
 from spacy.cli.train import train as spacy_train
 from spacy.schemas import ConfigSchemaTraining
 from spacy.util import load_config, load_model_from_config, registry
-
-from spacy_xlmrxl import readers
+from spacy_xlmrxl.training.docbin import write_docbin
+from spacy_xlmrxl.training.sib200 import read_labels, sib200_docs
+from spacy_xlmrxl.training.squad import read_squad, squad_docs
+from spacy_xlmrxl.training.text import text_docs
+from spacy_xlmrxl.training.uner import uner_docs
 
 REPO = Path(__file__).resolve().parent.parent
 CONFIGS = ("ner", "textcat", "qa", "fill_mask")
@@ -41,19 +44,19 @@ def tiny_corpora(tmp_path_factory, shared_data):
     out = tmp_path_factory.mktemp("corpora")
     nlp = spacy.blank("xx")
     data = shared_data
-    labels = readers.read_labels(data / "textcat" / "sib200" / "labels.txt")
-    articles = readers.read_squad(data / "qa" / "xquad" / "xquad.de.json")[:1]
+    labels = read_labels(data / "textcat" / "sib200" / "labels.txt")
+    articles = read_squad(data / "qa" / "xquad" / "xquad.de.json")[:1]
     sources = {
-        "ner": lambda: readers.uner_docs(nlp.vocab, data / "ner" / "uner" / "da" / "dev.iob2"),
-        "textcat": lambda: readers.sib200_docs(nlp, data / "textcat" / "sib200" / "swh_Latn" / "dev.tsv", labels),
-        "qa": lambda: readers.squad_docs(nlp, articles),
-        "fill_mask": lambda: readers.text_docs(nlp, data / "textcat" / "sib200" / "hin_Deva" / "dev.tsv", column="text"),
+        "ner": lambda: uner_docs(nlp.vocab, data / "ner" / "uner" / "da" / "dev.iob2"),
+        "textcat": lambda: sib200_docs(nlp, data / "textcat" / "sib200" / "swh_Latn" / "dev.tsv", labels),
+        "qa": lambda: squad_docs(nlp, articles),
+        "fill_mask": lambda: text_docs(nlp, data / "textcat" / "sib200" / "hin_Deva" / "dev.tsv", column="text"),
     }
     corpora = {}
     for name, docs in sources.items():
         train, dev = out / f"{name}-train.spacy", out / f"{name}-dev.spacy"
-        readers.write_docbin(islice(docs(), 8), train)
-        readers.write_docbin(islice(docs(), 8, 12), dev)
+        write_docbin(islice(docs(), 8), train)
+        write_docbin(islice(docs(), 8, 12), dev)
         corpora[name] = (train, dev)
     return corpora
 
@@ -87,7 +90,7 @@ def test_config_trains_two_steps(name, tiny_corpora, spm_model_path, tmp_path):
     if name == "ner":
         assert all(ent.label_ in ("PER", "ORG", "LOC") for ent in doc.ents)
     elif name == "textcat":
-        assert set(doc.cats) == set(readers.read_labels(spm_model_path.parents[1] / "textcat" / "sib200" / "labels.txt"))
+        assert set(doc.cats) == set(read_labels(spm_model_path.parents[1] / "textcat" / "sib200" / "labels.txt"))
         assert sum(doc.cats.values()) == pytest.approx(1.0, abs=1e-4)
     elif name == "qa":
         assert len(doc._.answers) == 1 and len(doc._.answers[0]) == 1

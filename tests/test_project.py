@@ -11,8 +11,8 @@ import pytest
 import srsly
 from weasel.schemas import ProjectConfigSchema, validate
 from weasel.util import load_project_config
-
-from spacy_xlmrxl import cli, data_check
+from spacy_xlmrxl.cli import build_parser
+from spacy_xlmrxl.training.data_check import compare_with_sums, file_digest, load_asset_specs, read_sha256sums
 
 REPO = Path(__file__).resolve().parent.parent
 PROJECT = REPO / "project.yml"
@@ -27,7 +27,7 @@ def config():
 
 @pytest.fixture(scope="module")
 def specs():
-    return data_check.load_asset_specs(PROJECT)
+    return load_asset_specs(PROJECT)
 
 
 def test_weasel_schema_accepts_project():
@@ -57,8 +57,8 @@ def test_asset_urls_are_pinned_to_the_commits_of_sources_md(shared_data, specs):
 
 
 def test_checksums_match_shared_data(shared_data, specs):
-    sums = data_check.read_sha256sums(shared_data / "SHA256SUMS")
-    assert data_check.compare_with_sums(specs, sums) == []
+    sums = read_sha256sums(shared_data / "SHA256SUMS")
+    assert compare_with_sums(specs, sums) == []
     assert {s.relative.as_posix() for s in specs} == set(sums) | {"tokenizer/sentencepiece.bpe.model"}
     for spec in specs:
         local = shared_data / spec.relative
@@ -69,7 +69,7 @@ def test_checksums_match_shared_data(shared_data, specs):
 def test_tokenizer_asset_accepts_official_and_rebuilt_file(spm_model_path, specs):
     (spec,) = [s for s in specs if s.dest == "assets/tokenizer/sentencepiece.bpe.model"]
     assert OFFICIAL_SPM_SHA256 in spec.sha256
-    assert data_check.file_digest(spm_model_path) in spec.sha256
+    assert file_digest(spm_model_path) in spec.sha256
     assert "FacebookAI/xlm-roberta-base" in (spec.url or "")
 
 
@@ -89,14 +89,14 @@ def test_workflow_commands_exist_and_are_ordered(config):
 
 
 def test_scripts_call_existing_subcommands_and_configs(config):
-    subcommands = set(cli.build_parser()._subparsers._group_actions[0].choices)  # type: ignore[union-attr]
+    subcommands = set(build_parser()._subparsers._group_actions[0].choices)  # type: ignore[union-attr]
     for command in config["commands"]:
         for line in command["script"]:
             assert "${" not in line, line  # every variable is defined
             argv = shlex.split(line)
             if argv[:3] == ["python", "-m", "spacy_xlmrxl.cli"]:
                 assert argv[3] in subcommands, line
-                cli.build_parser().parse_args(argv[3:])  # the arguments parse
+                build_parser().parse_args(argv[3:])  # the arguments parse
             for arg in argv:
                 if arg.startswith("configs/"):
                     assert (REPO / arg).is_file(), arg

@@ -7,8 +7,8 @@ torch parameters inside its shims — the project's ``TorchModuleShim`` and thin
 ``PyTorchShim`` — in place on their device, in buckets) and `train_ddp`, a training loop
 equivalent to ``spacy train`` driven by the same ``configs/*.cfg``, plus the CLI::
 
-    torchrun --standalone --nproc_per_node 2 -m spacy_xlmrxl.distributed.ddp configs/ner.cfg \\
-        --output training/ddp --paths.train corpus/train.spacy --paths.dev corpus/dev.spacy \\
+    torchrun --standalone --nproc_per_node 2 -m spacy_xlmrxl.distributed.ddp configs/ner.cfg \
+        --output training/ddp --paths.train corpus/train.spacy --paths.dev corpus/dev.spacy \
         [--strategy fsdp] [--gpu]
 
 Semantics: every rank builds the same global batches as one process would (same seed, same
@@ -38,9 +38,17 @@ import numpy
 import torch
 import torch.distributed as dist
 
-REDUCTIONS = ("sum", "mean")
-BUCKET_BYTES = 256 * 1024 ** 2  # torch gradients are all-reduced in float32 buckets of this size
+from .collectives import (
+    BUCKET_BYTES,
+    all_reduce_bucket,
+    collective_device,
+    init_distributed,
+    is_sharded,
+    reduce_losses,
+    to_numpy,
+)
 
+REDUCTIONS = ("sum", "mean")
 
 class GradientSync:
     """Every trainable parameter slot of a pipeline, in one order that is the same on all ranks.
@@ -69,7 +77,7 @@ class GradientSync:
                     if isinstance(module, torch.nn.Module) and shim.id not in seen_shims:
                         seen_shims.add(shim.id)
                         self.torch_params.extend(p for p in module.parameters()
-                                                 if p.requires_grad and not _is_sharded(p))
+                                                 if p.requires_grad and not is_sharded(p))
 
     @staticmethod
     def _world() -> int:
@@ -79,7 +87,7 @@ class GradientSync:
         for node, name in self.thinc_slots:
             param = node.get_param(name)
             value = node.get_grad(name) if grads and node.has_grad(name) else (None if grads else param)
-            yield (None if value is None else _to_numpy(value)), tuple(param.shape)
+            yield (None if value is None else to_numpy(value)), tuple(param.shape)
 
     def all_reduce_gradients(self, reduction: str = "sum") -> None:
         """Replace each gradient by its sum (or mean) over ranks; a slot with no gradient on any
@@ -94,7 +102,7 @@ class GradientSync:
         world = self._world()
         if world == 1 or not (self.thinc_slots or self.torch_params):
             return
-        device = _collective_device(self.torch_params[0].device if self.torch_params else None)
+        device = collective_device(self.torch_params[0].device if self.torch_params else None)
         # one small all-reduce of the "has a gradient" flags of every slot, thinc and torch
         thinc_values = list(self._thinc_arrays(grads=True))
         flags = torch.tensor([0.0 if v is None else 1.0 for v, _ in thinc_values]
@@ -127,17 +135,17 @@ class GradientSync:
             bucket.append(param.grad)
             size += param.grad.numel() * 4
             if size >= BUCKET_BYTES:
-                _all_reduce_bucket(bucket, device, world if reduction == "mean" else 1)
+                all_reduce_bucket(bucket, device, world if reduction == "mean" else 1)
                 bucket, size = [], 0
         if bucket:
-            _all_reduce_bucket(bucket, device, world if reduction == "mean" else 1)
+            all_reduce_bucket(bucket, device, world if reduction == "mean" else 1)
 
     def broadcast_parameters(self, src: int = 0) -> None:
         """Copy rank ``src``'s weights to every rank: thinc parameters through one flat buffer,
         torch parameters tensor by tensor, in place where they live."""
         if self._world() == 1:
             return
-        device = _collective_device(self.torch_params[0].device if self.torch_params else None)
+        device = collective_device(self.torch_params[0].device if self.torch_params else None)
         tensors = [torch.from_numpy(numpy.ascontiguousarray(v, dtype="float32")) for v, _ in self._thinc_arrays(grads=False)]
         if tensors:
             flat = torch.cat([t.reshape(-1) for t in tensors]).to(device)
@@ -157,68 +165,7 @@ class GradientSync:
                     dist.broadcast(value, src=src)
                     param.copy_(value)
 
-
-def _collective_device(preferred: Optional[torch.device]) -> torch.device:
-    """Where a tensor must be for a collective: this rank's GPU with nccl, else the CPU."""
-    if dist.get_backend() == "nccl":
-        return torch.device("cuda", torch.cuda.current_device())
-    return torch.device("cpu") if preferred is None or preferred.type != "cpu" else preferred
-
-
-def _all_reduce_bucket(grads: List[torch.Tensor], device: torch.device, divide: int) -> None:
-    """Sum ``grads`` over ranks (float32, one flat buffer on ``device``) and write them back."""
-    flat = torch.cat([g.detach().reshape(-1).to(device=device, dtype=torch.float32) for g in grads])
-    dist.all_reduce(flat, op=dist.ReduceOp.SUM)
-    if divide != 1:
-        flat /= divide
-    offset = 0
-    with torch.no_grad():
-        for grad in grads:
-            grad.copy_(flat[offset: offset + grad.numel()].view_as(grad))
-            offset += grad.numel()
-
-
-def _is_sharded(param: torch.Tensor) -> bool:
-    return hasattr(param, "to_local") and hasattr(param, "placements")  # a DTensor (FSDP2)
-
-
-def _to_numpy(array: Any) -> numpy.ndarray:
-    return array.get() if hasattr(array, "get") and not isinstance(array, numpy.ndarray) else numpy.asarray(array)
-
-
-def init_distributed(*, use_gpu: bool) -> Tuple[int, int]:
-    """``(rank, world_size)``; joins the torchrun process group when ``WORLD_SIZE`` > 1.
-
-    With ``use_gpu`` the process's GPU is ``cuda:LOCAL_RANK`` (set before the process group
-    exists, so that nccl binds to it) and the backend is nccl; otherwise gloo.
-    """
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if use_gpu:
-        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
-    if world == 1:
-        return 0, 1
-    if not dist.is_initialized():
-        if use_gpu:
-            device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
-            dist.init_process_group(backend="nccl", device_id=device)
-        else:
-            dist.init_process_group(backend="gloo")
-    return dist.get_rank(), dist.get_world_size()
-
-
-def _reduce_losses(losses: Dict[str, float], names: Sequence[str]) -> Dict[str, float]:
-    if not (dist.is_available() and dist.is_initialized()):
-        return {n: float(losses[n]) for n in names if n in losses}
-    values = torch.tensor([float(losses.get(n, 0.0)) for n in names] + [float(n in losses) for n in names], dtype=torch.float64)
-    if dist.get_backend() == "nccl":
-        values = values.cuda()
-    dist.all_reduce(values)
-    values = values.cpu()
-    return {n: float(values[i]) for i, n in enumerate(names) if values[len(names) + i] > 0}
-
-
 STRATEGIES = ("ddp", "fsdp")
-
 
 def train_ddp(
     config_path: Path,
@@ -316,7 +263,7 @@ def train_ddp(
             if name not in frozen and getattr(proc, "is_trainable", False) and proc.model not in (True, False, None):
                 proc.finish_update(optimizer)
         optimizer.step_schedules()
-        info = {"step": step, "epoch": epoch, "losses": _reduce_losses(losses, trained), "score": None}
+        info = {"step": step, "epoch": epoch, "losses": reduce_losses(losses, trained), "score": None}
         if balancer is not None:  # dummy backbone calls so far, all ranks (the cost of balancing)
             info["fsdp_dummy_calls"] = balancer.total_padded()
         last = bool(max_steps) and step >= max_steps
@@ -342,7 +289,6 @@ def train_ddp(
         dist.destroy_process_group()
     return info
 
-
 def _parse_args(argv: Optional[Sequence[str]]) -> Tuple[argparse.Namespace, Dict[str, Any]]:
     from spacy.cli._util import parse_config_overrides
 
@@ -362,7 +308,6 @@ def _parse_args(argv: Optional[Sequence[str]]) -> Tuple[argparse.Namespace, Dict
     args, rest = parser.parse_known_args(argv)
     return args, parse_config_overrides(list(rest))
 
-
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args, overrides = _parse_args(argv)
     if args.code is not None:
@@ -375,7 +320,6 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print(json.dumps({k: v for k, v in info.items() if k != "other_scores"}), file=sys.stderr)
     return 0
 
-
 def _exit_without_teardown(code: int) -> None:
     """End a torchrun rank at once, once its work is saved and its process group destroyed.
 
@@ -387,7 +331,6 @@ def _exit_without_teardown(code: int) -> None:
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(code)
-
 
 if __name__ == "__main__":
     status = main()

@@ -56,20 +56,17 @@ import numpy
 import torch
 import torch.distributed as dist
 
-from .ddp import _collective_device
+from .collectives import collective_device
 
 PRECISIONS = ("auto", "bf16", "fp32")
-
 
 def _is_transformer_node(node: Any) -> bool:
     return "windows" in node.attrs and "max_batch_pieces" in node.attrs
 
-
 def _torch_shim(node: Any) -> Any:
-    from ..backbone import TorchModuleShim
+    from ..backbone.shim import TorchModuleShim
 
     return next((s for s in node.shims if isinstance(s, TorchModuleShim)), None)
-
 
 @dataclass
 class _Calls:
@@ -78,7 +75,6 @@ class _Calls:
     local: int
     target: int
     seen: int = 0
-
 
 class _CallingProxy:
     """What ``ShardedModuleShim.module`` returns while the backbone is sharded: the FSDP module
@@ -102,7 +98,6 @@ class _CallingProxy:
             zero = shim.dummy_calls(calls.target - calls.local)
             out.last_hidden_state = out.last_hidden_state + zero.to(out.last_hidden_state.dtype)
         return out
-
 
 class ShardedModuleShim:
     """Mixin class given to a `TorchModuleShim` whose module was sharded (``__class__`` swap,
@@ -155,7 +150,7 @@ class ShardedModuleShim:
         """The thinc optimizer on each parameter's local shard; ``grad_clip`` by the full norm."""
         from thinc.util import torch2xp, xp2torch
 
-        from ..backbone import _shares_memory
+        from ..backbone.shim import shares_memory
 
         if self._model is None or self.frozen:
             return
@@ -196,16 +191,14 @@ class ShardedModuleShim:
                     continue
                 weights = torch2xp(local.data)
                 new, _ = optimizer((self.id, name), weights, torch2xp(grad.contiguous()))
-                if not _shares_memory(local.data, new):
+                if not shares_memory(local.data, new):
                     local.data.copy_(xp2torch(new, device=local.device))
         finally:
             optimizer.grad_clip = clip
         for _, param in named:
             param.grad = None
 
-
 _SHARDED_CLASSES: Dict[type, type] = {}
-
 
 def _sharded_class(base: type) -> type:
     """``ShardedModuleShim`` mixed into the shim's own class (one class per base)."""
@@ -214,7 +207,6 @@ def _sharded_class(base: type) -> type:
     if base not in _SHARDED_CLASSES:
         _SHARDED_CLASSES[base] = type("Sharded" + base.__name__, (ShardedModuleShim, base), {})
     return _SHARDED_CLASSES[base]
-
 
 def sharded_shims(nlp: Any) -> List[Tuple[Any, Any]]:
     """``(node, shim)`` of every sharded backbone of ``nlp``."""
@@ -230,7 +222,6 @@ def sharded_shims(nlp: Any) -> List[Tuple[Any, Any]]:
                 found.append((node, shim))
     return found
 
-
 def _mixed_precision(precision: str, device_type: str) -> Any:
     from torch.distributed.fsdp import MixedPrecisionPolicy
 
@@ -242,14 +233,12 @@ def _mixed_precision(precision: str, device_type: str) -> Any:
         return MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
     return MixedPrecisionPolicy()
 
-
 def _broadcast_module(module: torch.nn.Module, src: int = 0) -> None:
     """Rank ``src``'s parameters and buffers to every rank, tensor by tensor, in place
     (no flat copy of a multi-GB model)."""
     with torch.no_grad():
         for tensor in list(module.parameters()) + list(module.buffers()):
             dist.broadcast(tensor.data, src=src)
-
 
 def shard_shim(shim: Any, *, precision: str = "auto", grad_reduce: str = "sum", reshard_after_forward: bool = True,
                dummy_ids: Tuple[int, int] = (0, 2)) -> Any:
@@ -281,7 +270,6 @@ def shard_shim(shim: Any, *, precision: str = "auto", grad_reduce: str = "sum", 
     shim.dummy_ids = (int(dummy_ids[0]), int(dummy_ids[1]))
     return shim
 
-
 def shard_backbones(nlp: Any, *, exclude: Sequence[str] = (), precision: str = "auto",
                     grad_reduce: str = "sum", reshard_after_forward: bool = True) -> List[Any]:
     """Shard every trainable ``spacy-xlmrxl.Transformer.v1`` backbone of ``nlp`` in place.
@@ -291,8 +279,8 @@ def shard_backbones(nlp: Any, *, exclude: Sequence[str] = (), precision: str = "
     trainable backbone is not a ``Transformer.v1`` (QA, fill-mask models) raises: their forward
     calls are not counted yet.
     """
-    from ..backbone import TorchModuleShim
-    from ..models import get_tokenizer
+    from ..backbone.nodes import get_tokenizer
+    from ..backbone.shim import TorchModuleShim
 
     shims = []
     seen = set()
@@ -321,7 +309,6 @@ def shard_backbones(nlp: Any, *, exclude: Sequence[str] = (), precision: str = "
     assert all(isinstance(s, TorchModuleShim) for s in shims)
     return shims
 
-
 class CallBalancer:
     """Equal numbers of backbone calls on every rank for each (sub)batch of an update."""
 
@@ -331,13 +318,13 @@ class CallBalancer:
 
     def total_padded(self) -> int:
         """Collective: the dummy calls of all ranks so far."""
-        value = torch.tensor([self.padded], dtype=torch.int64, device=_collective_device(None))
+        value = torch.tensor([self.padded], dtype=torch.int64, device=collective_device(None))
         dist.all_reduce(value)
         return int(value.item())
 
     def local_calls(self, docs: Sequence[Any]) -> List[int]:
         """Model calls each sharded backbone makes for ``docs`` (the plan of its forward)."""
-        from ..models import transformer_call_plan
+        from ..ml.transformer import transformer_call_plan
 
         counts = []
         for node, _ in self.nodes:
@@ -353,7 +340,7 @@ class CallBalancer:
         local = numpy.zeros((n_slots, len(self.nodes)), dtype="int64")
         for i, sub in enumerate(subbatches):
             local[i] = self.local_calls([eg.predicted for eg in sub])
-        flat = torch.from_numpy(local.reshape(-1).copy()).to(_collective_device(None))
+        flat = torch.from_numpy(local.reshape(-1).copy()).to(collective_device(None))
         dist.all_reduce(flat, op=dist.ReduceOp.MAX)
         return flat.cpu().numpy().reshape(local.shape)
 
@@ -376,7 +363,6 @@ class CallBalancer:
         for (_, shim), t in zip(self.nodes, target):
             shim.dummy_update(int(t))
 
-
 def gather_full_state(module: torch.nn.Module, *, keep: bool) -> Dict[str, torch.Tensor]:
     """Collective: the full state dict of a sharded ``module``, one tensor at a time, as CPU
     copies (kept only where ``keep``; the other ranks only take part in the all-gathers)."""
@@ -388,7 +374,6 @@ def gather_full_state(module: torch.nn.Module, *, keep: bool) -> Dict[str, torch
                 state[name] = full.detach().to("cpu", copy=True)
             del full
     return state
-
 
 @contextlib.contextmanager
 def full_backbones(nlp: Any, *, rank: int) -> Iterator[None]:

@@ -32,11 +32,11 @@ from typing import Any, Dict, FrozenSet, Iterator, List, Optional, Sequence, Tup
 
 import numpy
 
-PathLike = Union[str, "os.PathLike[str]"]
-OUTPUT_FORMATS = ("jsonl", "parquet")
-INPUT_SUFFIXES = (".jsonl", ".json", ".txt")
-DEFAULT_EXTENSIONS = ("answers", "fill_mask")
+from .ray_sinks import OUTPUT_FORMATS, PathLike, make_sink
 
+INPUT_SUFFIXES = (".jsonl", ".json", ".txt")
+
+DEFAULT_EXTENSIONS = ("answers", "fill_mask")
 
 # --------------------------------------------------------------------------- records
 def _jsonable(value: Any) -> Any:
@@ -59,7 +59,6 @@ def _jsonable(value: Any) -> Any:
         return _jsonable(value.to_dict())
     return str(value)
 
-
 def doc_to_record(doc_id: str, doc: Any, extensions: Sequence[str] = DEFAULT_EXTENSIONS) -> Dict[str, Any]:
     """The result of one document: id, entities (char offsets), cats and registered extensions."""
     from spacy.tokens import Doc
@@ -77,7 +76,6 @@ def doc_to_record(doc_id: str, doc: Any, extensions: Sequence[str] = DEFAULT_EXT
             record[name] = _jsonable(getattr(doc._, name))
     return record
 
-
 # --------------------------------------------------------------------------- inputs
 def _input_files(inputs: Union[PathLike, Sequence[PathLike]]) -> List[Path]:
     items = [inputs] if isinstance(inputs, (str, os.PathLike)) else list(inputs)
@@ -93,7 +91,6 @@ def _input_files(inputs: Union[PathLike, Sequence[PathLike]]) -> List[Path]:
     if not files:
         raise ValueError(f"no input files ({', '.join(INPUT_SUFFIXES)}) found in {inputs!r}")
     return files
-
 
 def iter_corpus_file(path: Path, *, text_field: str, id_field: str) -> Iterator[Tuple[str, str]]:
     """``(id, text)`` of each document of a JSONL or text file, in file order."""
@@ -113,7 +110,6 @@ def iter_corpus_file(path: Path, *, text_field: str, id_field: str) -> Iterator[
             if not isinstance(row, dict) or text_field not in row:
                 raise ValueError(f"{path}:{lineno}: no field {text_field!r}")
             yield str(row.get(id_field, default_id)), str(row[text_field])
-
 
 def _file_read_fn(path: Path, text_field: str, id_field: str, done: FrozenSet[str], chunk_rows: int):
     """The body of one Ray read task: the not-yet-done documents of one file, in chunks."""
@@ -135,7 +131,6 @@ def _file_read_fn(path: Path, text_field: str, id_field: str, done: FrozenSet[st
             yield pyarrow.table({"id": ids, "text": texts})
 
     return read
-
 
 def _files_dataset(files: List[Path], text_field: str, id_field: str, done: FrozenSet[str], chunk_rows: int):
     """A Ray Dataset of ``id``/``text`` rows read by one Ray read task per file."""
@@ -161,7 +156,6 @@ def _files_dataset(files: List[Path], text_field: str, id_field: str, done: Froz
 
     return ray.data.read_datasource(CorpusFiles())
 
-
 def _select_columns(batch: Any, *, text_field: str, id_field: str, done: FrozenSet[str]) -> Dict[str, Any]:
     """Map a user Dataset batch to string ``id``/``text`` columns without the done ids."""
     ids = [str(i) for i in batch[id_field]]
@@ -171,7 +165,6 @@ def _select_columns(batch: Any, *, text_field: str, id_field: str, done: FrozenS
         "id": numpy.array([ids[k] for k in keep], dtype=object),
         "text": numpy.array([str(texts[k]) for k in keep], dtype=object),
     }
-
 
 # --------------------------------------------------------------------------- actor
 class PipelineActor:
@@ -204,139 +197,6 @@ class PipelineActor:
         ]
         return {"id": numpy.array(ids, dtype=object), "result": numpy.array(results, dtype=object)}
 
-
-# --------------------------------------------------------------------------- sinks
-class _JsonlSink:
-    """One JSON record per line; resume reads the ids back and drops a torn last line."""
-
-    def __init__(self, path: Path, *, resume: bool) -> None:
-        self.path = path
-        path.parent.mkdir(parents=True, exist_ok=True)
-        if not resume and path.exists():
-            path.unlink()
-        self.handle = None
-
-    def existing_ids(self) -> List[str]:
-        if not self.path.exists():
-            return []
-        ids: List[str] = []
-        good_end = 0
-        with self.path.open("rb") as handle:
-            for line in handle:
-                if not line.endswith(b"\n"):
-                    break
-                try:
-                    ids.append(str(json.loads(line)["id"]))
-                except (json.JSONDecodeError, KeyError, TypeError):
-                    break
-                good_end += len(line)
-        if good_end != self.path.stat().st_size:  # a run died while writing: drop the torn tail
-            with self.path.open("r+b") as handle:
-                handle.truncate(good_end)
-        return ids
-
-    def write(self, results: Sequence[str]) -> None:
-        if self.handle is None:
-            self.handle = self.path.open("a", encoding="utf8")
-        self.handle.write("".join(r + "\n" for r in results))
-        self.handle.flush()
-
-    def close(self) -> None:
-        if self.handle is not None:
-            self.handle.close()
-            self.handle = None
-
-
-def _parquet_schema() -> Any:
-    import pyarrow as pa
-
-    ent = pa.struct([("label", pa.string()), ("start", pa.int64()), ("end", pa.int64()), ("text", pa.string())])
-    return pa.schema([("id", pa.string()), ("ents", pa.list_(ent)),
-                      ("cats", pa.map_(pa.string(), pa.float64())), ("extras", pa.string())])
-
-
-class _ParquetSink:
-    """A directory of ``part-NNNNNN.parquet`` files written atomically, ``rows_per_part`` each.
-
-    Columns: ``id``, ``ents`` (list of structs), ``cats`` (map) and ``extras`` (JSON of the
-    extension fields). Resume reads the ``id`` column of the existing parts.
-    """
-
-    def __init__(self, path: Path, *, resume: bool, rows_per_part: int = 10_000) -> None:
-        self.path = path
-        self.rows_per_part = rows_per_part
-        if not resume and path.exists():
-            for part in path.glob("part-*.parquet"):
-                part.unlink()
-        path.mkdir(parents=True, exist_ok=True)
-        self.buffer: List[Dict[str, Any]] = []
-
-    def _parts(self) -> List[Path]:
-        return sorted(self.path.glob("part-*.parquet"))
-
-    def existing_ids(self) -> List[str]:
-        import pyarrow.parquet as pq
-
-        for tmp in self.path.glob("*.tmp"):
-            tmp.unlink()
-        return [str(i) for part in self._parts() for i in pq.read_table(part, columns=["id"])["id"].to_pylist()]
-
-    def write(self, results: Sequence[str]) -> None:
-        self.buffer.extend(json.loads(r) for r in results)
-        while len(self.buffer) >= self.rows_per_part:
-            self._write_part(self.buffer[: self.rows_per_part])
-            self.buffer = self.buffer[self.rows_per_part:]
-
-    def _write_part(self, records: List[Dict[str, Any]]) -> None:
-        import pyarrow as pa
-        import pyarrow.parquet as pq
-
-        columns = {
-            "id": [r["id"] for r in records],
-            "ents": [r["ents"] for r in records],
-            "cats": [list(r["cats"].items()) for r in records],
-            "extras": [json.dumps({k: v for k, v in r.items() if k not in ("id", "ents", "cats")},
-                                  ensure_ascii=False) for r in records],
-        }
-        parts = self._parts()
-        index = int(parts[-1].stem.split("-")[1]) + 1 if parts else 0
-        target = self.path / f"part-{index:06d}.parquet"
-        tmp = target.with_suffix(".tmp")
-        pq.write_table(pa.table(columns, schema=_parquet_schema()), tmp)
-        os.replace(tmp, target)
-
-    def close(self) -> None:
-        if self.buffer:
-            self._write_part(self.buffer)
-            self.buffer = []
-
-
-def _make_sink(output: Path, output_format: str, *, resume: bool) -> Union[_JsonlSink, _ParquetSink]:
-    if output_format == "jsonl":
-        return _JsonlSink(output, resume=resume)
-    if output_format == "parquet":
-        return _ParquetSink(output, resume=resume)
-    raise ValueError(f"output_format must be one of {OUTPUT_FORMATS}, got {output_format!r}")
-
-
-def read_results(output: PathLike, output_format: Optional[str] = None) -> List[Dict[str, Any]]:
-    """The records of a run's output, in order, in the JSONL record form for both formats."""
-    path = Path(output)
-    fmt = output_format or ("parquet" if path.is_dir() else "jsonl")
-    if fmt == "jsonl":
-        with path.open(encoding="utf8") as handle:
-            return [json.loads(line) for line in handle if line.strip()]
-    import pyarrow.parquet as pq
-
-    records = []
-    for part in sorted(path.glob("part-*.parquet")):
-        for row in pq.read_table(part).to_pylist():
-            record = {"id": row["id"], "ents": row["ents"], "cats": dict(row["cats"])}
-            record.update(json.loads(row["extras"]))
-            records.append(record)
-    return records
-
-
 # --------------------------------------------------------------------------- driver
 @dataclasses.dataclass
 class RunSummary:
@@ -346,7 +206,6 @@ class RunSummary:
     written: int
     skipped: int
     seconds: float
-
 
 class _Progress:
     def __init__(self, *, enabled: bool, skipped: int, every_s: float = 10.0) -> None:
@@ -362,7 +221,6 @@ class _Progress:
             print(f"[ray_inference] {self.written} docs written, {self.skipped} skipped as done, "
                   f"{rate:.1f} docs/s{' (done)' if final else ''}", file=sys.stderr, flush=True)
             self.last = now
-
 
 def run_pipeline_on_ray(
     model_path: PathLike,
@@ -404,7 +262,7 @@ def run_pipeline_on_ray(
     if batch_size < 1 or num_actors < 1:
         raise ValueError("batch_size and num_actors must be >= 1")
     started = time.monotonic()
-    sink = _make_sink(Path(output), output_format, resume=resume)
+    sink = make_sink(Path(output), output_format, resume=resume)
     written_ids = sink.existing_ids() if resume else []
     done = set(written_ids)
     if len(done) != len(written_ids):
@@ -438,7 +296,6 @@ def run_pipeline_on_ray(
     report.update(0, final=True)
     return RunSummary(output=Path(output), written=report.written, skipped=len(written_ids),
                       seconds=time.monotonic() - started)
-
 
 def _build_dataset(inputs: Any, model_path: PathLike, *, text_field: str, id_field: str, done: FrozenSet[str],
                    batch_size: int, num_actors: int, num_gpus_per_actor: float, num_cpus_per_actor: float,
@@ -474,7 +331,6 @@ def _build_dataset(inputs: Any, model_path: PathLike, *, text_field: str, id_fie
 
     return ds
 
-
 # --------------------------------------------------------------------------- CLI
 def _parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
@@ -500,7 +356,6 @@ def _parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
     parser.add_argument("--address", default=None, help="Ray cluster address (default: local or RAY_ADDRESS)")
     return parser.parse_args(argv)
 
-
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = _parse_args(argv)
     fmt = args.output_format or ("jsonl" if str(args.output).endswith(".jsonl") else "parquet")
@@ -515,7 +370,6 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     print(json.dumps({"output": str(summary.output), "written": summary.written,
                       "skipped": summary.skipped, "seconds": round(summary.seconds, 1)}))
     return 0
-
 
 if __name__ == "__main__":
     raise SystemExit(main())

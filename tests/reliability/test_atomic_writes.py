@@ -9,7 +9,7 @@ import spacy
 import torch
 
 import modeling.checkpoint as checkpoint
-from spacy_xlmrxl.models import backbone_shim
+from spacy_xlmrxl.backbone.nodes import backbone_shim
 
 from .conftest import build_shared_pipeline
 

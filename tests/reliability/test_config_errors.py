@@ -12,7 +12,7 @@ from thinc.api import Config
 
 from modeling.checkpoint import CheckpointError
 from modeling.config import ConfigError, XLMRobertaXLConfig
-from spacy_xlmrxl.backbone import BackboneError
+from spacy_xlmrxl.backbone.source import BackboneError
 
 from ..spacy_xlmrxl.xlmr_helpers import WINDOW, tiny_transformer_config
 from .conftest import seed_examples
@@ -81,7 +81,7 @@ def test_checkpoint_config_with_impossible_heads_fails_at_initialize(spm_model_p
     nlp = _ner_with(spm_model_path)
     nlp.config["initialize"]["components"]["xlmrxl_ner"] = {"labels": ["PER"]}
     nlp.initialize(lambda: seed_examples(nlp))
-    from spacy_xlmrxl.serialize import export_ner_to_hf
+    from spacy_xlmrxl.export import export_ner_to_hf
 
     export_ner_to_hf(nlp, folder)
     config = json.loads((folder / "config.json").read_text())

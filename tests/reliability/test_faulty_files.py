@@ -24,7 +24,7 @@ from spacy.util import fix_random_seed
 
 from modeling.checkpoint import CheckpointError, load_pretrained
 from modeling.model import XLMRobertaXLModel
-from spacy_xlmrxl.models import backbone_nodes, backbone_shim
+from spacy_xlmrxl.backbone.nodes import backbone_nodes, backbone_shim
 
 from ..spacy_xlmrxl.xlmr_helpers import WINDOW
 from .conftest import build_shared_pipeline, seed_examples

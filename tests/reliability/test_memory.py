@@ -11,10 +11,11 @@ import random
 import tracemalloc
 from pathlib import Path
 
-import spacy_xlmrxl.models as models
 from modeling.tokenizer import XLMRobertaTokenizer
 
 from .test_long_docs import long_text
+from spacy_xlmrxl.ml import encoding
+from spacy_xlmrxl.ml.encoding import _chunk_starts, _encode_long
 
 CORPUS = json.loads((Path(__file__).parent / "corpus.json").read_text(encoding="utf8"))["texts"]
 
@@ -29,7 +30,7 @@ PEAK_PER_PIECE = 160  # bytes above the start, besides the token vectors
 
 
 def test_memory_per_piece_is_bounded(shared_nlp, monkeypatch):
-    monkeypatch.setattr(models, "ENCODE_CHUNK_CHARS", 4096)  # a 30 k text is "long"
+    monkeypatch.setattr(encoding, "ENCODE_CHUNK_CHARS", 4096)  # a 30 k text is "long"
     transformer = shared_nlp.get_pipe("xlmrxl_transformer")
     transformer(shared_nlp.make_doc(long_text(2_000)))  # warm up
     doc = shared_nlp.make_doc(long_text(30_000))
@@ -61,11 +62,11 @@ def test_long_texts_are_tokenised_in_chunks_with_the_pieces_of_the_whole(spm_mod
         texts.append("".join(p + rng.choice([" ", "  ", " <mask> ", "\n", " a ", "x y", "1 2 3"]) for p in parts))
     for text in texts:
         size = rng.choice([8, 50, 500])
-        monkeypatch.setattr(models, "ENCODE_CHUNK_CHARS", size)
-        ids, offsets = models._encode_long(tokenizer, text)
+        monkeypatch.setattr(encoding, "ENCODE_CHUNK_CHARS", size)
+        ids, offsets = _encode_long(tokenizer, text)
         whole = tokenizer.encode_pieces(text)
         assert ids.dtype.name == offsets.dtype.name == "int32"
         assert ids.tolist() == whole.ids
         assert [tuple(span) for span in offsets.tolist()] == whole.offsets
-    assert len(models._chunk_starts(texts[0], 500)) > 10
-    assert models._chunk_starts("\u4e2d" * 5_000, 500) == [0]  # no safe cut: one chunk
+    assert len(_chunk_starts(texts[0], 500)) > 10
+    assert _chunk_starts("\u4e2d" * 5_000, 500) == [0]  # no safe cut: one chunk

@@ -13,7 +13,7 @@ from spacy.training import Example
 from spacy.training.initialize import init_nlp
 from thinc.api import Adam
 
-from spacy_xlmrxl.models import backbone_nodes, backbone_shim
+from spacy_xlmrxl.backbone.nodes import backbone_nodes, backbone_shim
 
 from ..spacy_xlmrxl.test_fill_mask import CORPUS, fill_nlp
 from ..spacy_xlmrxl.test_qa import ask, qa_nlp
@@ -51,7 +51,7 @@ def _qa(spm_model_path):
     nlp.initialize()
     text = "Anna lives in Paris and works in Oslo."
     gold = nlp.make_doc(text)
-    from spacy_xlmrxl.components.qa import set_qa_annotation
+    from spacy_xlmrxl.pipeline.qa.annotation import set_qa_annotation
 
     set_qa_annotation(gold, question="Where does Anna live?", answers=[(14, 19)])
     return nlp, [Example(ask(nlp, text, "Where does Anna live?"), gold)]

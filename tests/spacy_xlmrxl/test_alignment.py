@@ -15,7 +15,7 @@ from spacy.attrs import IDX
 from spacy.tokens import Doc
 from thinc.api import NumpyOps, Ragged
 
-from spacy_xlmrxl.alignment import StreamingPooler, align_tokens_to_pieces, piece_pooler, pool_pieces
+from spacy_xlmrxl.ml.alignment import StreamingPooler, align_tokens_to_pieces, piece_pooler, pool_pieces
 
 # Languages whose blank tokenizer needs no extra package (ja, ko, th, vi do).
 LANGS = ("en", "de", "da", "ru", "zh", "xx", "ar", "el")

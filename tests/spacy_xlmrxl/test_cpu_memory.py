@@ -10,7 +10,7 @@ import pytest
 import spacy
 from spacy.util import registry
 
-from spacy_xlmrxl.cpu_memory import keep_freed_memory
+from spacy_xlmrxl.training.cpu_memory import keep_freed_memory
 
 GLIBC = platform.system() == "Linux" and platform.libc_ver()[0] == "glibc"
 
@@ -18,7 +18,7 @@ GLIBC = platform.system() == "Linux" and platform.libc_ver()[0] == "glibc"
 _PROBE = """
 import resource, sys, torch
 if sys.argv[1] == "tuned":
-    from spacy_xlmrxl.cpu_memory import keep_freed_memory
+    from spacy_xlmrxl.training.cpu_memory import keep_freed_memory
     assert keep_freed_memory()
 torch.zeros(1)
 before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt

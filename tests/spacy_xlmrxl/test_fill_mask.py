@@ -7,8 +7,9 @@ from spacy.training import Example
 from spacy.util import fix_random_seed
 from thinc.api import Adam
 
-from spacy_xlmrxl.components.fill_mask import _best_window, add_mask_special_case, export_fill_mask_to_hf, fill_text
-from spacy_xlmrxl.models import backbone_shim
+from spacy_xlmrxl.pipeline.fill_mask.component import _best_window, add_mask_special_case, fill_text
+from spacy_xlmrxl.export import export_fill_mask_to_hf
+from spacy_xlmrxl.backbone.nodes import backbone_shim
 
 CORPUS = [
     "The cat sat on the mat and looked at the dog.",
@@ -171,7 +172,7 @@ def test_masking_is_seeded_and_fresh_per_update(spm_model_path):
 
 
 def test_default_scorer_reports_masked_word_accuracy(trained):
-    from spacy_xlmrxl.scorers import score_fill_mask
+    from spacy_xlmrxl.pipeline.fill_mask.scoring import score_fill_mask
 
     nlp, _ = trained
     fill = nlp.get_pipe("xlmrxl_fill_mask")
@@ -192,8 +193,8 @@ def test_default_scorer_reports_masked_word_accuracy(trained):
 def test_scorer_agrees_with_evaluate_fill_mask_cli(trained):
     import random
 
-    from spacy_xlmrxl.cli import evaluate_fill_mask, mask_probe
-    from spacy_xlmrxl.models import get_tokenizer
+    from spacy_xlmrxl.cli.evaluate import evaluate_fill_mask, mask_probe
+    from spacy_xlmrxl.backbone.nodes import get_tokenizer
 
     nlp, _ = trained
     fill = nlp.get_pipe("xlmrxl_fill_mask")

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from spacy_xlmrxl.masking import IGNORE_INDEX, MaskingConfig, mask_pieces
+from spacy_xlmrxl.pipeline.fill_mask.masking import IGNORE_INDEX, MaskingConfig, mask_pieces
 
 MASK_ID = 1000
 

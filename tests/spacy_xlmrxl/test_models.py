@@ -10,9 +10,11 @@ import spacy
 import torch
 from spacy.util import registry
 
-from spacy_xlmrxl.doc_data import XLMRDocData, XLMRGrad
-from spacy_xlmrxl.models import (build_ner_head, build_textcat_head, build_token_vectors, build_transformer)
-from spacy_xlmrxl.windows import make_strided_windows
+from spacy_xlmrxl.ml.doc_data import XLMRDocData, XLMRGrad
+from spacy_xlmrxl.ml.heads import build_ner_head, build_textcat_head
+from spacy_xlmrxl.ml.token_vectors import build_token_vectors
+from spacy_xlmrxl.ml.transformer import build_transformer
+from spacy_xlmrxl.ml.windows import make_strided_windows
 
 from .xlmr_helpers import long_text
 

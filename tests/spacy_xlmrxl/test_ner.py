@@ -12,9 +12,8 @@ from hypothesis import strategies as st
 from spacy.training import Example
 from thinc.api import Adam
 
-from spacy_xlmrxl.backbone import BackboneError
-from spacy_xlmrxl.components.ner import (constrained_viterbi, tag_names, tags_to_entities,
-                                         transition_constraints)
+from spacy_xlmrxl.backbone.source import BackboneError
+from spacy_xlmrxl.pipeline.ner import constrained_viterbi, tag_names, tags_to_entities, transition_constraints
 
 from .xlmr_helpers import WINDOW, backbone_settings, blank, entities, long_text, train, uner_examples
 

@@ -8,8 +8,10 @@ from spacy.training import Example
 from spacy.util import fix_random_seed
 from thinc.api import Adam
 
-from spacy_xlmrxl.backbone import BackboneError
-from spacy_xlmrxl.components.qa import XLMRQuestionAnswerer, export_qa_to_hf, set_qa_annotation
+from spacy_xlmrxl.backbone.source import BackboneError
+from spacy_xlmrxl.pipeline.qa.component import XLMRQuestionAnswerer
+from spacy_xlmrxl.export import export_qa_to_hf
+from spacy_xlmrxl.pipeline.qa.annotation import set_qa_annotation
 
 WINDOW = {"max_length": 96, "doc_stride": 16, "max_question_length": 24}
 
@@ -222,7 +224,7 @@ def test_checkpoint_with_other_num_labels_gives_a_start_end_head(spm_model_path,
     before the head followed num_labels) still loads."""
     from modeling import XLMRobertaXLConfig
     from modeling.heads import XLMRobertaXLForTokenClassification
-    from spacy_xlmrxl.models import backbone_shim
+    from spacy_xlmrxl.backbone.nodes import backbone_shim
 
     XLMRobertaXLForTokenClassification(XLMRobertaXLConfig.from_preset("tiny", num_labels=9)).save_pretrained(
         tmp_path / "ner")

@@ -7,15 +7,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from spacy_xlmrxl.qa_features import (
-    N_PAIR_SPECIALS,
-    build_features,
-    chunk_spans,
-    decode_answers,
-    feature_candidates,
-    gold_positions,
-    validate_window,
-)
+from spacy_xlmrxl.pipeline.qa.features import N_PAIR_SPECIALS, build_features, chunk_spans, decode_answers, feature_candidates, gold_positions, validate_window
 
 
 def word_pieces(text):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import json
 import pickle
 import warnings
@@ -16,11 +18,15 @@ from torch.ao.nn.quantized.dynamic import Linear as DynamicQuantizedLinear
 
 from modeling.config import XLMRobertaXLConfig
 from modeling.model import XLMRobertaXLModel
-from spacy_xlmrxl import backbone
-from spacy_xlmrxl.backbone import BackboneError, SlowBF16Warning, TorchModuleShim, is_quantized, quantize_linear_int8
-from spacy_xlmrxl.models import backbone_nodes, backbone_shim
+from spacy_xlmrxl.backbone.source import BackboneError
+from spacy_xlmrxl.backbone.precision import SlowBF16Warning
+from spacy_xlmrxl.backbone.shim import TorchModuleShim
+from spacy_xlmrxl.backbone.quantize import is_quantized, quantize_linear_int8
+from spacy_xlmrxl.backbone.nodes import backbone_nodes, backbone_shim
 
 from .xlmr_helpers import WINDOW, backbone_settings, blank, entities, long_text, train, uner_examples
+from spacy_xlmrxl.backbone import precision
+from spacy_xlmrxl.backbone.precision import native_bf16_matmul
 
 KWARGS = {"model_cls": XLMRobertaXLModel, "model_kwargs": {"add_pooling_layer": False}}
 QUANTIZED = {"model": {"tok2vec": {"transformer": {"quantize": "int8"}}}}
@@ -88,7 +94,7 @@ def test_quantised_shim_runs_int8_keeps_float_weights_and_refuses_training():
     # bytes, copies and pickles carry the float weights and quantise again
     empty = TorchModuleShim(None, quantize="int8", **KWARGS).from_bytes(shim.to_bytes())
     assert is_quantized(empty.module) and not is_quantized(empty.float_module)
-    clone = backbone.copy.deepcopy(shim)
+    clone = copy.deepcopy(shim)
     assert is_quantized(clone.module) and clone.float_module is not model
     unpickled = pickle.loads(pickle.dumps(shim))
     assert is_quantized(unpickled.module) and not is_quantized(unpickled.float_module)
@@ -206,7 +212,7 @@ def test_quantize_at_initialize_for_shared_transformer_and_textcat(spm_model_pat
 # --------------------------------------------------------------------------- bf16 warning
 @pytest.fixture
 def no_native_bf16(monkeypatch):
-    monkeypatch.setattr(backbone, "native_bf16_matmul", lambda: False)
+    monkeypatch.setattr(precision, "native_bf16_matmul", lambda: False)
 
 
 def test_bf16_weights_on_a_cpu_without_native_bf16_warn_once(no_native_bf16):
@@ -228,11 +234,11 @@ def test_bf16_warning_through_the_component_setting(no_native_bf16, spm_model_pa
 
 
 def test_no_bf16_warning_with_native_bf16_or_float32(monkeypatch):
-    monkeypatch.setattr(backbone, "native_bf16_matmul", lambda: True)
+    monkeypatch.setattr(precision, "native_bf16_matmul", lambda: True)
     with warnings.catch_warnings():
         warnings.simplefilter("error", SlowBF16Warning)
         TorchModuleShim(_tiny().to(torch.bfloat16), **KWARGS)
-        monkeypatch.setattr(backbone, "native_bf16_matmul", lambda: False)
+        monkeypatch.setattr(precision, "native_bf16_matmul", lambda: False)
         TorchModuleShim(_tiny(), **KWARGS)  # float32: nothing to warn about
 
 
@@ -246,11 +252,11 @@ def test_no_bf16_warning_with_native_bf16_or_float32(monkeypatch):
     (None, "AVX512", "x86_64", True),
 ])
 def test_native_bf16_detection(monkeypatch, flags, capability, machine, expected):
-    monkeypatch.setattr(backbone, "_cpu_flags", lambda: flags)
+    monkeypatch.setattr(precision, "_cpu_flags", lambda: flags)
     monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: capability)
-    monkeypatch.setattr(backbone.platform, "machine", lambda: machine)
-    backbone.native_bf16_matmul.cache_clear()
+    monkeypatch.setattr(precision.platform, "machine", lambda: machine)
+    native_bf16_matmul.cache_clear()
     try:
-        assert backbone.native_bf16_matmul() is expected
+        assert native_bf16_matmul() is expected
     finally:
-        backbone.native_bf16_matmul.cache_clear()
+        native_bf16_matmul.cache_clear()

@@ -12,8 +12,13 @@ from hypothesis import strategies as st
 from spacy.tokens import DocBin
 from spacy.util import registry
 
-from spacy_xlmrxl import readers
-from spacy_xlmrxl.readers import DataFormatError
+from spacy_xlmrxl.training.files import DataFormatError
+from spacy_xlmrxl.training.docbin import write_docbin
+from spacy_xlmrxl.training.files import infer_lang
+from spacy_xlmrxl.training.sib200 import read_labels, read_sib200, sib200_docs
+from spacy_xlmrxl.training.squad import read_squad, read_squad_files, split_articles, split_squad_files, squad_docs
+from spacy_xlmrxl.training.text import read_text
+from spacy_xlmrxl.training.uner import infer_spaces, iob2_spans, read_uner, repair_iob2, uner_docs
 
 UNER_TEXT = """# sent_id = s1
 # text = Kjeld Christensen bor i Aarhus.
@@ -49,7 +54,7 @@ def write(path: Path, text: str) -> Path:
 # ------------------------------------------------------------------------------------ UNER
 def test_uner_docs_ents_spaces_lang_and_repair(tmp_path, nlp):
     path = write(tmp_path / "da" / "train.iob2", UNER_TEXT)
-    docs = list(readers.uner_docs(nlp.vocab, path))
+    docs = list(uner_docs(nlp.vocab, path))
     assert [d.text for d in docs] == ["Kjeld Christensen bor i Aarhus.", "SID-huset ligger (i) byen"]
     assert [(e.text, e.label_) for e in docs[0].ents] == [("Kjeld Christensen", "PER"), ("Aarhus", "LOC")]
     # I-X without a preceding X opens an entity (IOB2 repair)
@@ -61,7 +66,7 @@ def test_uner_docs_ents_spaces_lang_and_repair(tmp_path, nlp):
 def test_uner_several_files_one_corpus(tmp_path, nlp):
     da = write(tmp_path / "da" / "test.iob2", UNER_TEXT)
     en = write(tmp_path / "en_ewt-ud-test.iob2", "1\tHi\tO\t-\t-\n2\tBob\tB-PER\t-\t-\n")
-    docs = list(readers.uner_docs(nlp.vocab, [da, en]))
+    docs = list(uner_docs(nlp.vocab, [da, en]))
     assert [d.user_data["lang"] for d in docs] == ["da", "da", "en"]
     assert docs[-1].text == "Hi Bob"  # no `# text`: single spaces
     assert [e.text for e in docs[-1].ents] == ["Bob"]
@@ -80,24 +85,24 @@ def test_uner_several_files_one_corpus(tmp_path, nlp):
 def test_uner_malformed_line_names_file_and_line(tmp_path, line, fragment):
     path = write(tmp_path / "bad.iob2", "# text = ok\n1\tok\tO\t-\t-\n\n# text = Kjeld\n" + line + "\n")
     with pytest.raises(DataFormatError) as info:
-        list(readers.read_uner(path))
+        list(read_uner(path))
     assert f"{path}:5:" in str(info.value)
     assert fragment in str(info.value)
 
 
 def test_uner_any_labels_when_asked(tmp_path):
     path = write(tmp_path / "x.iob2", "1\tParis\tB-GPE\t-\t-\n")
-    (sentence,) = readers.read_uner(path, labels=None)
+    (sentence,) = read_uner(path, labels=None)
     assert sentence.tags == ["B-GPE"]
 
 
 def test_infer_spaces_from_text_and_fallback():
-    assert readers.infer_spaces(["a", "b", "."], "a b.") == [True, False, False]
-    assert readers.infer_spaces(["a", "b"], "a  b ") == [True, True]
+    assert infer_spaces(["a", "b", "."], "a b.") == [True, False, False]
+    assert infer_spaces(["a", "b"], "a  b ") == [True, True]
     # a word that is not in the text (UD multi-word token): single spaces
-    assert readers.infer_spaces(["zu", "dem", "Haus"], "zum Haus") == [True, True, False]
-    assert readers.infer_spaces(["a", "b"], None) == [True, False]
-    assert readers.infer_spaces(["a"], "a b") == [False]  # trailing text not covered: fallback
+    assert infer_spaces(["zu", "dem", "Haus"], "zum Haus") == [True, True, False]
+    assert infer_spaces(["a", "b"], None) == [True, False]
+    assert infer_spaces(["a"], "a b") == [False]  # trailing text not covered: fallback
 
 
 TAGS = st.lists(st.sampled_from(["O", "B-PER", "I-PER", "B-LOC", "I-LOC"]), max_size=30)
@@ -105,7 +110,7 @@ TAGS = st.lists(st.sampled_from(["O", "B-PER", "I-PER", "B-LOC", "I-LOC"]), max_
 
 @given(TAGS)
 def test_iob2_spans_cover_exactly_the_tagged_tokens(tags):
-    spans = readers.iob2_spans(tags)
+    spans = iob2_spans(tags)
     covered = [i for start, end, _ in spans for i in range(start, end)]
     assert covered == [i for i, tag in enumerate(tags) if tag != "O"]  # sorted, no overlap
     for start, end, label in spans:
@@ -118,8 +123,8 @@ def test_iob2_spans_cover_exactly_the_tagged_tokens(tags):
 
 @given(TAGS)
 def test_repair_iob2_is_idempotent_and_valid(tags):
-    repaired = readers.repair_iob2(tags)
-    assert readers.repair_iob2(repaired) == repaired
+    repaired = repair_iob2(tags)
+    assert repair_iob2(repaired) == repaired
     for i, tag in enumerate(repaired):
         if tag.startswith("I-"):
             assert i > 0 and repaired[i - 1][2:] == tag[2:]
@@ -137,7 +142,7 @@ SIB_TEXT = (
 def test_sib200_csv_quoting_and_one_hot_cats(tmp_path, nlp):
     labels = ["sports", "travel", "health"]
     path = write(tmp_path / "eng_Latn" / "train.tsv", SIB_TEXT)
-    docs = list(readers.sib200_docs(nlp, path, labels))
+    docs = list(sib200_docs(nlp, path, labels))
     assert [d.text for d in docs] == ['He said "yes".', "Plain text, no quotes.", "A tab\tinside"]
     assert docs[0].cats == {"sports": 1.0, "travel": 0.0, "health": 0.0}
     assert [max(d.cats, key=d.cats.get) for d in docs] == ["sports", "travel", "health"]
@@ -146,7 +151,7 @@ def test_sib200_csv_quoting_and_one_hot_cats(tmp_path, nlp):
 
 def test_sib200_columns_by_header_name(tmp_path):
     path = write(tmp_path / "x.tsv", "text\tindex_id\tcategory\nHello\t1\tsports\n")
-    (row,) = readers.read_sib200(path, labels=["sports"])
+    (row,) = read_sib200(path, labels=["sports"])
     assert (row.index_id, row.category, row.text, row.line) == ("1", "sports", "Hello", 2)
 
 
@@ -161,20 +166,20 @@ def test_sib200_columns_by_header_name(tmp_path):
 def test_sib200_bad_rows_name_file_and_line(tmp_path, body, line, fragment):
     path = write(tmp_path / "bad.tsv", "index_id\tcategory\ttext\n" + body)
     with pytest.raises(DataFormatError) as info:
-        list(readers.read_sib200(path, labels=["sports"]))
+        list(read_sib200(path, labels=["sports"]))
     assert f"{path}:{line}:" in str(info.value) and fragment in str(info.value)
 
 
 def test_sib200_missing_column(tmp_path):
     path = write(tmp_path / "bad.tsv", "id\tcategory\ttext\n1\tsports\tok\n")
     with pytest.raises(DataFormatError, match=r"bad.tsv:1: .*lacks column\(s\) \['index_id'\]"):
-        list(readers.read_sib200(path))
+        list(read_sib200(path))
 
 
 def test_read_labels(tmp_path):
-    assert readers.read_labels(write(tmp_path / "l.txt", "a\n\nb\n")) == ["a", "b"]
+    assert read_labels(write(tmp_path / "l.txt", "a\n\nb\n")) == ["a", "b"]
     with pytest.raises(DataFormatError, match="l2.txt:2: duplicate label 'a'"):
-        readers.read_labels(write(tmp_path / "l2.txt", "a\na\n"))
+        read_labels(write(tmp_path / "l2.txt", "a\na\n"))
 
 
 # ------------------------------------------------------------------------------------ SQuAD
@@ -217,8 +222,8 @@ def squad_files(tmp_path):
 
 
 def test_squad_docs_carry_question_and_answers(squad_files, nlp):
-    articles = readers.read_squad(squad_files[1])
-    doc = next(readers.squad_docs(nlp, articles[:1], lang="de"))
+    articles = read_squad(squad_files[1])
+    doc = next(squad_docs(nlp, articles[:1], lang="de"))
     assert doc.text == "Article_0 was founded in 1900 by de people."
     assert doc._.question == "When was Article_0 founded (de)?"
     ((answer,),) = doc._.answers
@@ -228,20 +233,20 @@ def test_squad_docs_carry_question_and_answers(squad_files, nlp):
 
 
 def test_split_articles_is_disjoint_deterministic_and_seeded():
-    split = readers.split_articles(TITLES, seed=3, n_dev=2, n_test=3)
+    split = split_articles(TITLES, seed=3, n_dev=2, n_test=3)
     parts = [set(split.train), set(split.dev), set(split.test)]
     assert [len(p) for p in parts] == [5, 2, 3]
     assert set().union(*parts) == set(TITLES) and sum(map(len, parts)) == len(TITLES)
-    assert readers.split_articles(list(reversed(TITLES)) * 2, seed=3, n_dev=2, n_test=3) == split
-    others = {readers.split_articles(TITLES, seed=s, n_dev=2, n_test=3).test for s in range(6)}
+    assert split_articles(list(reversed(TITLES)) * 2, seed=3, n_dev=2, n_test=3) == split
+    others = {split_articles(TITLES, seed=s, n_dev=2, n_test=3).test for s in range(6)}
     assert len(others) > 1  # the seed matters
     with pytest.raises(ValueError):
-        readers.split_articles(TITLES, seed=0, n_dev=5, n_test=5)
+        split_articles(TITLES, seed=0, n_dev=5, n_test=5)
 
 
 def test_squad_split_over_all_languages_leaks_no_article(squad_files, nlp):
-    parsed = readers.read_squad_files(squad_files)
-    split = readers.split_squad_files(parsed, seed=0, n_dev=2, n_test=3)
+    parsed = read_squad_files(squad_files)
+    split = split_squad_files(parsed, seed=0, n_dev=2, n_test=3)
     reader = registry.readers.get("spacy-xlmrxl.SquadReader.v1")
     titles = {}
     for part in ("train", "dev", "test"):
@@ -270,32 +275,32 @@ def test_squad_malformed_json_names_file_and_location(tmp_path, mutate, fragment
     path = tmp_path / "bad.json"
     path.write_text(json.dumps(data), encoding="utf8")
     with pytest.raises(DataFormatError) as info:
-        readers.read_squad(path)
+        read_squad(path)
     assert str(path) in str(info.value) and fragment in str(info.value)
 
 
 def test_squad_invalid_json_has_line(tmp_path):
     path = write(tmp_path / "bad.json", '{"data": [\n  {"title": }\n]}')
     with pytest.raises(DataFormatError, match=r"bad.json:2: invalid JSON"):
-        readers.read_squad(path)
+        read_squad(path)
 
 
 # ------------------------------------------------------------------------------------ raw text
 def test_read_text_lines_paragraphs_and_column(tmp_path):
     path = write(tmp_path / "t.txt", "one\ntwo\n\n  \nthree\nfour\n")
-    assert list(readers.read_text(path)) == ["one", "two", "three", "four"]
-    assert list(readers.read_text(path, paragraphs=True)) == ["one two", "three four"]
+    assert list(read_text(path)) == ["one", "two", "three", "four"]
+    assert list(read_text(path, paragraphs=True)) == ["one two", "three four"]
     tsv = write(tmp_path / "t.tsv", SIB_TEXT)
-    assert list(readers.read_text(tsv, column="text"))[0] == 'He said "yes".'
+    assert list(read_text(tsv, column="text"))[0] == 'He said "yes".'
     with pytest.raises(DataFormatError, match="lacks column"):
-        list(readers.read_text(tsv, column="sentence"))
+        list(read_text(tsv, column="sentence"))
 
 
 # ------------------------------------------------------------------------------------ DocBin / readers
 def test_docbin_round_trip_keeps_gold_and_user_data(tmp_path, nlp, squad_files):
     uner = write(tmp_path / "da" / "dev.iob2", UNER_TEXT)
-    docs = list(readers.uner_docs(nlp.vocab, uner)) + list(readers.squad_docs(nlp, readers.read_squad(squad_files[0])[:1]))
-    assert readers.write_docbin(docs, tmp_path / "out" / "x.spacy") == len(docs)
+    docs = list(uner_docs(nlp.vocab, uner)) + list(squad_docs(nlp, read_squad(squad_files[0])[:1]))
+    assert write_docbin(docs, tmp_path / "out" / "x.spacy") == len(docs)
     back = list(DocBin().from_disk(tmp_path / "out" / "x.spacy").get_docs(nlp.vocab))
     assert [d.text for d in back] == [d.text for d in docs]
     assert [[(e.start, e.end, e.label_) for e in d.ents] for d in back] == [[(e.start, e.end, e.label_) for e in d.ents] for d in docs]
@@ -309,8 +314,8 @@ def test_docbin_round_trip_keeps_gold_and_user_data(tmp_path, nlp, squad_files):
 
 
 def test_task_corpus_copies_question_to_predicted(tmp_path, nlp, squad_files):
-    docs = readers.squad_docs(nlp, readers.read_squad(squad_files[0]))
-    readers.write_docbin(docs, tmp_path / "qa.spacy")
+    docs = squad_docs(nlp, read_squad(squad_files[0]))
+    write_docbin(docs, tmp_path / "qa.spacy")
     corpus = registry.readers.get("spacy-xlmrxl.Corpus.v1")(path=tmp_path / "qa.spacy", limit=3)
     examples = list(corpus(nlp))
     assert len(examples) == 3
@@ -333,18 +338,18 @@ def test_registered_uner_sib_text_readers(tmp_path, nlp):
 
 
 def test_infer_lang():
-    assert readers.infer_lang("x/da_ddt-ud-train.iob2") == "da"
-    assert readers.infer_lang("ner/uner/ru/test.iob2") == "ru"
-    assert readers.infer_lang("sib200/zho_Hans/dev.tsv") == "zho_Hans"
-    assert readers.infer_lang("xquad.vi.json") == "vi"
-    assert readers.infer_lang("corpus/train.txt") is None
+    assert infer_lang("x/da_ddt-ud-train.iob2") == "da"
+    assert infer_lang("ner/uner/ru/test.iob2") == "ru"
+    assert infer_lang("sib200/zho_Hans/dev.tsv") == "zho_Hans"
+    assert infer_lang("xquad.vi.json") == "vi"
+    assert infer_lang("corpus/train.txt") is None
 
 
 # ------------------------------------------------------------------------------------ real data
 def test_real_uner_matches_sources_md(shared_data, nlp):
     """Counts documented in ../shared/data/SOURCES.md for da/dev: 564 sentences, 10332 tokens,
     LOC 107, ORG 106, PER 166 (B- tags; no repairs needed in this file)."""
-    docs = list(readers.uner_docs(nlp.vocab, shared_data / "ner" / "uner" / "da" / "dev.iob2"))
+    docs = list(uner_docs(nlp.vocab, shared_data / "ner" / "uner" / "da" / "dev.iob2"))
     assert len(docs) == 564 and sum(len(d) for d in docs) == 10332
     labels = [e.label_ for d in docs for e in d.ents]
     assert {label: labels.count(label) for label in set(labels)} == {"LOC": 107, "ORG": 106, "PER": 166}
@@ -352,10 +357,10 @@ def test_real_uner_matches_sources_md(shared_data, nlp):
 
 def test_real_sib200_and_xquad(shared_data, nlp):
     sib = shared_data / "textcat" / "sib200"
-    labels = readers.read_labels(sib / "labels.txt")
+    labels = read_labels(sib / "labels.txt")
     assert len(labels) == 7
-    docs = list(readers.sib200_docs(nlp, sib / "eng_Latn" / "dev.tsv", labels))
+    docs = list(sib200_docs(nlp, sib / "eng_Latn" / "dev.tsv", labels))
     assert len(docs) == 99 and all(sum(d.cats.values()) == 1.0 for d in docs)
     assert not any(d.text.startswith('"') and d.text.endswith('"') for d in docs)
-    articles = readers.read_squad(shared_data / "qa" / "xquad" / "xquad.de.json")
+    articles = read_squad(shared_data / "qa" / "xquad" / "xquad.de.json")
     assert (len(articles), sum(len(p.questions) for a in articles for p in a.paragraphs)) == (48, 1190)

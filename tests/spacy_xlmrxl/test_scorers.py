@@ -5,8 +5,8 @@ import spacy
 from spacy.training import Example
 from spacy.util import registry
 
-import spacy_xlmrxl.components.fill_mask  # noqa: F401  (registers doc._.fill_mask)
-from spacy_xlmrxl.scorers import gold_piece, masked_word_accuracy, masked_words, score_fill_mask
+import spacy_xlmrxl.pipeline.fill_mask.component  # noqa: F401  (registers doc._.fill_mask)
+from spacy_xlmrxl.pipeline.fill_mask.scoring import gold_piece, masked_word_accuracy, masked_words, score_fill_mask
 
 W = "\u2581"
 NLP = spacy.blank("en")

@@ -1,4 +1,4 @@
-"""Tests for spacy_xlmrxl.serialize: component directories, atomic saves, bytes, export to HF."""
+"""Tests for spacy_xlmrxl.pipeline.backbone_pipe and spacy_xlmrxl.export: component directories, atomic saves, bytes, export to HF."""
 
 from __future__ import annotations
 
@@ -9,11 +9,13 @@ import pytest
 import spacy
 import torch
 
-from spacy_xlmrxl import serialize
-from spacy_xlmrxl.serialize import export_ner_to_hf, export_textcat_to_hf
+from spacy_xlmrxl.backbone import weights
+from spacy_xlmrxl.export import export_ner_to_hf, export_textcat_to_hf
+from spacy_xlmrxl.pipeline import backbone_pipe
 
 from .xlmr_helpers import (WINDOW, backbone_settings, blank, cats, entities, load_roundtrip, long_text,
                            sib_examples, train, uner_examples)
+
 
 
 def _ner_probs(nlp, texts):
@@ -64,7 +66,7 @@ def test_textcat_round_trip_gives_identical_predictions(textcat_nlp, tmp_path):
 
 def test_large_backbones_are_sharded(ner_nlp, tmp_path, monkeypatch):
     nlp, texts = ner_nlp
-    monkeypatch.setattr(serialize, "MAX_SHARD_SIZE", 8 * 1024**2)
+    monkeypatch.setattr(weights, "DEFAULT_MAX_SHARD_SIZE", 8 * 1024**2)
     loaded = load_roundtrip(nlp, tmp_path / "sharded")
     backbone = tmp_path / "sharded" / "xlmrxl_ner" / "backbone"
     index = json.loads((backbone / "model.safetensors.index.json").read_text())
@@ -82,7 +84,7 @@ def test_interrupted_save_leaves_the_old_directory_intact(ner_nlp, tmp_path, mon
     def fail(*args, **kwargs):
         raise OSError("disk full")
 
-    monkeypatch.setattr(serialize, "save_module_dir", fail)
+    monkeypatch.setattr(backbone_pipe, "save_module_dir", fail)
     with pytest.raises(OSError, match="disk full"):
         ner.to_disk(tmp_path / "ner")
     assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*")) == before

@@ -8,9 +8,9 @@ import torch
 from spacy.training import Example
 from spacy.util import fix_random_seed
 
-from spacy_xlmrxl.alignment import pool_pieces
-from spacy_xlmrxl.doc_data import XLMRDocData
-from spacy_xlmrxl.listener import XLMRListener
+from spacy_xlmrxl.ml.alignment import pool_pieces
+from spacy_xlmrxl.ml.doc_data import XLMRDocData
+from spacy_xlmrxl.ml.listener import XLMRListener
 
 from .xlmr_helpers import blank, cats, entities, load_roundtrip, tiny_transformer_config, uner_examples
 
@@ -113,7 +113,7 @@ def test_backbone_computes_only_the_real_pieces_in_inference_and_training(shared
 
 
 def test_piece_states_setting(shared_data, spm_model_path):
-    from spacy_xlmrxl.doc_data import XLMRDocData as Data
+    from spacy_xlmrxl.ml.doc_data import XLMRDocData as Data
 
     nlp = blank("da")
     nlp.add_pipe("xlmrxl_transformer", config={"model": tiny_transformer_config(spm_model_path)})

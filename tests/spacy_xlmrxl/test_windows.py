@@ -13,15 +13,8 @@ from spacy.tokens import Doc
 from spacy.util import registry
 from thinc.api import Config, NumpyOps
 
-from spacy_xlmrxl.alignment import align_tokens_to_pieces, pool_pieces
-from spacy_xlmrxl.windows import (
-    StreamingRecombiner,
-    StridedWindows,
-    batch_windows,
-    check_max_window,
-    make_strided_windows,
-    recombine,
-)
+from spacy_xlmrxl.ml.alignment import align_tokens_to_pieces, pool_pieces
+from spacy_xlmrxl.ml.windows import StreamingRecombiner, StridedWindows, batch_windows, check_max_window, make_strided_windows, recombine
 
 OPS = NumpyOps()
 SETTINGS = settings(max_examples=80, deadline=None)

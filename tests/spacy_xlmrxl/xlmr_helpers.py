@@ -17,7 +17,8 @@ from spacy.training import Example
 from spacy.util import fix_random_seed
 from thinc.api import Adam
 
-from spacy_xlmrxl.readers import read_labels, sib200_docs, uner_docs
+from spacy_xlmrxl.training.sib200 import read_labels, sib200_docs
+from spacy_xlmrxl.training.uner import uner_docs
 
 WINDOW = {"window": 32, "stride": 16}
 LONG_TEXT_WORDS = 160  # ~ 170 pieces: more than 3 windows of 32 pieces

@@ -11,13 +11,7 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from modeling.config import XLMRobertaXLConfig  # noqa: E402
-from spacy_xlmrxl.distributed.memory_plan import (  # noqa: E402
-    activation_bytes,
-    format_table,
-    plan_grid,
-    plan_memory,
-    unit_parameters,
-)
+from spacy_xlmrxl.distributed.memory_plan import activation_bytes, format_table, plan_grid, plan_memory, unit_parameters
 
 needs_model = pytest.mark.skipif(importlib.util.find_spec("modeling.model") is None, reason="modeling.model not written yet")
 
@@ -119,7 +113,7 @@ def _fsdp_state_bytes(rank: int, world: int, port: int, out_dir: str) -> None:
     from thinc.api import Adam
 
     from modeling.model import XLMRobertaXLModel
-    from spacy_xlmrxl.backbone import TorchModuleShim
+    from spacy_xlmrxl.backbone.shim import TorchModuleShim
     from spacy_xlmrxl.distributed.fsdp import shard_shim
 
     os.environ["OMP_NUM_THREADS"] = "1"

@@ -18,13 +18,8 @@ pytest.importorskip("ray.data", reason="ray[data] is not installed")
 
 import spacy  # noqa: E402
 
-from spacy_xlmrxl.distributed.ray_inference import (  # noqa: E402
-    doc_to_record,
-    iter_corpus_file,
-    main,
-    read_results,
-    run_pipeline_on_ray,
-)
+from spacy_xlmrxl.distributed.ray_inference import doc_to_record, iter_corpus_file, main, run_pipeline_on_ray
+from spacy_xlmrxl.distributed.ray_sinks import read_results
 
 from . import toy_components  # noqa: E402
 

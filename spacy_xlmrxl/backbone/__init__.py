@@ -1,0 +1,12 @@
+"""The torch side of every component: where weights come from and how torch runs under thinc.
+
+- `source`: checkpoint and tokenizer resolution, `BackboneSource` (checkpoint or preset), dtypes;
+- `devices`: torch <-> thinc devices and arrays;
+- `precision`: mixed precision (bf16 / fp16 autocast, the fp16 loss scaler), native-bf16 detection;
+- `quantize`: int8 CPU inference;
+- `shim`: `TorchModuleShim`, the thinc shim that owns a torch module;
+- `weights`: a torch module as an HF checkpoint directory (and as bytes);
+- `nodes`: the one way to find, configure and install the backbones inside a thinc model.
+
+Nothing here registers a spaCy function; `spacy_xlmrxl.ml` builds the architectures on it.
+"""

@@ -1,0 +1,153 @@
+"""The torch side of every spacy_xlmrxl component: where weights come from and how torch runs.
+
+Owns
+- checkpoint resolution: a local HF/fairseq directory or file, or a hub-style name such as
+  ``facebook/xlm-roberta-xl`` looked up ONLY in a local directory or the local HF cache
+  (``$HF_HUB_CACHE``, ``$HF_HOME/hub``, ``~/.cache/huggingface/hub``) — never downloaded — or
+  random init from a preset (``tiny``, ``small``, ``xl``, ``xxl``); see `BackboneSource`;
+- tokenizer resolution (the checkpoint's ``sentencepiece.bpe.model`` or an explicit path);
+- torch <-> thinc device and array helpers (CPU numpy, GPU cupy, following thinc's current ops);
+  a forked child process (``nlp.pipe(n_process=...)``) runs torch on one thread: torch's OpenMP
+  pool, once started in the parent, deadlocks in a fork otherwise;
+- precision: bf16 autocast, and fp16 autocast with a loss scaler of our own that keeps its scale
+  as a Python float (thinc's grad scaler keeps a device tensor and crashes in
+  ``torch._amp_update_scale_``, spaCy issue 13512), gradient checkpointing, freezing; a warning
+  when bf16 is asked for on a CPU without native bf16 matmuls (`native_bf16_matmul`);
+- CPU inference quantisation (``quantize = "int8"``): a dynamic-int8 copy of the backbone's
+  ``nn.Linear`` layers that runs the forward passes while the float weights stay for saving
+  (`quantize_linear_int8`);
+- `TorchModuleShim`: the thinc ``Shim`` that gives a torch module to thinc's optimizer,
+  ``use_params``, device moves and byte serialisation (safetensors, not pickle);
+- weight directories: `save_module_dir` / `load_module_dir` write and read a torch module as
+  ``config.json`` + (sharded) safetensors + the tokenizer model, loaded back by memory map.
+
+This module imports spaCy only through thinc; components, QA and fill-mask all build on it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import platform
+import warnings
+from typing import Optional, Sequence, Union
+
+import torch
+
+from .source import BackboneError
+
+MIXED_PRECISION = ("none", "bf16", "fp16")
+
+# --------------------------------------------------------------------------- precision
+def normalise_mixed_precision(value: Union[str, bool, None]) -> str:
+    """``"bf16"``, ``"fp16"`` or ``"none"`` from the config value (true means bf16)."""
+    if value is None or value is False:
+        return "none"
+    if value is True:
+        return "bf16"
+    text = str(value).lower()
+    text = {"no": "none", "false": "none", "off": "none", "fp32": "none", "float32": "none", "true": "bf16",
+            "bfloat16": "bf16", "float16": "fp16"}.get(text, text)
+    if text not in MIXED_PRECISION:
+        raise BackboneError(f"mixed_precision must be one of {MIXED_PRECISION} (or true/false), got {value!r}")
+    return text
+
+def autocast(mode: str, device: torch.device) -> contextlib.AbstractContextManager:
+    """torch autocast for ``mode`` ("bf16"/"fp16") on ``device``; a null context for "none"."""
+    if mode == "none":
+        return contextlib.nullcontext()
+    dtype = torch.bfloat16 if mode == "bf16" else torch.float16
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+# --------------------------------------------------------------------------- bf16 on CPUs
+class SlowBF16Warning(UserWarning):
+    """bf16 was asked for on a CPU whose bf16 matmul torch emulates (many times slower than fp32)."""
+
+def _cpu_flags() -> Optional[set]:
+    """The CPU feature flags of ``/proc/cpuinfo`` (x86 ``flags``, Arm ``Features``); None if unknown."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf8") as handle:
+            for line in handle:
+                key, _, value = line.partition(":")
+                if key.strip() in ("flags", "Features"):
+                    return set(value.split())
+    except OSError:
+        pass
+    return None
+
+@functools.lru_cache(maxsize=1)
+def native_bf16_matmul() -> bool:
+    """Whether this CPU multiplies bf16 natively: AVX-512 BF16 or AMX-BF16 on x86 (``/proc/cpuinfo``
+    flags ``avx512_bf16`` / ``amx_bf16``), the ``bf16`` feature on Arm. Without them torch's bf16
+    matmul is emulated (measured on an AVX2 Zen 3: 0.2 GFLOP/s against 44 in fp32). Where the
+    flags cannot be read, torch's CPU capability decides (``AVX2``/``DEFAULT`` on x86: not native)
+    and anything else counts as native (no warning when unsure)."""
+    flags = _cpu_flags()
+    if flags is not None:
+        return bool({"avx512_bf16", "amx_bf16", "bf16"} & flags)
+    machine = platform.machine().lower()
+    if machine in ("x86_64", "amd64", "i386", "i686"):
+        return torch.backends.cpu.get_cpu_capability() not in ("DEFAULT", "NO AVX", "AVX2")
+    return True
+
+def warn_if_bf16_emulated(device: torch.device, *, dtype: Optional[torch.dtype], mixed_precision: str) -> bool:
+    """Warn (one `SlowBF16Warning` per call) when bf16 weights (``dtype``) or bf16 autocast
+    (``mixed_precision``) will run on a CPU without native bf16 matmuls; True when it warned."""
+    wanted = [what for what, on in (("dtype = \"bfloat16\"", dtype == torch.bfloat16),
+                                    ("mixed_precision = \"bf16\"", mixed_precision == "bf16")) if on]
+    if not wanted or device.type != "cpu" or native_bf16_matmul():
+        return False
+    warnings.warn(
+        f"{' and '.join(wanted)} on this CPU ({torch.backends.cpu.get_cpu_capability()}; no native bf16 matmul: "
+        "no AVX-512 BF16 / AMX, or Arm BF16): "
+        "bf16 matrix multiplication is emulated here and will be many times slower than float32 "
+        "(about 200x for a plain matmul on an AVX2 CPU). For faster CPU inference keep float32 "
+        "(dtype = null, mixed_precision = null) and set quantize = \"int8\" (dynamic int8 Linear layers); "
+        "bf16 pays off on CPUs with AVX-512 BF16 / AMX and on GPUs.",
+        SlowBF16Warning, stacklevel=3,
+    )
+    return True
+
+class LossScaler:
+    """Dynamic loss scaling for fp16 training, independent of thinc's ``PyTorchGradScaler``.
+
+    The gradient arriving from the thinc layers is multiplied by `scale` before torch's
+    backward; `unscale_` divides the accumulated parameter gradients once per optimizer step and
+    reports non-finite values, in which case the step is skipped and the scale backs off.
+    The scale is a Python float, so no device or dtype can disagree (spaCy issue 13512).
+    """
+
+    def __init__(self, *, enabled: bool, init_scale: float = 2.0**16, growth_factor: float = 2.0,
+                 backoff_factor: float = 0.5, growth_interval: int = 2000) -> None:
+        self.enabled = enabled
+        self.scale = float(init_scale) if enabled else 1.0
+        self.growth_factor = growth_factor
+        self.backoff_factor = backoff_factor
+        self.growth_interval = growth_interval
+        self._good_steps = 0
+
+    def scale_grad(self, grad: torch.Tensor) -> torch.Tensor:
+        return grad * self.scale if self.enabled else grad
+
+    def unscale_(self, grads: Sequence[torch.Tensor]) -> bool:
+        """Divide ``grads`` in place by the scale; True when any is non-finite."""
+        if not self.enabled or not grads:
+            return False
+        inv = 1.0 / self.scale
+        bad = torch.zeros((), dtype=torch.bool, device=grads[0].device)
+        for grad in grads:
+            grad.mul_(inv)
+            bad = bad | ~torch.isfinite(grad).all().to(bad.device)
+        return bool(bad.item())
+
+    def update(self, found_inf: bool) -> None:
+        if not self.enabled:
+            return
+        if found_inf:
+            self.scale = max(self.scale * self.backoff_factor, 1.0)
+            self._good_steps = 0
+        else:
+            self._good_steps += 1
+            if self._good_steps >= self.growth_interval:
+                self.scale *= self.growth_factor
+                self._good_steps = 0

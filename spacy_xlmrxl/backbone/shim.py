@@ -1,0 +1,302 @@
+"""The torch side of every spacy_xlmrxl component: where weights come from and how torch runs.
+
+Owns
+- checkpoint resolution: a local HF/fairseq directory or file, or a hub-style name such as
+  ``facebook/xlm-roberta-xl`` looked up ONLY in a local directory or the local HF cache
+  (``$HF_HUB_CACHE``, ``$HF_HOME/hub``, ``~/.cache/huggingface/hub``) — never downloaded — or
+  random init from a preset (``tiny``, ``small``, ``xl``, ``xxl``); see `BackboneSource`;
+- tokenizer resolution (the checkpoint's ``sentencepiece.bpe.model`` or an explicit path);
+- torch <-> thinc device and array helpers (CPU numpy, GPU cupy, following thinc's current ops);
+  a forked child process (``nlp.pipe(n_process=...)``) runs torch on one thread: torch's OpenMP
+  pool, once started in the parent, deadlocks in a fork otherwise;
+- precision: bf16 autocast, and fp16 autocast with a loss scaler of our own that keeps its scale
+  as a Python float (thinc's grad scaler keeps a device tensor and crashes in
+  ``torch._amp_update_scale_``, spaCy issue 13512), gradient checkpointing, freezing; a warning
+  when bf16 is asked for on a CPU without native bf16 matmuls (`native_bf16_matmul`);
+- CPU inference quantisation (``quantize = "int8"``): a dynamic-int8 copy of the backbone's
+  ``nn.Linear`` layers that runs the forward passes while the float weights stay for saving
+  (`quantize_linear_int8`);
+- `TorchModuleShim`: the thinc ``Shim`` that gives a torch module to thinc's optimizer,
+  ``use_params``, device moves and byte serialisation (safetensors, not pickle);
+- weight directories: `save_module_dir` / `load_module_dir` write and read a torch module as
+  ``config.json`` + (sharded) safetensors + the tokenizer model, loaded back by memory map.
+
+This module imports spaCy only through thinc; components, QA and fill-mask all build on it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Any, Dict, Iterator, Optional, Sequence, Type, Union
+
+import numpy
+import torch
+from thinc.api import CupyOps, get_current_ops
+from thinc.shims import Shim
+from thinc.util import torch2xp, xp2torch
+
+from .devices import torch_device
+from .precision import LossScaler, autocast, normalise_mixed_precision, warn_if_bf16_emulated
+from .quantize import normalise_quantize, quantize_linear_int8
+from .source import BackboneError
+from .weights import module_from_bytes, module_to_bytes
+
+
+# --------------------------------------------------------------------------- the shim
+class TorchModuleShim(Shim):
+    """Gives a torch module to thinc: optimizer steps, ``use_params``, device moves, bytes.
+
+    The module may be absent until the owning thinc model's ``init`` creates it
+    (`set_module`). Forward passes are run by the owning layer inside `run` (train or
+    inference mode, autocast, freezing); backward passes call `backward`, which applies the
+    loss scale. `finish_update` hands every parameter with a gradient to the thinc optimizer.
+    Byte serialisation uses safetensors; `external` makes ``to_bytes`` skip the weights when a
+    component writes them as files of their own (`save_module_dir`).
+
+    ``quantize = "int8"``: every module given to `set_module` (at initialise, ``from_disk``,
+    ``from_bytes``, copies) gets a dynamic-int8 copy (`quantize_linear_int8`) that `module`
+    returns and the forward passes run; the float weights stay in `float_module` and are what
+    is saved, exported and copied, so a saved pipeline is a float HF checkpoint and loading it
+    quantises again, identically. Inference only: a training forward raises `BackboneError`.
+    Memory: the int8 Linear weights (about 1 byte per Linear parameter: 2.8 GB for XL) on top of
+    the float weights, whose Linear pages are handed back to the kernel after quantisation
+    (`quantize_linear_int8`): when they are memory-mapped (``spacy.load``, or ``initialize`` from
+    a float32 checkpoint) they leave the resident set and cost page cache only; built in memory
+    (a preset, a dtype conversion) they stay resident. Quantising takes time at load (XL: minutes
+    on 2 cores).
+    """
+
+    def __init__(self, module: Optional[torch.nn.Module] = None, *, mixed_precision: Union[str, bool, None] = None,
+                 frozen: bool = False, grad_checkpointing: bool = False,
+                 model_cls: Optional[Type[torch.nn.Module]] = None,
+                 model_kwargs: Optional[Dict[str, Any]] = None, quantize: Union[str, bool, None] = None,
+                 freeze_word_embeddings: bool = False) -> None:
+        super().__init__(module, config={})
+        self.precision = normalise_mixed_precision(mixed_precision)
+        self.quantize = normalise_quantize(quantize)
+        if self.quantize is not None and self.precision != "none":
+            raise BackboneError(f"quantize = {self.quantize!r} cannot be combined with mixed_precision = "
+                                f"{self.precision!r}: quantised inference runs in float32 with int8 Linear layers; "
+                                "set mixed_precision = null")
+        self._runner: Optional[torch.nn.Module] = None  # the quantised copy, when quantize is set
+        self.frozen = frozen
+        self.freeze_word_embeddings = bool(freeze_word_embeddings)
+        self.grad_checkpointing = grad_checkpointing
+        self.scaler = LossScaler(enabled=self.precision == "fp16")
+        self.model_cls = model_cls
+        self.model_kwargs = dict(model_kwargs or {})
+        self.external = False
+        if isinstance(get_current_ops(), CupyOps):  # pragma: no cover - GPU only
+            from thinc.backends import context_pools, set_gpu_allocator
+
+            if "pytorch" not in context_pools.get():  # one memory pool for cupy and torch, as thinc does
+                set_gpu_allocator("pytorch")
+        if module is not None:
+            self.set_module(module)
+
+    # -- module
+    @property
+    def module(self) -> torch.nn.Module:
+        """The module forward passes run: the int8 copy with ``quantize = "int8"``, else the weights."""
+        if self._model is None:
+            raise BackboneError("the backbone has no weights yet: call nlp.initialize() or load a saved pipeline")
+        return self._runner if self._runner is not None else self._model
+
+    @property
+    def float_module(self) -> torch.nn.Module:
+        """The module with the (float) weights: what is saved, exported and trained."""
+        if self._model is None:
+            raise BackboneError("the backbone has no weights yet: call nlp.initialize() or load a saved pipeline")
+        return self._model
+
+    @property
+    def has_module(self) -> bool:
+        return self._model is not None
+
+    def set_module(self, module: torch.nn.Module, *, config: Optional[Dict[str, Any]] = None) -> None:
+        """Install ``module`` (freezing, checkpointing, the int8 copy); installing the module the shim
+        already holds keeps its int8 copy (the weights did not change)."""
+        keep_runner = module is self._model and self._runner is not None
+        self._model = module
+        if config is not None:
+            self.cfg = dict(config)
+        elif hasattr(module, "config") and hasattr(module.config, "to_dict"):
+            self.cfg = module.config.to_dict()
+        if self.frozen:
+            module.requires_grad_(False)
+        if self.freeze_word_embeddings:
+            freeze_word_embeddings(module)
+        if self.grad_checkpointing and hasattr(module, "gradient_checkpointing_enable"):
+            module.gradient_checkpointing_enable()
+        if keep_runner:
+            return
+        self._runner = None
+        param = next(module.parameters(), None)
+        if param is not None:
+            warn_if_bf16_emulated(param.device, dtype=param.dtype, mixed_precision=self.precision)
+        if self.quantize is not None:
+            self._runner = quantize_linear_int8(module)
+
+    @property
+    def device(self) -> torch.device:
+        param = next(self.module.parameters(), None)
+        return param.device if param is not None else torch_device()
+
+    # -- running
+    @contextlib.contextmanager
+    def run(self, is_train: bool) -> Iterator[bool]:
+        """Context for a forward pass; yields whether a backward pass will follow."""
+        module = self.module
+        if is_train and self._runner is not None:
+            raise BackboneError(
+                f"this backbone is set to quantize = {self.quantize!r}, which is for inference only: it cannot be "
+                "trained (update() was called). Set quantize = null to train or fine-tune (e.g. "
+                "--components.transformer.model.quantize null, or the component's own backbone block), "
+                "and quantize the trained pipeline for inference"
+            )
+        grads = is_train and not self.frozen
+        module.train(grads)
+        if grads:
+            with autocast(self.precision, self.device):
+                yield True
+        else:
+            with torch.inference_mode(), autocast(self.precision, self.device):
+                yield False
+
+    def backward(self, outputs: Sequence[torch.Tensor], grads: Sequence[torch.Tensor]) -> None:
+        """Backpropagate ``grads`` (same shapes as ``outputs``) into the module's parameters."""
+        pairs = [(o, g) for o, g in zip(outputs, grads) if o.requires_grad]
+        if pairs:
+            torch.autograd.backward([o for o, _ in pairs],
+                                    [self.scaler.scale_grad(g).to(o.dtype) for o, g in pairs])
+
+    def finish_update(self, optimizer: Any) -> None:
+        if self._model is None or self.frozen:
+            return
+        named = [(n, p) for n, p in self._model.named_parameters() if p.grad is not None]
+        found_inf = self.scaler.unscale_([p.grad for _, p in named])
+        for name, param in named:
+            if not found_inf:
+                if param.dtype != torch.float32:
+                    raise BackboneError(
+                        f"training needs float32 weights, {name} is {param.dtype}: set dtype = "
+                        "\"float32\" and use mixed_precision = \"bf16\" or \"fp16\" instead"
+                    )
+                new_data, _ = optimizer((self.id, name), torch2xp(param.data), torch2xp(param.grad))
+                if not shares_memory(param.data, new_data):
+                    param.data.copy_(xp2torch(new_data, device=param.device))
+            param.grad = None
+        self.scaler.update(found_inf)
+
+    @contextlib.contextmanager
+    def use_params(self, params: Dict[Any, Any]) -> Iterator[None]:
+        prefix = f"pytorch_{self.id}_"
+        state = {k[len(prefix):]: v for k, v in params.items() if isinstance(k, str) and k.startswith(prefix)}
+        if not state or self._model is None:
+            yield
+            return
+        backup = {k: v.detach().clone() for k, v in self._model.state_dict().items()}
+        self._model.load_state_dict({k: xp2torch(v, device=self.device) for k, v in state.items()}, strict=False)
+        self._requantize()
+        try:
+            yield
+        finally:
+            self._model.load_state_dict(backup)
+            self._requantize()
+
+    def _requantize(self) -> None:
+        if self.quantize is not None and self._model is not None:
+            self._runner = quantize_linear_int8(self._model)
+
+    def to_device(self, device_type: str, device_id: int) -> None:  # pragma: no cover - GPU only
+        if self._model is None:
+            return
+        if device_type == "cpu":
+            self._model.cpu()
+        elif device_type == "gpu":
+            if self.quantize is not None:
+                raise BackboneError(f"quantize = {self.quantize!r} runs on the CPU only: set quantize = null on a GPU")
+            self._model.cuda(device_id)
+        else:
+            raise ValueError(f"invalid device_type {device_type!r}; use 'cpu' or 'gpu'")
+
+    # -- bytes (nlp.to_bytes, pickling); to_disk writes `save_module_dir` files instead
+    def to_bytes(self) -> bytes:
+        import srsly
+
+        files = None
+        if self._model is not None and not self.external:
+            files = module_to_bytes(self._model)
+        return srsly.msgpack_dumps({"config": self.cfg, "files": files})
+
+    def from_bytes(self, data: bytes) -> "TorchModuleShim":
+        import srsly
+
+        msg = srsly.msgpack_loads(data)
+        if not msg.get("files"):  # the weights live in files of their own, or were never made
+            return self
+        if self.model_cls is None:
+            raise BackboneError("cannot restore a backbone from bytes: the shim has no model class")
+        self.set_module(module_from_bytes(self.model_cls, msg["files"], **self.model_kwargs), config=msg["config"])
+        return self
+
+    def __deepcopy__(self, memo: Dict[int, Any]) -> "TorchModuleShim":
+        clone = TorchModuleShim(None, mixed_precision=self.precision, frozen=self.frozen,
+                                grad_checkpointing=self.grad_checkpointing, model_cls=self.model_cls,
+                                model_kwargs=self.model_kwargs, quantize=self.quantize,
+                                freeze_word_embeddings=self.freeze_word_embeddings)
+        if self._model is not None:
+            clone.set_module(self._compact_module(), config=dict(self.cfg))
+        return clone
+
+    def __getstate__(self) -> Dict[str, Any]:
+        """Pickle a compact copy: loaded weights are views into one memory map, and pickle
+        would otherwise write the whole file once per tensor."""
+        state = dict(self.__dict__)
+        state["_runner"] = None  # rebuilt from the float weights by __setstate__
+        if self._model is not None:
+            state["_model"] = self._compact_module()
+        return state
+
+    def __setstate__(self, state: Dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self.__dict__.setdefault("quantize", None)
+        self.__dict__.setdefault("freeze_word_embeddings", False)
+        self.__dict__.setdefault("_runner", None)
+        self._requantize()
+
+    def _compact_module(self) -> torch.nn.Module:
+        if self.model_cls is None:
+            import copy
+
+            return copy.deepcopy(self._model)
+        return clone_module(self._model, self.model_cls, **self.model_kwargs)  # type: ignore[arg-type]
+
+def freeze_word_embeddings(module: torch.nn.Module) -> None:
+    """Stop training the word-embedding matrix of ``module`` (vocab x hidden: 250k x 2560 = 0.64 B
+    parameters in XL). No gradient is computed for it and the optimizer keeps no state for it:
+    on a GPU that saves its fp32 gradient + Adam moments (7.7 GB for XL); on a CPU, the dense
+    gradient and optimizer update of 250k rows per step. Position embeddings, LayerNorms and every
+    layer still train."""
+    get = getattr(module, "get_input_embeddings", None)
+    if not callable(get):
+        raise BackboneError(f"freeze_word_embeddings: {type(module).__name__} has no get_input_embeddings()")
+    get().weight.requires_grad_(False)
+
+def clone_module(module: torch.nn.Module, model_cls: Type[torch.nn.Module], **model_kwargs: Any) -> torch.nn.Module:
+    """A copy of ``module`` whose tensors own exactly their data (no shared memory maps)."""
+    from modeling.checkpoint import parameters_on_meta
+
+    with parameters_on_meta():
+        clone = model_cls(module.config.copy(), **model_kwargs)  # type: ignore[union-attr]
+    state = {name: tensor.detach().clone() for name, tensor in module.state_dict().items()}
+    clone.load_state_dict(state, assign=True)
+    for theirs, mine in zip(module.parameters(), clone.parameters()):
+        mine.requires_grad_(theirs.requires_grad)
+    return clone.train(module.training)
+
+def shares_memory(tensor: torch.Tensor, array: Any) -> bool:
+    if isinstance(array, numpy.ndarray):
+        return tensor.device.type == "cpu" and array.__array_interface__["data"][0] == tensor.data_ptr()
+    ptr = getattr(getattr(array, "data", None), "ptr", None)  # cupy
+    return ptr is not None and ptr == tensor.data_ptr()

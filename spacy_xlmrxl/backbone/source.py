@@ -1,0 +1,249 @@
+"""The torch side of every spacy_xlmrxl component: where weights come from and how torch runs.
+
+Owns
+- checkpoint resolution: a local HF/fairseq directory or file, or a hub-style name such as
+  ``facebook/xlm-roberta-xl`` looked up ONLY in a local directory or the local HF cache
+  (``$HF_HUB_CACHE``, ``$HF_HOME/hub``, ``~/.cache/huggingface/hub``) — never downloaded — or
+  random init from a preset (``tiny``, ``small``, ``xl``, ``xxl``); see `BackboneSource`;
+- tokenizer resolution (the checkpoint's ``sentencepiece.bpe.model`` or an explicit path);
+- torch <-> thinc device and array helpers (CPU numpy, GPU cupy, following thinc's current ops);
+  a forked child process (``nlp.pipe(n_process=...)``) runs torch on one thread: torch's OpenMP
+  pool, once started in the parent, deadlocks in a fork otherwise;
+- precision: bf16 autocast, and fp16 autocast with a loss scaler of our own that keeps its scale
+  as a Python float (thinc's grad scaler keeps a device tensor and crashes in
+  ``torch._amp_update_scale_``, spaCy issue 13512), gradient checkpointing, freezing; a warning
+  when bf16 is asked for on a CPU without native bf16 matmuls (`native_bf16_matmul`);
+- CPU inference quantisation (``quantize = "int8"``): a dynamic-int8 copy of the backbone's
+  ``nn.Linear`` layers that runs the forward passes while the float weights stay for saving
+  (`quantize_linear_int8`);
+- `TorchModuleShim`: the thinc ``Shim`` that gives a torch module to thinc's optimizer,
+  ``use_params``, device moves and byte serialisation (safetensors, not pickle);
+- weight directories: `save_module_dir` / `load_module_dir` write and read a torch module as
+  ``config.json`` + (sharded) safetensors + the tokenizer model, loaded back by memory map.
+
+This module imports spaCy only through thinc; components, QA and fill-mask all build on it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Dict, Optional, Type, Union
+
+import torch
+
+from modeling.config import PRESETS, XLMRobertaXLConfig
+
+PathLike = Union[str, os.PathLike]
+
+TOKENIZER_FILE = "sentencepiece.bpe.model"
+
+CONFIG_FILE = "config.json"
+
+WEIGHTS_FILE = "model.safetensors"
+
+WEIGHTS_INDEX_FILE = "model.safetensors.index.json"
+
+DEFAULT_CHECKPOINT = "facebook/xlm-roberta-xl"
+
+_WEIGHT_FILES = (WEIGHTS_FILE, WEIGHTS_INDEX_FILE, "pytorch_model.bin",
+                 "pytorch_model.bin.index.json", "model.pt")
+
+_HUB_NAME = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+
+DTYPES: Dict[str, torch.dtype] = {
+    "float32": torch.float32, "fp32": torch.float32,
+    "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
+    "float16": torch.float16, "fp16": torch.float16,
+}
+
+class BackboneError(ValueError):
+    """The backbone cannot be built or loaded; the message says what to pass instead."""
+
+# --------------------------------------------------------------------------- resolution
+def hf_hub_cache() -> Path:
+    """The local HF hub cache directory, honouring ``HF_HUB_CACHE`` and ``HF_HOME``."""
+    if os.environ.get("HF_HUB_CACHE"):
+        return Path(os.environ["HF_HUB_CACHE"]).expanduser()
+    if os.environ.get("HUGGINGFACE_HUB_CACHE"):
+        return Path(os.environ["HUGGINGFACE_HUB_CACHE"]).expanduser()
+    if os.environ.get("HF_HOME"):
+        return Path(os.environ["HF_HOME"]).expanduser() / "hub"
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    base = Path(xdg).expanduser() if xdg else Path.home() / ".cache"
+    return base / "huggingface" / "hub"
+
+def _cached_snapshot(name: str) -> Optional[Path]:
+    """The snapshot directory of hub model ``name`` in the local cache (``refs/main`` first)."""
+    repo_dir = hf_hub_cache() / ("models--" + name.replace("/", "--"))
+    snapshots = repo_dir / "snapshots"
+    if not snapshots.is_dir():
+        return None
+    ref = repo_dir / "refs" / "main"
+    if ref.is_file():
+        preferred = snapshots / ref.read_text(encoding="utf8").strip()
+        if _is_checkpoint_dir(preferred):
+            return preferred
+    candidates = [p for p in snapshots.iterdir() if _is_checkpoint_dir(p)]
+    return max(candidates, key=lambda p: p.stat().st_mtime) if candidates else None
+
+def _is_checkpoint_dir(path: Path) -> bool:
+    return path.is_dir() and any((path / name).exists() for name in _WEIGHT_FILES)
+
+def resolve_checkpoint(name: PathLike) -> Path:
+    """A local checkpoint directory or file for ``name``; never downloads.
+
+    ``name`` is a path (HF directory, fairseq directory, or one weights file) or a hub-style
+    ``org/model`` name found in the local HF cache.
+    """
+    path = Path(name).expanduser()
+    if path.exists():
+        return path
+    text = str(name)
+    if _HUB_NAME.match(text):
+        snapshot = _cached_snapshot(text)
+        if snapshot is not None:
+            return snapshot
+        where = f"the local HF cache ({hf_hub_cache()})"
+    else:
+        where = "the file system"
+    raise BackboneError(
+        f"checkpoint {text!r} was not found in {where}; this package never downloads weights. "
+        "Pass checkpoint = a local HF/fairseq directory or weights file (or put the model in the "
+        f"HF cache), or set checkpoint = null and preset = one of {sorted(PRESETS)} for a "
+        "randomly initialised backbone (that also needs tokenizer = path to sentencepiece.bpe.model)."
+    )
+
+def resolve_tokenizer(tokenizer: Optional[PathLike], checkpoint: Optional[Path] = None) -> Path:
+    """The sentencepiece model file: ``tokenizer`` (a file or a directory holding one), else the
+    checkpoint's ``sentencepiece.bpe.model``."""
+    if tokenizer is not None:
+        path = Path(tokenizer).expanduser()
+        if path.is_dir():
+            path = path / TOKENIZER_FILE
+        if path.is_file():
+            return path
+        raise BackboneError(f"tokenizer {str(tokenizer)!r}: no sentencepiece model at {path}")
+    if checkpoint is not None:
+        folder = checkpoint if checkpoint.is_dir() else checkpoint.parent
+        if (folder / TOKENIZER_FILE).is_file():
+            return folder / TOKENIZER_FILE
+        raise BackboneError(
+            f"checkpoint {checkpoint} has no {TOKENIZER_FILE}; pass tokenizer = path to the "
+            "XLM-R sentencepiece model"
+        )
+    raise BackboneError(
+        "no tokenizer: a preset backbone needs tokenizer = path to the XLM-R "
+        f"{TOKENIZER_FILE} (or a directory holding it)"
+    )
+
+def torch_dtype(name: Optional[str]) -> Optional[torch.dtype]:
+    """``"float32"``/``"bfloat16"``/``"float16"`` (or fp32/bf16/fp16) -> torch dtype; None stays None."""
+    if name is None:
+        return None
+    try:
+        return DTYPES[str(name).replace("torch.", "")]
+    except KeyError:
+        raise BackboneError(f"dtype must be one of {sorted(DTYPES)} or null, got {name!r}") from None
+
+@dataclass
+class BackboneSource:
+    """Where a backbone's weights and tokenizer come from (the config's backbone settings).
+
+    Exactly one of ``checkpoint`` (pretrained weights) and ``preset`` (random init) is used:
+    a preset wins only when ``checkpoint`` is null. ``tokenizer`` overrides the checkpoint's.
+    """
+
+    checkpoint: Optional[str] = DEFAULT_CHECKPOINT
+    preset: Optional[str] = None
+    tokenizer: Optional[str] = None
+    dtype: Optional[str] = None
+    seed: Optional[int] = None
+
+    def validate(self) -> "BackboneSource":
+        """Check values that need no file system (config time); raise `BackboneError`."""
+        if self.checkpoint is not None and self.preset is not None:
+            raise BackboneError(
+                f"both checkpoint ({self.checkpoint!r}) and preset ({self.preset!r}) are set; set "
+                "one of them to null (a preset means random initialisation)"
+            )
+        if self.checkpoint is None and self.preset is None:
+            raise BackboneError(
+                "neither checkpoint nor preset is set: pass checkpoint = a local HF/fairseq "
+                f"directory or hub name in the local cache, or preset = one of {sorted(PRESETS)}"
+            )
+        if self.preset is not None and self.preset not in PRESETS:
+            raise BackboneError(f"preset must be one of {sorted(PRESETS)}, got {self.preset!r}")
+        torch_dtype(self.dtype)
+        return self
+
+    def replace(self, **changes: Any) -> "BackboneSource":
+        """A copy with the given non-None settings changed (``checkpoint`` and ``preset``
+        exclude each other: setting one clears the other)."""
+        data = self.to_dict()
+        changes = {k: v for k, v in changes.items() if v is not None}
+        if "preset" in changes:
+            data["checkpoint"] = None
+        if "checkpoint" in changes:
+            data["preset"] = None
+        data.update(changes)
+        return BackboneSource(**data)
+
+    def to_dict(self) -> Dict[str, Any]:
+        return dict(checkpoint=self.checkpoint, preset=self.preset, tokenizer=self.tokenizer,
+                    dtype=self.dtype, seed=self.seed)
+
+    def checkpoint_path(self) -> Optional[Path]:
+        self.validate()
+        return resolve_checkpoint(self.checkpoint) if self.checkpoint is not None else None
+
+    def tokenizer_path(self) -> Path:
+        return resolve_tokenizer(self.tokenizer, self.checkpoint_path())
+
+    def build(self, model_cls: Type[torch.nn.Module], *, device: Union[str, torch.device, None] = None,
+              config_overrides: Optional[Dict[str, Any]] = None,
+              model_kwargs: Optional[Dict[str, Any]] = None) -> torch.nn.Module:
+        """Build ``model_cls`` (any `modeling` class) with loaded or random weights on ``device``."""
+        overrides = dict(config_overrides or {})
+        kwargs = dict(model_kwargs or {})
+        dtype = torch_dtype(self.dtype)
+        path = self.checkpoint_path()
+        if path is None:
+            config = XLMRobertaXLConfig.from_preset(str(self.preset), **overrides)
+            with torch.device(device or "cpu"):  # allocate (and initialise) where it will run
+                module = model_cls(config, **kwargs)  # `modeling` classes initialise themselves
+            if self.seed is not None and callable(getattr(module, "init_weights", None)):
+                module.init_weights(seed=self.seed)  # type: ignore[operator]
+        else:
+            from modeling import checkpoint as ckpt
+
+            # constructor keywords (add_pooling_layer) travel with the config overrides
+            module = ckpt.load_pretrained(model_cls, path, dtype=dtype, device=device, **overrides, **kwargs)
+        if dtype is not None:
+            module = module.to(dtype=dtype)
+        if device is not None:
+            module = module.to(device)
+        return module
+
+def load_tokenizer(source: Union[PathLike, bytes]) -> Any:
+    """The `modeling.tokenizer.XLMRobertaTokenizer` for a sentencepiece file, a directory
+    holding ``sentencepiece.bpe.model``, or the serialised model bytes."""
+    if not isinstance(source, bytes):
+        path = Path(source)
+        source = (path / TOKENIZER_FILE if path.is_dir() else path).read_bytes()
+    return _tokenizer_from_proto(hashlib.sha256(source).hexdigest(), source)
+
+_TOKENIZERS: Dict[str, Any] = {}
+
+def _tokenizer_from_proto(digest: str, proto: bytes) -> Any:
+    """One shared tokenizer per sentencepiece model (loading the real one takes seconds)."""
+    from modeling.tokenizer import XLMRobertaTokenizer
+
+    if digest not in _TOKENIZERS:
+        if len(_TOKENIZERS) >= 8:
+            _TOKENIZERS.pop(next(iter(_TOKENIZERS)))
+        _TOKENIZERS[digest] = XLMRobertaTokenizer(model_proto=proto)
+    return _TOKENIZERS[digest]

@@ -1,0 +1,75 @@
+"""The ``spacy-xlmrxl`` command line: data conversion, data checks, evaluation, baselines, tables.
+
+Owns the subcommands the project workflow (``project.yml``) runs:
+
+* ``convert-uner``, ``convert-sib200``, ``convert-squad``, ``convert-text``: raw data ->
+  ``.spacy`` DocBin files (`spacy_xlmrxl.readers`), with progress bars;
+* ``check-data``: verify the assets' sha256 (``project.yml``), copying missing ones from a local
+  data folder such as ``../shared/data`` (`spacy_xlmrxl.data_check`);
+* ``evaluate``: spaCy's ``Language.evaluate`` (what ``spacy evaluate`` runs) on one or more
+  ``.spacy`` files with the model loaded once, writing ALL scores per file as JSON (``spacy
+  evaluate`` keeps only a fixed list of keys and drops e.g. ``qa_f1``); QA questions reach the
+  predicted docs (`readers.TaskCorpus`);
+* ``baseline-ner``: the majority-tag baseline (each word's most frequent training tag);
+* ``evaluate-fill-mask``: masked-word accuracy of a fill-mask pipeline (and its baseline);
+* ``merge-config``: a training config + a partial override file (``configs/xl_gpu.cfg``);
+* ``metrics-table``: metrics JSON files -> Markdown tables for the README;
+* ``export-hf``: a trained NER / textcat / fill-mask component -> a Hugging Face model
+  directory (the exporters of `spacy_xlmrxl.serialize` and the fill-mask component).
+"""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any, Dict
+
+from wasabi import msg
+
+# Architectures that own a backbone: `[backbone]` settings of an override file go to each of them.
+BACKBONE_ARCHITECTURES = ("spacy-xlmrxl.Transformer.v1", "spacy-xlmrxl.QAModel.v1", "spacy-xlmrxl.MaskedLM.v1")
+
+def deep_update(target: Dict[str, Any], updates: Dict[str, Any]) -> None:
+    """Set `updates` into `target` by path, keeping `target`'s order; a block whose registered
+    function (``@...`` key) changes is replaced as a whole."""
+    for key, value in updates.items():
+        current = target.get(key)
+        same_function = isinstance(current, dict) and isinstance(value, dict) and all(
+            current.get(k) == v for k, v in value.items() if k.startswith("@")
+        )
+        if same_function:
+            deep_update(current, value)  # type: ignore[arg-type]
+        else:
+            target[key] = value
+
+def merge_config(base: Any, overrides: Any) -> Any:
+    """`base` (a training config) updated by `overrides` (a partial config): every section but
+    ``[backbone]`` is merged by path; ``[backbone]`` keys are set on every backbone block
+    (`BACKBONE_ARCHITECTURES`), whatever the component is called. Variables stay uninterpolated."""
+    from thinc.api import Config
+
+    updates = Config(overrides).copy()
+    backbone = dict(updates.pop("backbone", {}))
+    merged = Config(base).copy()
+    deep_update(merged, updates)
+
+    def visit(node: Any) -> int:
+        found = 0
+        if isinstance(node, dict):
+            if node.get("@architectures") in BACKBONE_ARCHITECTURES:
+                node.update(backbone)
+                found += 1
+            for value in node.values():
+                found += visit(value)
+        return found
+
+    if backbone and not visit(merged):
+        raise ValueError(f"[backbone] settings given but the config has no block of {BACKBONE_ARCHITECTURES}")
+    return merged
+
+def cmd_merge_config(args: argparse.Namespace) -> None:
+    from thinc.api import Config
+
+    merged = merge_config(Config().from_disk(args.base, interpolate=False), Config().from_disk(args.overrides, interpolate=False))
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    merged.to_disk(args.output)
+    msg.good(f"{args.base} + {args.overrides} -> {args.output}")

@@ -1,0 +1,216 @@
+"""Thinc architectures of the task models that own a whole `modeling` head model: QA and masked LM.
+
+Owns
+- ``spacy-xlmrxl.QAModel.v1``: Model[Sequence[WindowBatch], List[Floats3d]] around the torch
+  `XLMRobertaXLForQuestionAnswering`: for each padded batch of ``<s> Q </s></s> C </s>``
+  sequences, the (rows, seq_len, 2) start (``[..., 0]``) and end (``[..., 1]``) logits;
+- ``spacy-xlmrxl.MaskedLM.v1``: Model[MLMInput, Floats2d] around the torch
+  `XLMRobertaXLForMaskedLM`: runs the backbone on padded window batches and the LM head only at
+  the requested positions, giving (n_positions, vocab_size) logits (the LM head is never applied
+  to the other positions: with a 250k vocabulary that would dominate time and memory);
+- `MLMInput`, the masked-LM model's input, and `update_step`, the training step both
+  components share (their losses need the model input they built, not just the docs);
+- `check_finite_loss` / `NonFiniteLossError`: every component's guard against a NaN/inf loss,
+  raised before backprop (nothing is trained on such a batch) and naming the batch's docs;
+- `export_task_model`: such a component's torch model written as the HF directory it already
+  is (``XLMRobertaXLForQuestionAnswering`` / ``...ForMaskedLM``: config, safetensors,
+  tokenizer), loadable by HF transformers and by any component's ``checkpoint`` setting.
+
+Both are built like ``spacy-xlmrxl.Transformer.v1`` (`spacy_xlmrxl.models`): the backbone
+settings are arguments, the torch module is created (weights loaded) in the model's ``init``,
+i.e. in ``nlp.initialize``, and lives in a `TorchModuleShim`; the tokenizer model travels in the
+layer's attrs. Backprop takes the gradient w.r.t. the logits.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
+
+import numpy
+import torch
+from spacy.util import registry
+from thinc.api import Model
+from thinc.types import Floats2d, Floats3d
+
+from ..backbone.devices import to_torch, to_xp, torch_device
+from ..backbone.nodes import backbone_shim, install_backbone
+from ..backbone.quantize import check_quantize_dtype
+from ..backbone.shim import TorchModuleShim
+from ..backbone.source import DEFAULT_CHECKPOINT, BackboneSource
+from .windows import WindowBatch, WindowMaker, make_strided_windows
+
+QA_MODEL_NAME = "xlmrxl-qa"
+
+MLM_MODEL_NAME = "xlmrxl-masked-lm"
+
+#: The backbone settings of both architectures, as a component's default config gives them.
+BACKBONE_DEFAULTS: Dict[str, Any] = {
+    "checkpoint": DEFAULT_CHECKPOINT, "preset": None, "tokenizer": None, "max_batch_pieces": 4096,
+    "dtype": None, "mixed_precision": None, "grad_checkpointing": False, "freeze": False, "seed": None,
+    "quantize": None, "freeze_word_embeddings": False,
+}
+
+def default_model_config(architecture: str, **settings: Any) -> Dict[str, Any]:
+    """The ``[components.<name>.model]`` block of ``architecture`` with the backbone defaults."""
+    return {"@architectures": architecture, **BACKBONE_DEFAULTS, **settings}
+
+@dataclass
+class MLMInput:
+    """Input of ``spacy-xlmrxl.MaskedLM.v1``.
+
+    batches: padded ``input_ids`` / ``attention_mask`` (rows, seq_len) int64 batches (masked
+    already, for training); positions: (n, 3) int64 ``(batch, row, column)`` of the positions
+    whose vocabulary logits are wanted, in output order.
+    """
+
+    batches: Sequence[WindowBatch]
+    positions: numpy.ndarray
+
+def _task_model(name: str, forward: Callable, model_cls_name: str, *, checkpoint: Optional[str],
+                preset: Optional[str], tokenizer: Optional[str], dtype: Optional[str], seed: Optional[int],
+                mixed_precision: Union[str, bool, None], grad_checkpointing: bool, freeze: bool,
+                max_batch_pieces: int, quantize: Optional[str] = None, freeze_word_embeddings: bool = False,
+                **attrs: Any) -> Model:
+    """A thinc layer owning a `modeling.heads` model ``model_cls_name`` (built in ``init``)."""
+    if max_batch_pieces <= 0:
+        raise ValueError(f"max_batch_pieces must be positive, got {max_batch_pieces}")
+    source = BackboneSource(checkpoint=checkpoint, preset=preset, tokenizer=tokenizer, dtype=dtype, seed=seed).validate()
+    check_quantize_dtype(quantize, dtype)
+    shim = TorchModuleShim(None, mixed_precision=mixed_precision, frozen=freeze,
+                           grad_checkpointing=grad_checkpointing, model_cls=head_class(model_cls_name),
+                           quantize=quantize, freeze_word_embeddings=freeze_word_embeddings)
+    return Model(
+        name,
+        forward,
+        init=_task_init,
+        dims={"nO": None},
+        shims=[shim],
+        attrs={"source": source, "model_cls": model_cls_name, "max_batch_pieces": int(max_batch_pieces),
+               "tokenizer": None, "tokenizer_model": None, **attrs},
+    )
+
+def head_class(name: str) -> Any:
+    from modeling import heads
+
+    return getattr(heads, name)
+
+#: Config settings a task model needs whatever its checkpoint's config says: the QA head has
+#: exactly the start and end outputs (``num_labels`` = 2), also when the checkpoint's config
+#: is, say, a token classifier's with 9 labels and no ``qa_outputs`` weights (a fresh head).
+_CONFIG_OVERRIDES: Dict[str, Dict[str, Any]] = {"XLMRobertaXLForQuestionAnswering": {"num_labels": 2}}
+
+def _task_init(model: Model, X: Any = None, Y: Any = None) -> None:
+    source: BackboneSource = model.attrs["source"]
+    tokenizer_path = source.tokenizer_path()  # fail before building a large model
+    module = source.build(head_class(model.attrs["model_cls"]), device=torch_device(model.ops),
+                          config_overrides=_CONFIG_OVERRIDES.get(model.attrs["model_cls"]))
+    install_backbone(model, module, tokenizer_path.read_bytes())
+
+def _torch_inputs(batch: WindowBatch, device: torch.device) -> Tuple[torch.Tensor, torch.Tensor]:
+    return (torch.from_numpy(numpy.ascontiguousarray(batch.input_ids)).to(device),
+            torch.from_numpy(numpy.ascontiguousarray(batch.attention_mask)).to(device))
+
+# --------------------------------------------------------------------------- question answering
+@registry.architectures("spacy-xlmrxl.QAModel.v1")
+def build_qa_model(
+    checkpoint: Optional[str] = DEFAULT_CHECKPOINT,
+    preset: Optional[str] = None,
+    tokenizer: Optional[str] = None,
+    max_batch_pieces: int = 4096,
+    dtype: Optional[str] = None,
+    mixed_precision: Union[str, bool, None] = None,
+    grad_checkpointing: bool = False,
+    freeze: bool = False,
+    seed: Optional[int] = None,
+    quantize: Optional[str] = None,
+    freeze_word_embeddings: bool = False,
+) -> Model[Sequence[WindowBatch], List[Floats3d]]:
+    """Extractive-QA start/end logits from `XLMRobertaXLForQuestionAnswering`.
+
+    Backbone settings as in ``spacy-xlmrxl.Transformer.v1`` (checkpoint or preset, tokenizer,
+    dtype, mixed_precision, grad_checkpointing, freeze, quantize, freeze_word_embeddings); ``seed``: random init of a preset;
+    ``max_batch_pieces`` bounds the padded positions
+    of one model call (the component packs the question/context features with it).
+    """
+    return _task_model(QA_MODEL_NAME, _qa_forward, "XLMRobertaXLForQuestionAnswering", checkpoint=checkpoint,
+                       preset=preset, tokenizer=tokenizer, dtype=dtype, seed=seed, mixed_precision=mixed_precision,
+                       grad_checkpointing=grad_checkpointing, freeze=freeze, max_batch_pieces=max_batch_pieces,
+                       quantize=quantize, freeze_word_embeddings=freeze_word_embeddings)
+
+def _qa_forward(model: Model, batches: Sequence[WindowBatch], is_train: bool
+                ) -> Tuple[List[Floats3d], Callable[[List[Floats3d]], Sequence[WindowBatch]]]:
+    shim = backbone_shim(model)
+    device = shim.device
+    outputs: List[torch.Tensor] = []
+    with shim.run(is_train) as tracking:
+        for batch in batches:
+            input_ids, attention_mask = _torch_inputs(batch, device)
+            out = shim.module(input_ids=input_ids, attention_mask=attention_mask, skip_padding=True)
+            outputs.append(torch.stack((out.start_logits, out.end_logits), dim=-1))
+    arrays = [to_xp(out, model.ops) for out in outputs]
+
+    def backprop(d_logits: List[Floats3d]) -> Sequence[WindowBatch]:
+        if tracking:
+            shim.backward(outputs, [to_torch(d, device=device) for d in d_logits])
+        return batches
+
+    return arrays, backprop
+
+# --------------------------------------------------------------------------- masked LM
+@registry.architectures("spacy-xlmrxl.MaskedLM.v1")
+def build_masked_lm(
+    checkpoint: Optional[str] = DEFAULT_CHECKPOINT,
+    preset: Optional[str] = None,
+    tokenizer: Optional[str] = None,
+    windows: Optional[WindowMaker] = None,
+    max_batch_pieces: int = 4096,
+    dtype: Optional[str] = None,
+    mixed_precision: Union[str, bool, None] = None,
+    grad_checkpointing: bool = False,
+    freeze: bool = False,
+    seed: Optional[int] = None,
+    quantize: Optional[str] = None,
+    freeze_word_embeddings: bool = False,
+) -> Model[MLMInput, Floats2d]:
+    """Vocabulary logits at chosen positions from `XLMRobertaXLForMaskedLM`.
+
+    Backbone settings as in ``spacy-xlmrxl.Transformer.v1`` (``seed`` as in ``QAModel.v1``); ``windows`` cuts long docs into
+    piece windows (``spacy-xlmrxl.strided_windows.v1``, default 510/384), ``max_batch_pieces``
+    bounds the padded positions of one model call.
+    """
+    return _task_model(MLM_MODEL_NAME, _mlm_forward, "XLMRobertaXLForMaskedLM", checkpoint=checkpoint,
+                       preset=preset, tokenizer=tokenizer, dtype=dtype, seed=seed, mixed_precision=mixed_precision,
+                       grad_checkpointing=grad_checkpointing, freeze=freeze, max_batch_pieces=max_batch_pieces,
+                       quantize=quantize, freeze_word_embeddings=freeze_word_embeddings,
+                       windows=windows if windows is not None else make_strided_windows())
+
+def _mlm_forward(model: Model, X: MLMInput, is_train: bool) -> Tuple[Floats2d, Callable[[Floats2d], MLMInput]]:
+    shim = backbone_shim(model)
+    positions = numpy.asarray(X.positions, dtype="int64").reshape(-1, 3)
+    if positions.shape[0] == 0:  # nothing to predict: no model call at all
+        vocab = int(shim.cfg.get("vocab_size", 0)) if shim.cfg else 0
+        return model.ops.alloc2f(0, vocab), lambda dY: X
+    device = shim.device
+    wanted = sorted(set(positions[:, 0].tolist()))
+    with shim.run(is_train) as tracking:
+        module = shim.module
+        gathered, order = [], []
+        for b in wanted:
+            rows = numpy.flatnonzero(positions[:, 0] == b)
+            input_ids, attention_mask = _torch_inputs(X.batches[b], device)
+            hidden = module.roberta(input_ids=input_ids, attention_mask=attention_mask, skip_padding=True).last_hidden_state
+            index_rows = torch.from_numpy(positions[rows, 1]).to(device)
+            index_cols = torch.from_numpy(positions[rows, 2]).to(device)
+            gathered.append(hidden[index_rows, index_cols])
+            order.append(rows)
+        inverse = torch.from_numpy(numpy.argsort(numpy.concatenate(order), kind="stable")).to(device)
+        logits = module.lm_head(torch.cat(gathered)[inverse])
+    array = to_xp(logits, model.ops)
+
+    def backprop(d_logits: Floats2d) -> MLMInput:
+        if tracking:
+            shim.backward([logits], [to_torch(d_logits, device=device)])
+        return X
+
+    return array, backprop

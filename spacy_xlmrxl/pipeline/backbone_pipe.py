@@ -1,0 +1,159 @@
+"""Saving and loading spacy_xlmrxl components, and exporting trained ones to HF directories.
+
+Owns
+- `BackbonePipe`: ``to_disk`` / ``from_disk`` / ``to_bytes`` / ``from_bytes`` for any
+  ``TrainablePipe`` whose model contains torch backbones (`TorchModuleShim`). A component
+  directory holds ``cfg`` (JSON), ``model`` (the thinc layers' msgpack, torch weights left out)
+  and, per backbone, a directory (``backbone``, ``backbone_1``, ...) that is an HF checkpoint:
+  ``config.json``, (sharded) ``model*.safetensors``, ``sentencepiece.bpe.model``. The directory
+  is written into a temporary sibling and renamed into place (`modeling.checkpoint.atomic_directory`),
+  so an interrupted save never damages an existing one; loading reads every file before it changes the component, and
+  memory-maps the weights (no copy; a ``dtype`` setting converts tensor by tensor). A backbone
+  with ``quantize = "int8"`` saves its float weights, so the directory stays a float HF
+  checkpoint and loading quantises again (identical predictions);
+- `export_ner_to_hf` / `export_textcat_to_hf`: a trained ``xlmrxl_ner`` / ``xlmrxl_textcat``
+  as an HF ``XLMRobertaXLForTokenClassification`` / ``...ForSequenceClassification``
+  directory that HF transformers loads.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from pathlib import Path
+from typing import Any, Callable, Dict, Iterable, Iterator, List, Tuple, Union
+
+import srsly
+import torch
+from spacy import util
+from thinc.api import Model
+
+from modeling.checkpoint import atomic_directory
+
+from ..backbone.devices import torch_device
+from ..backbone.nodes import backbone_nodes, backbone_shim, install_backbone
+from ..backbone.source import TOKENIZER_FILE, torch_dtype
+from ..backbone.weights import load_module_dir, save_module_dir
+
+PathLike = Union[str, os.PathLike]
+
+
+BACKBONE_DIR = "backbone"
+
+def backbone_dir_name(index: int) -> str:
+    return BACKBONE_DIR if index == 0 else f"{BACKBONE_DIR}_{index}"
+
+@contextlib.contextmanager
+def _weights_left_out(nodes: List[Model]) -> Iterator[None]:
+    """While active, the model's msgpack omits torch weights and tokenizer models."""
+    saved = []
+    for node in nodes:
+        shim = backbone_shim(node)
+        saved.append((shim.external, node.attrs.get("tokenizer_model")))
+        shim.external = True
+        node.attrs["tokenizer_model"] = None
+    try:
+        yield
+    finally:
+        for node, (external, proto) in zip(nodes, saved):
+            backbone_shim(node).external = external
+            node.attrs["tokenizer_model"] = proto
+
+class BackbonePipe:
+    """Serialisation mixin for TrainablePipes with torch backbones (see the module docstring).
+
+    The host class provides ``vocab``, ``model``, ``cfg`` and may override `_after_load`
+    (e.g. to rebuild label-derived state from ``cfg``).
+    """
+
+    vocab: Any
+    model: Model
+    cfg: Dict[str, Any]
+
+    def _after_load(self) -> None:
+        """Hook run after ``cfg`` and the model were loaded."""
+
+    # -- disk
+    def to_disk(self, path: PathLike, *, exclude: Iterable[str] = tuple()) -> None:
+        path = util.ensure_path(path)
+        nodes = [node for node in backbone_nodes(self.model) if backbone_shim(node).has_module]
+        with atomic_directory(path) as staging:
+            serialize: Dict[str, Callable[[Path], Any]] = {
+                "cfg": lambda p: srsly.write_json(p, self.cfg),
+                "vocab": lambda p: self.vocab.to_disk(p, exclude=exclude),
+                "model": lambda p: self._write_model(p, nodes),
+            }
+            for index, node in enumerate(nodes):
+                serialize[backbone_dir_name(index)] = lambda p, node=node: save_module_dir(
+                    backbone_shim(node).float_module, p, tokenizer_model=node.attrs.get("tokenizer_model"))
+            util.to_disk(staging, serialize, exclude)
+
+    def _write_model(self, path: Path, nodes: List[Model]) -> None:
+        with _weights_left_out(nodes):
+            data = self.model.to_bytes()
+        path.write_bytes(data)
+
+    def from_disk(self, path: PathLike, *, exclude: Iterable[str] = tuple()) -> "BackbonePipe":
+        path = util.ensure_path(path)
+        if not path.is_dir():
+            raise FileNotFoundError(f"{path}: no such component directory")
+        cfg = srsly.read_json(path / "cfg") if (path / "cfg").exists() and "cfg" not in exclude else None
+        model_bytes = _read(path / "model") if "model" not in exclude else None
+        loaded: List[Tuple[Model, torch.nn.Module, bytes]] = []
+        for index, node in enumerate(backbone_nodes(self.model)):
+            folder = path / backbone_dir_name(index)
+            if "model" in exclude or not folder.is_dir():
+                if model_bytes is not None:
+                    raise FileNotFoundError(f"{folder}: the backbone weights of {path} are missing")
+                continue
+            shim = backbone_shim(node)
+            # the layer's dtype setting (e.g. a dtype = "bfloat16" override at spacy.load) converts
+            # tensor by tensor while loading; null keeps the saved dtype (memory-mapped, no copy)
+            source = node.attrs.get("source")
+            dtype = torch_dtype(getattr(source, "dtype", None)) or "auto"
+            module = load_module_dir(shim.model_cls, folder, device=torch_device(self.model.ops), dtype=dtype,
+                                     **shim.model_kwargs)
+            loaded.append((node, module, _read(folder / TOKENIZER_FILE)))
+        # everything is read: now change the component
+        if cfg is not None:
+            self.cfg.update(cfg)
+        if "vocab" not in exclude and (path / "vocab").exists():
+            self.vocab.from_disk(path / "vocab", exclude=exclude)
+        if model_bytes is not None:
+            self.model.from_bytes(model_bytes)
+        for node, module, proto in loaded:
+            install_backbone(node, module, proto)
+        self._after_load()
+        return self
+
+    # -- bytes (the weights travel inside the model's msgpack; fine below 4 GiB)
+    def to_bytes(self, *, exclude: Iterable[str] = tuple()) -> bytes:
+        serialize = {
+            "cfg": lambda: srsly.json_dumps(self.cfg),
+            "vocab": lambda: self.vocab.to_bytes(exclude=exclude),
+            "model": lambda: self.model.to_bytes(),
+        }
+        return util.to_bytes(serialize, exclude)
+
+    def from_bytes(self, bytes_data: bytes, *, exclude: Iterable[str] = tuple()) -> "BackbonePipe":
+        def load_model(data: bytes) -> None:
+            self.model.from_bytes(data)
+            for node in backbone_nodes(self.model):
+                node.attrs["tokenizer"] = None  # rebuilt from the restored tokenizer model
+                if backbone_shim(node).has_module:
+                    install_backbone(node, backbone_shim(node).float_module, node.attrs["tokenizer_model"])
+
+        deserialize = {
+            "cfg": lambda b: self.cfg.update(srsly.json_loads(b)),
+            "vocab": lambda b: self.vocab.from_bytes(b, exclude=exclude),
+            "model": load_model,
+        }
+        util.from_bytes(bytes_data, deserialize, exclude)
+        self._after_load()
+        return self
+
+def _read(path: Path) -> bytes:
+    try:
+        return path.read_bytes()
+    except OSError as err:
+        raise FileNotFoundError(f"{path}: cannot read ({err.strerror or err})") from err
