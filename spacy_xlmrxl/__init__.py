@@ -10,7 +10,7 @@ from .export import export_fill_mask_to_hf, export_ner_to_hf, export_qa_to_hf, e
 from .ml import heads, task_models, token_vectors, transformer, windows  # noqa: F401  (registrations)
 from .ml.doc_data import XLMRDocData
 from .pipeline import ner, textcat  # noqa: F401  (factories)
-from .pipeline import transformer as transformer_pipe
+from .pipeline import transformer as transformer_pipe  # noqa: F401  (factory)
 from .pipeline.fill_mask import component as fill_mask_component  # noqa: F401  (factory)
 from .pipeline.qa import component as qa_component  # noqa: F401  (factory)
 from .training import corpus, cpu_memory  # noqa: F401  (readers, callbacks)

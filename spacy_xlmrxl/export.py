@@ -1,21 +1,11 @@
-"""Saving and loading spacy_xlmrxl components, and exporting trained ones to HF directories.
+"""Every component's HF export: a trained spaCy component as a Hugging Face model directory.
 
-Owns
-- `BackbonePipe`: ``to_disk`` / ``from_disk`` / ``to_bytes`` / ``from_bytes`` for any
-  ``TrainablePipe`` whose model contains torch backbones (`TorchModuleShim`). A component
-  directory holds ``cfg`` (JSON), ``model`` (the thinc layers' msgpack, torch weights left out)
-  and, per backbone, a directory (``backbone``, ``backbone_1``, ...) that is an HF checkpoint:
-  ``config.json``, (sharded) ``model*.safetensors``, ``sentencepiece.bpe.model``. The directory
-  is written into a temporary sibling and renamed into place (`modeling.checkpoint.atomic_directory`),
-  so an interrupted save never damages an existing one; loading reads every file before it changes the component, and
-  memory-maps the weights (no copy; a ``dtype`` setting converts tensor by tensor). A backbone
-  with ``quantize = "int8"`` saves its float weights, so the directory stays a float HF
-  checkpoint and loading quantises again (identical predictions);
-- `export_ner_to_hf` / `export_textcat_to_hf`: a trained ``xlmrxl_ner`` / ``xlmrxl_textcat``
-  as an HF ``XLMRobertaXLForTokenClassification`` / ``...ForSequenceClassification``
-  directory that HF transformers loads.
+Owns `export_ner_to_hf` (``XLMRobertaXLForTokenClassification``), `export_textcat_to_hf`
+(``...ForSequenceClassification``), `export_qa_to_hf` (``...ForQuestionAnswering``) and
+`export_fill_mask_to_hf` (``...ForMaskedLM``), and how they find a component's backbone (its own
+or its upstream ``xlmrxl_transformer``'s). Each directory loads in HF transformers and as any
+component's ``checkpoint``.
 """
-
 from __future__ import annotations
 
 from pathlib import Path
@@ -42,6 +32,7 @@ def find_component(nlp_or_component: Any, factory: str, name: Optional[str]) -> 
         raise ValueError(f"the pipeline has no {factory} component (pipes: {nlp.pipe_names})")
     return nlp_or_component, None
 
+
 def backbone_of(component: Any, nlp: Optional[Language]) -> Tuple[torch.nn.Module, bytes]:
     """The torch backbone a component uses: its own, or its upstream ``xlmrxl_transformer``'s."""
     nodes = [n for n in backbone_nodes(component.model) if backbone_shim(n).has_module]
@@ -56,9 +47,11 @@ def backbone_of(component: Any, nlp: Optional[Language]) -> Tuple[torch.nn.Modul
     node = nodes[0]
     return backbone_shim(node).float_module, node.attrs["tokenizer_model"]
 
+
 def _linear_weights(layer: Model) -> Tuple[torch.Tensor, torch.Tensor]:
     to_numpy = layer.ops.to_numpy
     return torch.from_numpy(to_numpy(layer.get_param("W")).copy()), torch.from_numpy(to_numpy(layer.get_param("b")).copy())
+
 
 def _save_task_model(task_cls: Any, backbone: torch.nn.Module, config: Any, heads: Dict[str, torch.Tensor],
                      tokenizer_model: bytes, out_dir: PathLike) -> Path:
@@ -72,6 +65,7 @@ def _save_task_model(task_cls: Any, backbone: torch.nn.Module, config: Any, head
         module_name, _, attr = name.rpartition(".")
         setattr(task.get_submodule(module_name), attr, torch.nn.Parameter(value.to(backbone.dtype)))
     return save_module_dir(task, out_dir, tokenizer_model=tokenizer_model)
+
 
 def export_ner_to_hf(nlp_or_component: Any, out_dir: PathLike, *, name: Optional[str] = None) -> Path:
     """Write a trained ``xlmrxl_ner`` as an HF ``XLMRobertaXLForTokenClassification`` directory.
@@ -91,6 +85,7 @@ def export_ner_to_hf(nlp_or_component: Any, out_dir: PathLike, *, name: Optional
     return _save_task_model(XLMRobertaXLForTokenClassification, backbone, config,
                             {"classifier.weight": W, "classifier.bias": b}, tokenizer_model, out_dir)
 
+
 def export_textcat_to_hf(nlp_or_component: Any, out_dir: PathLike, *, name: Optional[str] = None) -> Path:
     """Write a trained ``xlmrxl_textcat`` as an HF ``XLMRobertaXLForSequenceClassification``
     directory (``problem_type`` single- or multi-label). For a doc that fits one window the HF
@@ -109,19 +104,21 @@ def export_textcat_to_hf(nlp_or_component: Any, out_dir: PathLike, *, name: Opti
              "classifier.out_proj.weight": out_W, "classifier.out_proj.bias": out_b}
     return _save_task_model(XLMRobertaXLForSequenceClassification, backbone, config, heads, tokenizer_model, out_dir)
 
+
 def export_task_model(nlp_or_component: Any, out_dir: Any, *, factory: str, name: Optional[str] = None) -> Path:
     """Write the torch model of a ``factory`` component (the first one, or pipe ``name``, of an
     ``nlp``; or the component itself) to ``out_dir`` as an HF checkpoint directory."""
-    from .export import backbone_of, find_component
 
     component, nlp = find_component(nlp_or_component, factory, name)
     module, tokenizer_model = backbone_of(component, nlp)
     return save_module_dir(module, out_dir, tokenizer_model=tokenizer_model)
 
+
 def export_qa_to_hf(nlp_or_component: Any, out_dir: Any, *, name: Optional[str] = None) -> Path:
     """Write a trained ``xlmrxl_qa``'s model as an HF ``XLMRobertaXLForQuestionAnswering``
     directory (``config.json``, safetensors, ``sentencepiece.bpe.model``)."""
     return export_task_model(nlp_or_component, out_dir, factory="xlmrxl_qa", name=name)
+
 
 def export_fill_mask_to_hf(nlp_or_component: Any, out_dir: Any, *, name: Optional[str] = None) -> Path:
     """Write a ``xlmrxl_fill_mask``'s model as an HF ``XLMRobertaXLForMaskedLM`` directory

@@ -1,23 +1,11 @@
-"""Thinc architectures of spacy_xlmrxl, registered in ``spacy.registry.architectures``.
+"""The backbones inside a thinc model: finding, configuring and installing them.
 
-Owns
-- ``spacy-xlmrxl.Transformer.v1``: Model[List[Doc], List[XLMRDocData]] around the torch
-  `XLMRobertaXLModel`: tokenises each doc, aligns pieces to tokens, cuts long docs into piece
-  windows, runs length-sorted window batches, recombines overlaps; backprop goes into torch.
-  Inference (`predict_doc_data`) recombines and pools batch by batch, keeping per doc only
-  the token vectors asked for (and the piece states only when asked).
-  The torch module is built (and weights loaded) in the model's ``init``, i.e. in
-  ``nlp.initialize``, never at ``add_pipe``;
-- ``spacy-xlmrxl.TokenVectors.v1``: a ``tok2vec`` (List[Doc] -> List[Floats2d], one row per
-  spaCy token) from a transformer, usable by spaCy's own components too;
-- ``spacy-xlmrxl.Listener.v1`` (token vectors) and ``spacy-xlmrxl.DocDataListener.v1`` (raw
-  `XLMRDocData`) reading a shared ``xlmrxl_transformer``;
-- ``spacy-xlmrxl.NerHead.v1`` (token vectors -> softmax over NER tags) and
-  ``spacy-xlmrxl.TextcatHead.v1`` (``<s>`` state of each window -> dense -> tanh -> out_proj,
-  averaged over windows, softmax or sigmoid);
-- helpers the components use to find and configure the backbone inside any of these models.
+Owns the one way to find a backbone in any thinc model of this package (`backbone_nodes`: the
+layers that own a `TorchModuleShim`; `backbone_shim`: that shim), `set_backbone_source` (the
+``checkpoint`` / ``preset`` / ``tokenizer`` given to a component's ``initialize``),
+`install_backbone` (a built or loaded module and its tokenizer into a layer, with the checks
+that they belong together) and `get_tokenizer`.
 """
-
 from __future__ import annotations
 
 from typing import Any, List
@@ -35,9 +23,11 @@ def backbone_shim(model: Model) -> TorchModuleShim:
             return shim
     raise ValueError(f"layer {model.name!r} has no torch backbone")
 
+
 def backbone_nodes(model: Model) -> List[Model]:
     """The layers of ``model`` that own a torch module (listeners own none)."""
     return [node for node in model.walk() if any(isinstance(s, TorchModuleShim) for s in node.shims)]
+
 
 def set_backbone_source(model: Model, **changes: Any) -> None:
     """Change where the backbones in ``model`` load from (``checkpoint``/``preset``/
@@ -47,6 +37,7 @@ def set_backbone_source(model: Model, **changes: Any) -> None:
     for node in backbone_nodes(model):
         if isinstance(node.attrs.get("source"), BackboneSource):
             node.attrs["source"] = node.attrs["source"].replace(**changes).validate()
+
 
 def install_backbone(model: Model, module: torch.nn.Module, tokenizer_model: bytes) -> None:
     """Give the layer its torch module and tokenizer; set ``nO`` and check the window size."""
@@ -63,6 +54,7 @@ def install_backbone(model: Model, module: torch.nn.Module, tokenizer_model: byt
     if callable(check):
         check(config.max_sequence_length - 2)
     model.set_dim("nO", config.hidden_size, force=True)
+
 
 def get_tokenizer(model: Model) -> Any:
     """The layer's tokenizer, rebuilt from its serialised model after loading."""

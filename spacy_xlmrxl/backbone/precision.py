@@ -1,29 +1,10 @@
-"""The torch side of every spacy_xlmrxl component: where weights come from and how torch runs.
+"""Precision of the backbone's forward and backward passes.
 
-Owns
-- checkpoint resolution: a local HF/fairseq directory or file, or a hub-style name such as
-  ``facebook/xlm-roberta-xl`` looked up ONLY in a local directory or the local HF cache
-  (``$HF_HUB_CACHE``, ``$HF_HOME/hub``, ``~/.cache/huggingface/hub``) — never downloaded — or
-  random init from a preset (``tiny``, ``small``, ``xl``, ``xxl``); see `BackboneSource`;
-- tokenizer resolution (the checkpoint's ``sentencepiece.bpe.model`` or an explicit path);
-- torch <-> thinc device and array helpers (CPU numpy, GPU cupy, following thinc's current ops);
-  a forked child process (``nlp.pipe(n_process=...)``) runs torch on one thread: torch's OpenMP
-  pool, once started in the parent, deadlocks in a fork otherwise;
-- precision: bf16 autocast, and fp16 autocast with a loss scaler of our own that keeps its scale
-  as a Python float (thinc's grad scaler keeps a device tensor and crashes in
-  ``torch._amp_update_scale_``, spaCy issue 13512), gradient checkpointing, freezing; a warning
-  when bf16 is asked for on a CPU without native bf16 matmuls (`native_bf16_matmul`);
-- CPU inference quantisation (``quantize = "int8"``): a dynamic-int8 copy of the backbone's
-  ``nn.Linear`` layers that runs the forward passes while the float weights stay for saving
-  (`quantize_linear_int8`);
-- `TorchModuleShim`: the thinc ``Shim`` that gives a torch module to thinc's optimizer,
-  ``use_params``, device moves and byte serialisation (safetensors, not pickle);
-- weight directories: `save_module_dir` / `load_module_dir` write and read a torch module as
-  ``config.json`` + (sharded) safetensors + the tokenizer model, loaded back by memory map.
-
-This module imports spaCy only through thinc; components, QA and fill-mask all build on it.
+Owns the ``mixed_precision`` setting (bf16 / fp16 autocast), `LossScaler` (fp16 loss scaling
+with the scale kept as a Python float: thinc's grad scaler keeps a device tensor and crashes in
+``torch._amp_update_scale_``, spaCy issue 13512), and the detection of CPUs without native bf16
+matmuls (`native_bf16_matmul`) with the `SlowBF16Warning` given when bf16 is asked for there.
 """
-
 from __future__ import annotations
 
 import contextlib
@@ -37,6 +18,7 @@ import torch
 from .source import BackboneError
 
 MIXED_PRECISION = ("none", "bf16", "fp16")
+
 
 # --------------------------------------------------------------------------- precision
 def normalise_mixed_precision(value: Union[str, bool, None]) -> str:
@@ -52,6 +34,7 @@ def normalise_mixed_precision(value: Union[str, bool, None]) -> str:
         raise BackboneError(f"mixed_precision must be one of {MIXED_PRECISION} (or true/false), got {value!r}")
     return text
 
+
 def autocast(mode: str, device: torch.device) -> contextlib.AbstractContextManager:
     """torch autocast for ``mode`` ("bf16"/"fp16") on ``device``; a null context for "none"."""
     if mode == "none":
@@ -59,9 +42,11 @@ def autocast(mode: str, device: torch.device) -> contextlib.AbstractContextManag
     dtype = torch.bfloat16 if mode == "bf16" else torch.float16
     return torch.autocast(device_type=device.type, dtype=dtype)
 
+
 # --------------------------------------------------------------------------- bf16 on CPUs
 class SlowBF16Warning(UserWarning):
     """bf16 was asked for on a CPU whose bf16 matmul torch emulates (many times slower than fp32)."""
+
 
 def _cpu_flags() -> Optional[set]:
     """The CPU feature flags of ``/proc/cpuinfo`` (x86 ``flags``, Arm ``Features``); None if unknown."""
@@ -74,6 +59,7 @@ def _cpu_flags() -> Optional[set]:
     except OSError:
         pass
     return None
+
 
 @functools.lru_cache(maxsize=1)
 def native_bf16_matmul() -> bool:
@@ -89,6 +75,7 @@ def native_bf16_matmul() -> bool:
     if machine in ("x86_64", "amd64", "i386", "i686"):
         return torch.backends.cpu.get_cpu_capability() not in ("DEFAULT", "NO AVX", "AVX2")
     return True
+
 
 def warn_if_bf16_emulated(device: torch.device, *, dtype: Optional[torch.dtype], mixed_precision: str) -> bool:
     """Warn (one `SlowBF16Warning` per call) when bf16 weights (``dtype``) or bf16 autocast
@@ -107,6 +94,7 @@ def warn_if_bf16_emulated(device: torch.device, *, dtype: Optional[torch.dtype],
         SlowBF16Warning, stacklevel=3,
     )
     return True
+
 
 class LossScaler:
     """Dynamic loss scaling for fp16 training, independent of thinc's ``PyTorchGradScaler``.

@@ -1,29 +1,9 @@
-"""The torch side of every spacy_xlmrxl component: where weights come from and how torch runs.
+"""CPU inference quantisation (``quantize = "int8"``).
 
-Owns
-- checkpoint resolution: a local HF/fairseq directory or file, or a hub-style name such as
-  ``facebook/xlm-roberta-xl`` looked up ONLY in a local directory or the local HF cache
-  (``$HF_HUB_CACHE``, ``$HF_HOME/hub``, ``~/.cache/huggingface/hub``) — never downloaded — or
-  random init from a preset (``tiny``, ``small``, ``xl``, ``xxl``); see `BackboneSource`;
-- tokenizer resolution (the checkpoint's ``sentencepiece.bpe.model`` or an explicit path);
-- torch <-> thinc device and array helpers (CPU numpy, GPU cupy, following thinc's current ops);
-  a forked child process (``nlp.pipe(n_process=...)``) runs torch on one thread: torch's OpenMP
-  pool, once started in the parent, deadlocks in a fork otherwise;
-- precision: bf16 autocast, and fp16 autocast with a loss scaler of our own that keeps its scale
-  as a Python float (thinc's grad scaler keeps a device tensor and crashes in
-  ``torch._amp_update_scale_``, spaCy issue 13512), gradient checkpointing, freezing; a warning
-  when bf16 is asked for on a CPU without native bf16 matmuls (`native_bf16_matmul`);
-- CPU inference quantisation (``quantize = "int8"``): a dynamic-int8 copy of the backbone's
-  ``nn.Linear`` layers that runs the forward passes while the float weights stay for saving
-  (`quantize_linear_int8`);
-- `TorchModuleShim`: the thinc ``Shim`` that gives a torch module to thinc's optimizer,
-  ``use_params``, device moves and byte serialisation (safetensors, not pickle);
-- weight directories: `save_module_dir` / `load_module_dir` write and read a torch module as
-  ``config.json`` + (sharded) safetensors + the tokenizer model, loaded back by memory map.
-
-This module imports spaCy only through thinc; components, QA and fill-mask all build on it.
+Owns the setting's values and checks, and `quantize_linear_int8`: a dynamic-int8 copy of a
+module's ``nn.Linear`` layers that runs the forward passes while the float weights stay for
+saving, with the float Linear pages handed back to the kernel (`madvise(MADV_PAGEOUT)`).
 """
-
 from __future__ import annotations
 
 import copy
@@ -36,6 +16,7 @@ import torch
 from .source import BackboneError, torch_dtype
 
 QUANTIZE = ("int8",)
+
 
 # --------------------------------------------------------------------------- int8 inference
 def normalise_quantize(value: Union[str, bool, None]) -> Optional[str]:
@@ -50,12 +31,14 @@ def normalise_quantize(value: Union[str, bool, None]) -> Optional[str]:
         raise BackboneError(f"quantize must be null or one of {list(QUANTIZE)}, got {value!r}")
     return text
 
+
 def check_quantize_dtype(quantize: Union[str, bool, None], dtype: Optional[str]) -> None:
     """Config-time check: ``quantize = "int8"`` needs float32 weights (``dtype`` null or float32)."""
     setting = normalise_quantize(quantize)
     if setting is not None and torch_dtype(dtype) not in (None, torch.float32):
         raise BackboneError(f"quantize = {setting!r} needs float32 weights, but dtype = {dtype!r}: set dtype = null "
                             "(int8 Linear layers with float32 activations replace bf16/fp16 on the CPU)")
+
 
 def quantize_linear_int8(module: torch.nn.Module, *, release_float_pages: bool = True) -> torch.nn.Module:
     """A copy of ``module`` whose ``nn.Linear`` layers are torch's dynamic int8 ones (what
@@ -102,7 +85,9 @@ def quantize_linear_int8(module: torch.nn.Module, *, release_float_pages: bool =
     clone.requires_grad_(False)
     return clone.eval()
 
+
 _MADV_PAGEOUT = 21  # linux/mman.h
+
 
 @functools.lru_cache(maxsize=1)
 def _libc() -> Any:
@@ -114,6 +99,7 @@ def _libc() -> Any:
         return libc
     except (OSError, AttributeError):
         return None
+
 
 def _page_out(tensor: torch.Tensor) -> None:
     """``madvise(MADV_PAGEOUT)`` over the whole pages inside ``tensor``'s memory (best effort)."""
@@ -131,6 +117,7 @@ def _page_out(tensor: torch.Tensor) -> None:
     last = stop // mmap.PAGESIZE * mmap.PAGESIZE
     if last > first:
         libc.madvise(first, last - first, _MADV_PAGEOUT)  # errors (old kernel): nothing happens
+
 
 def is_quantized(module: torch.nn.Module) -> bool:
     """Whether ``module`` holds dynamic int8 Linear layers."""

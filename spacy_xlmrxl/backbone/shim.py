@@ -1,29 +1,11 @@
-"""The torch side of every spacy_xlmrxl component: where weights come from and how torch runs.
+"""`TorchModuleShim`: the thinc ``Shim`` that owns a backbone's torch module.
 
-Owns
-- checkpoint resolution: a local HF/fairseq directory or file, or a hub-style name such as
-  ``facebook/xlm-roberta-xl`` looked up ONLY in a local directory or the local HF cache
-  (``$HF_HUB_CACHE``, ``$HF_HOME/hub``, ``~/.cache/huggingface/hub``) — never downloaded — or
-  random init from a preset (``tiny``, ``small``, ``xl``, ``xxl``); see `BackboneSource`;
-- tokenizer resolution (the checkpoint's ``sentencepiece.bpe.model`` or an explicit path);
-- torch <-> thinc device and array helpers (CPU numpy, GPU cupy, following thinc's current ops);
-  a forked child process (``nlp.pipe(n_process=...)``) runs torch on one thread: torch's OpenMP
-  pool, once started in the parent, deadlocks in a fork otherwise;
-- precision: bf16 autocast, and fp16 autocast with a loss scaler of our own that keeps its scale
-  as a Python float (thinc's grad scaler keeps a device tensor and crashes in
-  ``torch._amp_update_scale_``, spaCy issue 13512), gradient checkpointing, freezing; a warning
-  when bf16 is asked for on a CPU without native bf16 matmuls (`native_bf16_matmul`);
-- CPU inference quantisation (``quantize = "int8"``): a dynamic-int8 copy of the backbone's
-  ``nn.Linear`` layers that runs the forward passes while the float weights stay for saving
-  (`quantize_linear_int8`);
-- `TorchModuleShim`: the thinc ``Shim`` that gives a torch module to thinc's optimizer,
-  ``use_params``, device moves and byte serialisation (safetensors, not pickle);
-- weight directories: `save_module_dir` / `load_module_dir` write and read a torch module as
-  ``config.json`` + (sharded) safetensors + the tokenizer model, loaded back by memory map.
-
-This module imports spaCy only through thinc; components, QA and fill-mask all build on it.
+Owns what thinc needs from a torch module: optimizer steps (`finish_update`), ``use_params``,
+device moves, byte serialisation (safetensors files, never pickle), copies; and the training
+switches applied to the module it is given: ``freeze``, ``freeze_word_embeddings``, gradient
+checkpointing, mixed precision (`spacy_xlmrxl.backbone.precision`) and the int8 inference copy
+(`spacy_xlmrxl.backbone.quantize`).
 """
-
 from __future__ import annotations
 
 import contextlib
@@ -272,6 +254,7 @@ class TorchModuleShim(Shim):
             return copy.deepcopy(self._model)
         return clone_module(self._model, self.model_cls, **self.model_kwargs)  # type: ignore[arg-type]
 
+
 def freeze_word_embeddings(module: torch.nn.Module) -> None:
     """Stop training the word-embedding matrix of ``module`` (vocab x hidden: 250k x 2560 = 0.64 B
     parameters in XL). No gradient is computed for it and the optimizer keeps no state for it:
@@ -282,6 +265,7 @@ def freeze_word_embeddings(module: torch.nn.Module) -> None:
     if not callable(get):
         raise BackboneError(f"freeze_word_embeddings: {type(module).__name__} has no get_input_embeddings()")
     get().weight.requires_grad_(False)
+
 
 def clone_module(module: torch.nn.Module, model_cls: Type[torch.nn.Module], **model_kwargs: Any) -> torch.nn.Module:
     """A copy of ``module`` whose tensors own exactly their data (no shared memory maps)."""
@@ -294,6 +278,7 @@ def clone_module(module: torch.nn.Module, model_cls: Type[torch.nn.Module], **mo
     for theirs, mine in zip(module.parameters(), clone.parameters()):
         mine.requires_grad_(theirs.requires_grad)
     return clone.train(module.training)
+
 
 def shares_memory(tensor: torch.Tensor, array: Any) -> bool:
     if isinstance(array, numpy.ndarray):

@@ -1,29 +1,15 @@
-"""The torch side of every spacy_xlmrxl component: where weights come from and how torch runs.
+"""Where a backbone's weights and tokenizer come from: `BackboneSource` and its resolution.
 
 Owns
 - checkpoint resolution: a local HF/fairseq directory or file, or a hub-style name such as
   ``facebook/xlm-roberta-xl`` looked up ONLY in a local directory or the local HF cache
   (``$HF_HUB_CACHE``, ``$HF_HOME/hub``, ``~/.cache/huggingface/hub``) — never downloaded — or
-  random init from a preset (``tiny``, ``small``, ``xl``, ``xxl``); see `BackboneSource`;
-- tokenizer resolution (the checkpoint's ``sentencepiece.bpe.model`` or an explicit path);
-- torch <-> thinc device and array helpers (CPU numpy, GPU cupy, following thinc's current ops);
-  a forked child process (``nlp.pipe(n_process=...)``) runs torch on one thread: torch's OpenMP
-  pool, once started in the parent, deadlocks in a fork otherwise;
-- precision: bf16 autocast, and fp16 autocast with a loss scaler of our own that keeps its scale
-  as a Python float (thinc's grad scaler keeps a device tensor and crashes in
-  ``torch._amp_update_scale_``, spaCy issue 13512), gradient checkpointing, freezing; a warning
-  when bf16 is asked for on a CPU without native bf16 matmuls (`native_bf16_matmul`);
-- CPU inference quantisation (``quantize = "int8"``): a dynamic-int8 copy of the backbone's
-  ``nn.Linear`` layers that runs the forward passes while the float weights stay for saving
-  (`quantize_linear_int8`);
-- `TorchModuleShim`: the thinc ``Shim`` that gives a torch module to thinc's optimizer,
-  ``use_params``, device moves and byte serialisation (safetensors, not pickle);
-- weight directories: `save_module_dir` / `load_module_dir` write and read a torch module as
-  ``config.json`` + (sharded) safetensors + the tokenizer model, loaded back by memory map.
-
-This module imports spaCy only through thinc; components, QA and fill-mask all build on it.
+  random init from a preset (``tiny``, ``small``, ``xl``, ``xxl``);
+- tokenizer resolution (the checkpoint's ``sentencepiece.bpe.model`` or an explicit path) and
+  one shared tokenizer per sentencepiece model;
+- the dtype names of the config settings (`torch_dtype`) and `BackboneError`, the error of every
+  backbone setting.
 """
-
 from __future__ import annotations
 
 import hashlib
@@ -60,8 +46,10 @@ DTYPES: Dict[str, torch.dtype] = {
     "float16": torch.float16, "fp16": torch.float16,
 }
 
+
 class BackboneError(ValueError):
     """The backbone cannot be built or loaded; the message says what to pass instead."""
+
 
 # --------------------------------------------------------------------------- resolution
 def hf_hub_cache() -> Path:
@@ -75,6 +63,7 @@ def hf_hub_cache() -> Path:
     xdg = os.environ.get("XDG_CACHE_HOME")
     base = Path(xdg).expanduser() if xdg else Path.home() / ".cache"
     return base / "huggingface" / "hub"
+
 
 def _cached_snapshot(name: str) -> Optional[Path]:
     """The snapshot directory of hub model ``name`` in the local cache (``refs/main`` first)."""
@@ -90,8 +79,10 @@ def _cached_snapshot(name: str) -> Optional[Path]:
     candidates = [p for p in snapshots.iterdir() if _is_checkpoint_dir(p)]
     return max(candidates, key=lambda p: p.stat().st_mtime) if candidates else None
 
+
 def _is_checkpoint_dir(path: Path) -> bool:
     return path.is_dir() and any((path / name).exists() for name in _WEIGHT_FILES)
+
 
 def resolve_checkpoint(name: PathLike) -> Path:
     """A local checkpoint directory or file for ``name``; never downloads.
@@ -117,6 +108,7 @@ def resolve_checkpoint(name: PathLike) -> Path:
         "randomly initialised backbone (that also needs tokenizer = path to sentencepiece.bpe.model)."
     )
 
+
 def resolve_tokenizer(tokenizer: Optional[PathLike], checkpoint: Optional[Path] = None) -> Path:
     """The sentencepiece model file: ``tokenizer`` (a file or a directory holding one), else the
     checkpoint's ``sentencepiece.bpe.model``."""
@@ -140,6 +132,7 @@ def resolve_tokenizer(tokenizer: Optional[PathLike], checkpoint: Optional[Path] 
         f"{TOKENIZER_FILE} (or a directory holding it)"
     )
 
+
 def torch_dtype(name: Optional[str]) -> Optional[torch.dtype]:
     """``"float32"``/``"bfloat16"``/``"float16"`` (or fp32/bf16/fp16) -> torch dtype; None stays None."""
     if name is None:
@@ -148,6 +141,7 @@ def torch_dtype(name: Optional[str]) -> Optional[torch.dtype]:
         return DTYPES[str(name).replace("torch.", "")]
     except KeyError:
         raise BackboneError(f"dtype must be one of {sorted(DTYPES)} or null, got {name!r}") from None
+
 
 @dataclass
 class BackboneSource:
@@ -228,6 +222,7 @@ class BackboneSource:
             module = module.to(device)
         return module
 
+
 def load_tokenizer(source: Union[PathLike, bytes]) -> Any:
     """The `modeling.tokenizer.XLMRobertaTokenizer` for a sentencepiece file, a directory
     holding ``sentencepiece.bpe.model``, or the serialised model bytes."""
@@ -236,7 +231,9 @@ def load_tokenizer(source: Union[PathLike, bytes]) -> Any:
         source = (path / TOKENIZER_FILE if path.is_dir() else path).read_bytes()
     return _tokenizer_from_proto(hashlib.sha256(source).hexdigest(), source)
 
+
 _TOKENIZERS: Dict[str, Any] = {}
+
 
 def _tokenizer_from_proto(digest: str, proto: bytes) -> Any:
     """One shared tokenizer per sentencepiece model (loading the real one takes seconds)."""

@@ -3,9 +3,9 @@
 Owns the subcommands the project workflow (``project.yml``) runs:
 
 * ``convert-uner``, ``convert-sib200``, ``convert-squad``, ``convert-text``: raw data ->
-  ``.spacy`` DocBin files (`spacy_xlmrxl.readers`), with progress bars;
+  ``.spacy`` DocBin files (`spacy_xlmrxl.training`), with progress bars;
 * ``check-data``: verify the assets' sha256 (``project.yml``), copying missing ones from a local
-  data folder such as ``../shared/data`` (`spacy_xlmrxl.data_check`);
+  data folder such as ``../shared/data`` (`spacy_xlmrxl.training.data_check`);
 * ``evaluate``: spaCy's ``Language.evaluate`` (what ``spacy evaluate`` runs) on one or more
   ``.spacy`` files with the model loaded once, writing ALL scores per file as JSON (``spacy
   evaluate`` keeps only a fixed list of keys and drops e.g. ``qa_f1``); QA questions reach the
@@ -14,8 +14,11 @@ Owns the subcommands the project workflow (``project.yml``) runs:
 * ``evaluate-fill-mask``: masked-word accuracy of a fill-mask pipeline (and its baseline);
 * ``merge-config``: a training config + a partial override file (``configs/xl_gpu.cfg``);
 * ``metrics-table``: metrics JSON files -> Markdown tables for the README;
-* ``export-hf``: a trained NER / textcat / fill-mask component -> a Hugging Face model
-  directory (the exporters of `spacy_xlmrxl.serialize` and the fill-mask component).
+* ``export-hf``: a trained NER / textcat / QA / fill-mask component -> a Hugging Face model
+  directory (`spacy_xlmrxl.export`).
+
+One module per group of subcommands (`convert`, `evaluate`, `config`, `tables`, `export`); this
+one builds the parser.
 """
 
 from __future__ import annotations
@@ -125,6 +128,7 @@ def build_parser() -> argparse.ArgumentParser:
     command.add_argument("--task", default="ner", choices=sorted(HF_EXPORTERS), help="which component to export")
     command.add_argument("--name", default=None, help="the component's name when the pipeline has several of that kind")
     return parser
+
 
 def main(argv: Optional[Sequence[str]] = None) -> None:
     """Entry point of the ``spacy-xlmrxl`` console script."""

@@ -1,23 +1,6 @@
-"""The ``spacy-xlmrxl`` command line: data conversion, data checks, evaluation, baselines, tables.
-
-Owns the subcommands the project workflow (``project.yml``) runs:
-
-* ``convert-uner``, ``convert-sib200``, ``convert-squad``, ``convert-text``: raw data ->
-  ``.spacy`` DocBin files (`spacy_xlmrxl.readers`), with progress bars;
-* ``check-data``: verify the assets' sha256 (``project.yml``), copying missing ones from a local
-  data folder such as ``../shared/data`` (`spacy_xlmrxl.data_check`);
-* ``evaluate``: spaCy's ``Language.evaluate`` (what ``spacy evaluate`` runs) on one or more
-  ``.spacy`` files with the model loaded once, writing ALL scores per file as JSON (``spacy
-  evaluate`` keeps only a fixed list of keys and drops e.g. ``qa_f1``); QA questions reach the
-  predicted docs (`readers.TaskCorpus`);
-* ``baseline-ner``: the majority-tag baseline (each word's most frequent training tag);
-* ``evaluate-fill-mask``: masked-word accuracy of a fill-mask pipeline (and its baseline);
-* ``merge-config``: a training config + a partial override file (``configs/xl_gpu.cfg``);
-* ``metrics-table``: metrics JSON files -> Markdown tables for the README;
-* ``export-hf``: a trained NER / textcat / fill-mask component -> a Hugging Face model
-  directory (the exporters of `spacy_xlmrxl.serialize` and the fill-mask component).
+"""``merge-config``: a training config + a partial override file (``configs/xl_gpu.cfg``), with the
+override's ``[backbone]`` settings set on every backbone block.
 """
-
 from __future__ import annotations
 
 import argparse
@@ -27,6 +10,7 @@ from wasabi import msg
 
 # Architectures that own a backbone: `[backbone]` settings of an override file go to each of them.
 BACKBONE_ARCHITECTURES = ("spacy-xlmrxl.Transformer.v1", "spacy-xlmrxl.QAModel.v1", "spacy-xlmrxl.MaskedLM.v1")
+
 
 def deep_update(target: Dict[str, Any], updates: Dict[str, Any]) -> None:
     """Set `updates` into `target` by path, keeping `target`'s order; a block whose registered
@@ -40,6 +24,7 @@ def deep_update(target: Dict[str, Any], updates: Dict[str, Any]) -> None:
             deep_update(current, value)  # type: ignore[arg-type]
         else:
             target[key] = value
+
 
 def merge_config(base: Any, overrides: Any) -> Any:
     """`base` (a training config) updated by `overrides` (a partial config): every section but
@@ -65,6 +50,7 @@ def merge_config(base: Any, overrides: Any) -> Any:
     if backbone and not visit(merged):
         raise ValueError(f"[backbone] settings given but the config has no block of {BACKBONE_ARCHITECTURES}")
     return merged
+
 
 def cmd_merge_config(args: argparse.Namespace) -> None:
     from thinc.api import Config

@@ -1,23 +1,7 @@
-"""The ``spacy-xlmrxl`` command line: data conversion, data checks, evaluation, baselines, tables.
-
-Owns the subcommands the project workflow (``project.yml``) runs:
-
-* ``convert-uner``, ``convert-sib200``, ``convert-squad``, ``convert-text``: raw data ->
-  ``.spacy`` DocBin files (`spacy_xlmrxl.readers`), with progress bars;
-* ``check-data``: verify the assets' sha256 (``project.yml``), copying missing ones from a local
-  data folder such as ``../shared/data`` (`spacy_xlmrxl.data_check`);
-* ``evaluate``: spaCy's ``Language.evaluate`` (what ``spacy evaluate`` runs) on one or more
-  ``.spacy`` files with the model loaded once, writing ALL scores per file as JSON (``spacy
-  evaluate`` keeps only a fixed list of keys and drops e.g. ``qa_f1``); QA questions reach the
-  predicted docs (`TaskCorpus`);
-* ``baseline-ner``: the majority-tag baseline (each word's most frequent training tag);
-* ``evaluate-fill-mask``: masked-word accuracy of a fill-mask pipeline (and its baseline);
-* ``merge-config``: a training config + a partial override file (``configs/xl_gpu.cfg``);
-* ``metrics-table``: metrics JSON files -> Markdown tables for the README;
-* ``export-hf``: a trained NER / textcat / fill-mask component -> a Hugging Face model
-  directory (the exporters of `spacy_xlmrxl.serialize` and the fill-mask component).
+"""``convert-uner``, ``convert-sib200``, ``convert-squad``, ``convert-text`` (raw data -> ``.spacy``
+DocBin files, with progress bars) and ``check-data`` (the assets' sha256, copying missing ones
+from a local data folder such as ``../shared/data``).
 """
-
 from __future__ import annotations
 
 import argparse
@@ -38,11 +22,13 @@ from ..training.uner import uner_docs
 
 DEFAULT_SPACY_LANG = "xx"
 
+
 def output_name(path: Path) -> str:
     """``<split>-<lang>`` for ``.../<lang>/<split>.<ext>`` (or ``<name>`` when no language)."""
     lang = infer_lang(path)
     stem = path.name.split(".")[0]
     return f"{stem}-{lang}" if lang and lang != stem else stem
+
 
 def write_groups(
     inputs: Sequence[Path],
@@ -63,10 +49,12 @@ def write_groups(
             msg.fail(str(err), exits=1)
         msg.good(f"{count} docs -> {target}")
 
+
 def blank_nlp(lang: str) -> Any:
     import spacy
 
     return spacy.blank(lang)
+
 
 def cmd_convert_uner(args: argparse.Namespace) -> None:
     labels = None if args.labels == "any" else [label for label in args.labels.split(",") if label]
@@ -77,6 +65,7 @@ def cmd_convert_uner(args: argparse.Namespace) -> None:
         args.output_dir,
         lambda paths: uner_docs(vocab, paths, lang=args.lang, labels=labels, progress=args.progress),
     )
+
 
 def cmd_convert_sib200(args: argparse.Namespace) -> None:
     nlp = blank_nlp(args.spacy_lang)
@@ -90,6 +79,7 @@ def cmd_convert_sib200(args: argparse.Namespace) -> None:
         args.output_dir,
         lambda paths: sib200_docs(nlp, paths, labels, lang=args.lang, progress=args.progress),
     )
+
 
 def cmd_convert_squad(args: argparse.Namespace) -> None:
     nlp = blank_nlp(args.spacy_lang)
@@ -118,6 +108,7 @@ def cmd_convert_squad(args: argparse.Namespace) -> None:
         count = write_docbin(docs_of("test", [path]), target)
         msg.good(f"{count} docs -> {target}")
 
+
 def cmd_convert_text(args: argparse.Namespace) -> None:
     nlp = blank_nlp(args.spacy_lang)
     write_groups(
@@ -128,6 +119,7 @@ def cmd_convert_text(args: argparse.Namespace) -> None:
             nlp, paths, paragraphs=args.paragraphs, column=args.column, lang=args.lang, progress=args.progress
         ),
     )
+
 
 def cmd_check_data(args: argparse.Namespace) -> None:
     project_file: Path = args.project

@@ -1,23 +1,8 @@
-"""The ``spacy-xlmrxl`` command line: data conversion, data checks, evaluation, baselines, tables.
-
-Owns the subcommands the project workflow (``project.yml``) runs:
-
-* ``convert-uner``, ``convert-sib200``, ``convert-squad``, ``convert-text``: raw data ->
-  ``.spacy`` DocBin files (`spacy_xlmrxl.readers`), with progress bars;
-* ``check-data``: verify the assets' sha256 (``project.yml``), copying missing ones from a local
-  data folder such as ``../shared/data`` (`spacy_xlmrxl.data_check`);
-* ``evaluate``: spaCy's ``Language.evaluate`` (what ``spacy evaluate`` runs) on one or more
-  ``.spacy`` files with the model loaded once, writing ALL scores per file as JSON (``spacy
-  evaluate`` keeps only a fixed list of keys and drops e.g. ``qa_f1``); QA questions reach the
-  predicted docs (`TaskCorpus`);
-* ``baseline-ner``: the majority-tag baseline (each word's most frequent training tag);
-* ``evaluate-fill-mask``: masked-word accuracy of a fill-mask pipeline (and its baseline);
-* ``merge-config``: a training config + a partial override file (``configs/xl_gpu.cfg``);
-* ``metrics-table``: metrics JSON files -> Markdown tables for the README;
-* ``export-hf``: a trained NER / textcat / fill-mask component -> a Hugging Face model
-  directory (the exporters of `spacy_xlmrxl.serialize` and the fill-mask component).
+"""``evaluate`` (spaCy's ``Language.evaluate`` on one or more ``.spacy`` files with the model loaded
+once, writing ALL scores per file as JSON: ``spacy evaluate`` keeps only a fixed list of keys and
+drops e.g. ``qa_f1``), ``baseline-ner`` (each word's most frequent training tag) and
+``evaluate-fill-mask`` (masked-word accuracy of a fill-mask pipeline and its baseline).
 """
-
 from __future__ import annotations
 
 import argparse
@@ -28,6 +13,8 @@ from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
 
 from wasabi import msg
 
+from ..backbone.nodes import get_tokenizer
+from ..pipeline.fill_mask.scoring import masked_word_accuracy
 from ..training.corpus import TaskCorpus
 from ..training.docbin import FastDocBin
 from ..training.uner import iob2_spans
@@ -38,6 +25,7 @@ def metrics_name(prefix: str, data_path: Path) -> str:
     """``<prefix><lang>`` for ``test-<lang>.spacy`` (``<prefix><stem>`` otherwise)."""
     stem = data_path.name.split(".")[0]
     return prefix + (stem.split("-", 1)[1] if "-" in stem else stem)
+
 
 def evaluate_files(
     model: str, data_paths: Sequence[Path], *, gold_preproc: bool = False, gpu_id: int = -1, limit: int = 0
@@ -64,10 +52,12 @@ def evaluate_files(
         results[path] = scores
     return results
 
+
 def headline(scores: Dict[str, Any]) -> str:
     keys = [k for k in ("ents_f", "cats_macro_f", "qa_exact", "qa_f1") if isinstance(scores.get(k), (int, float))]
     keys = keys or [k for k, v in scores.items() if isinstance(v, float) and k != "speed"][:3]
     return ", ".join(f"{k} {scores[k] * 100:.2f}" for k in keys)
+
 
 def cmd_evaluate(args: argparse.Namespace) -> None:
     results = evaluate_files(args.model, args.data, gold_preproc=args.gold_preproc, gpu_id=args.gpu_id, limit=args.limit)
@@ -76,6 +66,7 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
         target = args.output_dir / f"{metrics_name(args.prefix, path)}.json"
         target.write_text(json.dumps(scores, indent=2, sort_keys=True) + "\n", encoding="utf8")
         msg.good(f"{path}: {headline(scores)} -> {target}")
+
 
 def majority_tag_baseline(train_docs: Iterable[Any], docs: Iterable[Any]) -> List[Any]:
     """Predictions of the majority-tag baseline: each token of `docs` gets the IOB2 tag its word
@@ -95,8 +86,10 @@ def majority_tag_baseline(train_docs: Iterable[Any], docs: Iterable[Any]) -> Lis
         examples.append(Example(predicted, gold))
     return examples
 
+
 def iob_tags(doc: Any) -> List[str]:
     return ["O" if t.ent_iob_ in ("O", "") else f"{t.ent_iob_}-{t.ent_type_}" for t in doc]
+
 
 def baseline_scores(examples: Sequence[Any]) -> Dict[str, Any]:
     """Entity P/R/F (spaCy's NER scorer) and token accuracy of baseline `examples`, plus the
@@ -114,6 +107,7 @@ def baseline_scores(examples: Sequence[Any]) -> Dict[str, Any]:
     )
     return scores
 
+
 def cmd_baseline_ner(args: argparse.Namespace) -> None:
     import spacy
 
@@ -127,6 +121,7 @@ def cmd_baseline_ner(args: argparse.Namespace) -> None:
         target = args.output_dir / f"{metrics_name(args.prefix, path)}.json"
         target.write_text(json.dumps(scores, indent=2, sort_keys=True) + "\n", encoding="utf8")
         msg.good(f"{path}: ents_f {scores['ents_f'] * 100:.2f} (all-O: 0.00) -> {target}")
+
 
 def mask_probe(text: str, tokenizer: Any, rng: Any) -> Optional[Tuple[str, int]]:
     """``(text with one word replaced by <mask>, that word's piece id)`` or None.
@@ -147,13 +142,12 @@ def mask_probe(text: str, tokenizer: Any, rng: Any) -> Optional[Tuple[str, int]]
     start, end = encoding.offsets[i]
     return text[:start] + "<mask>" + text[end:], int(encoding.ids[i])
 
+
 def evaluate_fill_mask(nlp: Any, texts: Sequence[str], train_texts: Sequence[str], *, seed: int = 0, name: Optional[str] = None) -> Dict[str, Any]:
     """Masked-word accuracy of a ``xlmrxl_fill_mask`` pipeline: one single-piece word per text is
     masked (`mask_probe`, seeded) and must be the top-1 / a top-5 filler; the baseline always
     predicts the most frequent such words of `train_texts`."""
     import random
-
-    from ..backbone.nodes import get_tokenizer
 
     names = [n for n, pipe in nlp.pipeline if type(pipe).__name__ == "XLMRFillMask"]
     component = nlp.get_pipe(name or names[0])
@@ -164,7 +158,6 @@ def evaluate_fill_mask(nlp: Any, texts: Sequence[str], train_texts: Sequence[str
         probe[1] for probe in (mask_probe(text, tokenizer, random.Random(seed)) for text in train_texts) if probe is not None
     ).most_common(5)
     baseline = [token_id for token_id, _ in frequent]
-    from ..pipeline.fill_mask.scoring import masked_word_accuracy
 
     docs = nlp.pipe([masked for masked, _ in probes])
     pairs = (((doc._.fill_mask or [[]])[0], gold) for doc, (_, gold) in zip(docs, probes))
@@ -176,6 +169,7 @@ def evaluate_fill_mask(nlp: Any, texts: Sequence[str], train_texts: Sequence[str
         "n_examples": len(probes),
         "seed": seed,
     }
+
 
 def cmd_evaluate_fill_mask(args: argparse.Namespace) -> None:
     import spacy

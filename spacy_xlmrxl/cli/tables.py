@@ -1,23 +1,5 @@
-"""The ``spacy-xlmrxl`` command line: data conversion, data checks, evaluation, baselines, tables.
-
-Owns the subcommands the project workflow (``project.yml``) runs:
-
-* ``convert-uner``, ``convert-sib200``, ``convert-squad``, ``convert-text``: raw data ->
-  ``.spacy`` DocBin files (`spacy_xlmrxl.readers`), with progress bars;
-* ``check-data``: verify the assets' sha256 (``project.yml``), copying missing ones from a local
-  data folder such as ``../shared/data`` (`spacy_xlmrxl.data_check`);
-* ``evaluate``: spaCy's ``Language.evaluate`` (what ``spacy evaluate`` runs) on one or more
-  ``.spacy`` files with the model loaded once, writing ALL scores per file as JSON (``spacy
-  evaluate`` keeps only a fixed list of keys and drops e.g. ``qa_f1``); QA questions reach the
-  predicted docs (`readers.TaskCorpus`);
-* ``baseline-ner``: the majority-tag baseline (each word's most frequent training tag);
-* ``evaluate-fill-mask``: masked-word accuracy of a fill-mask pipeline (and its baseline);
-* ``merge-config``: a training config + a partial override file (``configs/xl_gpu.cfg``);
-* ``metrics-table``: metrics JSON files -> Markdown tables for the README;
-* ``export-hf``: a trained NER / textcat / fill-mask component -> a Hugging Face model
-  directory (the exporters of `spacy_xlmrxl.serialize` and the fill-mask component).
+"""``metrics-table``: metrics JSON files -> Markdown tables for the README.
 """
-
 from __future__ import annotations
 
 import argparse
@@ -49,11 +31,13 @@ TASK_COLUMNS: Dict[str, List[Tuple[str, str]]] = {
     ],
 }
 
+
 def split_metrics_name(path: Path) -> Tuple[str, str]:
     """``ner-baseline-da.json`` -> (``ner-baseline``, ``da``); ``qa.json`` -> (``qa``, ``-``)."""
     stem = path.name[: -len(".json")] if path.name.endswith(".json") else path.stem
     task, sep, key = stem.rpartition("-")
     return (task, key) if sep else (stem, "-")
+
 
 def metrics_table(paths: Sequence[Path], *, meta: Sequence[str] = ()) -> str:
     """Markdown: one table per task (rows: languages, columns: `TASK_COLUMNS` or, for other
@@ -86,6 +70,7 @@ def metrics_table(paths: Sequence[Path], *, meta: Sequence[str] = ()) -> str:
             lines.append("| mean | " + " | ".join(means) + " | |")
         lines.append("")
     return "\n".join(lines)
+
 
 def cmd_metrics_table(args: argparse.Namespace) -> None:
     paths = [p for p in args.metrics if p.is_file()]

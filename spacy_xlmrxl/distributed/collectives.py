@@ -1,30 +1,7 @@
-"""Data-parallel spaCy training under ``torchrun``: all-reduced gradients, identical replicas (DDP),
-or the backbone sharded with FSDP (``--strategy fsdp``, see `spacy_xlmrxl.distributed.fsdp`).
-
-Owns `GradientSync` (the all-reduce of every gradient of a pipeline: thinc parameters found by
-walking each trainable component's model, through one flat host buffer, and the ``.grad`` of the
-torch parameters inside its shims — the project's ``TorchModuleShim`` and thinc's
-``PyTorchShim`` — in place on their device, in buckets) and `train_ddp`, a training loop
-equivalent to ``spacy train`` driven by the same ``configs/*.cfg``, plus the CLI::
-
-    torchrun --standalone --nproc_per_node 2 -m spacy_xlmrxl.distributed.ddp configs/ner.cfg \
-        --output training/ddp --paths.train corpus/train.spacy --paths.dev corpus/dev.spacy \
-        [--strategy fsdp] [--gpu]
-
-Semantics: every rank builds the same global batches as one process would (same seed, same
-shuffle, the config's batcher) and trains on its slice ``batch[rank::world_size]``; after
-``nlp.update(..., sgd=False)`` the gradients are summed over ranks (``--grad-reduce sum``, right
-for spaCy's losses, whose gradients are sums over the examples of a batch; use ``mean`` for a
-component whose loss is a per-batch mean) and then every rank runs the same optimizer step, so
-the replicas stay identical (rank 0's initial weights are broadcast first). Rank 0 evaluates
-every ``eval_frequency`` steps (with FSDP every rank does: forward passes are collective),
-writes ``train_log.jsonl`` and saves ``model-best`` / ``model-last`` with ``nlp.to_disk`` (with
-FSDP from the full weights gathered on rank 0). Backends: gloo on CPU, nccl with ``--gpu`` (one
-GPU per rank: ``cuda:LOCAL_RANK``, set before the process group is created). Not supported:
-``patience`` (training runs to ``max_steps`` / ``max_epochs``), optimizer parameter averages for
-evaluation; FSDP shards ``Transformer.v1`` backbones only (ner, textcat), not QA / fill-mask.
+"""The collectives of torchrun training: joining the process group, the device a collective
+needs, bucketed all-reduce of gradients and of the losses. Imported by `ddp` and `fsdp`, which
+do not import each other's private names.
 """
-
 from __future__ import annotations
 
 import os
@@ -36,11 +13,13 @@ import torch.distributed as dist
 
 BUCKET_BYTES = 256 * 1024 ** 2  # torch gradients are all-reduced in float32 buckets of this size
 
+
 def collective_device(preferred: Optional[torch.device]) -> torch.device:
     """Where a tensor must be for a collective: this rank's GPU with nccl, else the CPU."""
     if dist.get_backend() == "nccl":
         return torch.device("cuda", torch.cuda.current_device())
     return torch.device("cpu") if preferred is None or preferred.type != "cpu" else preferred
+
 
 def all_reduce_bucket(grads: List[torch.Tensor], device: torch.device, divide: int) -> None:
     """Sum ``grads`` over ranks (float32, one flat buffer on ``device``) and write them back."""
@@ -54,11 +33,14 @@ def all_reduce_bucket(grads: List[torch.Tensor], device: torch.device, divide: i
             grad.copy_(flat[offset: offset + grad.numel()].view_as(grad))
             offset += grad.numel()
 
+
 def is_sharded(param: torch.Tensor) -> bool:
     return hasattr(param, "to_local") and hasattr(param, "placements")  # a DTensor (FSDP2)
 
+
 def to_numpy(array: Any) -> numpy.ndarray:
     return array.get() if hasattr(array, "get") and not isinstance(array, numpy.ndarray) else numpy.asarray(array)
+
 
 def init_distributed(*, use_gpu: bool) -> Tuple[int, int]:
     """``(rank, world_size)``; joins the torchrun process group when ``WORLD_SIZE`` > 1.
@@ -78,6 +60,7 @@ def init_distributed(*, use_gpu: bool) -> Tuple[int, int]:
         else:
             dist.init_process_group(backend="gloo")
     return dist.get_rank(), dist.get_world_size()
+
 
 def reduce_losses(losses: Dict[str, float], names: Sequence[str]) -> Dict[str, float]:
     if not (dist.is_available() and dist.is_initialized()):

@@ -47,8 +47,10 @@ from .collectives import (
     reduce_losses,
     to_numpy,
 )
+from .fsdp import CallBalancer, full_backbones, shard_backbones
 
 REDUCTIONS = ("sum", "mean")
+
 
 class GradientSync:
     """Every trainable parameter slot of a pipeline, in one order that is the same on all ranks.
@@ -165,7 +167,9 @@ class GradientSync:
                     dist.broadcast(value, src=src)
                     param.copy_(value)
 
+
 STRATEGIES = ("ddp", "fsdp")
+
 
 def train_ddp(
     config_path: Path,
@@ -209,7 +213,6 @@ def train_ddp(
     fsdp = strategy == "fsdp" and world > 1
     balancer = None
     if fsdp:
-        from .fsdp import CallBalancer, shard_backbones
 
         shard_backbones(nlp, exclude=frozen, precision=fsdp_precision, grad_reduce=grad_reduce)
         balancer = CallBalancer(nlp)
@@ -227,7 +230,6 @@ def train_ddp(
         if not fsdp:
             nlp.to_disk(path)
             return
-        from .fsdp import full_backbones
 
         with full_backbones(nlp, rank=rank):
             if rank == 0:
@@ -289,6 +291,7 @@ def train_ddp(
         dist.destroy_process_group()
     return info
 
+
 def _parse_args(argv: Optional[Sequence[str]]) -> Tuple[argparse.Namespace, Dict[str, Any]]:
     from spacy.cli._util import parse_config_overrides
 
@@ -308,6 +311,7 @@ def _parse_args(argv: Optional[Sequence[str]]) -> Tuple[argparse.Namespace, Dict
     args, rest = parser.parse_known_args(argv)
     return args, parse_config_overrides(list(rest))
 
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args, overrides = _parse_args(argv)
     if args.code is not None:
@@ -320,6 +324,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print(json.dumps({k: v for k, v in info.items() if k != "other_scores"}), file=sys.stderr)
     return 0
 
+
 def _exit_without_teardown(code: int) -> None:
     """End a torchrun rank at once, once its work is saved and its process group destroyed.
 
@@ -331,6 +336,7 @@ def _exit_without_teardown(code: int) -> None:
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(code)
+
 
 if __name__ == "__main__":
     status = main()

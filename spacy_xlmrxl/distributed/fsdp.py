@@ -56,17 +56,13 @@ import numpy
 import torch
 import torch.distributed as dist
 
+from ..backbone.nodes import backbone_nodes, backbone_shim, get_tokenizer
+from ..backbone.shim import TorchModuleShim, shares_memory
+from ..ml.transformer import is_transformer_layer, transformer_call_plan
 from .collectives import collective_device
 
 PRECISIONS = ("auto", "bf16", "fp32")
 
-def _is_transformer_node(node: Any) -> bool:
-    return "windows" in node.attrs and "max_batch_pieces" in node.attrs
-
-def _torch_shim(node: Any) -> Any:
-    from ..backbone.shim import TorchModuleShim
-
-    return next((s for s in node.shims if isinstance(s, TorchModuleShim)), None)
 
 @dataclass
 class _Calls:
@@ -75,6 +71,7 @@ class _Calls:
     local: int
     target: int
     seen: int = 0
+
 
 class _CallingProxy:
     """What ``ShardedModuleShim.module`` returns while the backbone is sharded: the FSDP module
@@ -98,6 +95,7 @@ class _CallingProxy:
             zero = shim.dummy_calls(calls.target - calls.local)
             out.last_hidden_state = out.last_hidden_state + zero.to(out.last_hidden_state.dtype)
         return out
+
 
 class ShardedModuleShim:
     """Mixin class given to a `TorchModuleShim` whose module was sharded (``__class__`` swap,
@@ -150,8 +148,6 @@ class ShardedModuleShim:
         """The thinc optimizer on each parameter's local shard; ``grad_clip`` by the full norm."""
         from thinc.util import torch2xp, xp2torch
 
-        from ..backbone.shim import shares_memory
-
         if self._model is None or self.frozen:
             return
         named = list(self._model.named_parameters())
@@ -198,7 +194,9 @@ class ShardedModuleShim:
         for _, param in named:
             param.grad = None
 
+
 _SHARDED_CLASSES: Dict[type, type] = {}
+
 
 def _sharded_class(base: type) -> type:
     """``ShardedModuleShim`` mixed into the shim's own class (one class per base)."""
@@ -208,6 +206,7 @@ def _sharded_class(base: type) -> type:
         _SHARDED_CLASSES[base] = type("Sharded" + base.__name__, (ShardedModuleShim, base), {})
     return _SHARDED_CLASSES[base]
 
+
 def sharded_shims(nlp: Any) -> List[Tuple[Any, Any]]:
     """``(node, shim)`` of every sharded backbone of ``nlp``."""
     found, seen = [], set()
@@ -215,12 +214,13 @@ def sharded_shims(nlp: Any) -> List[Tuple[Any, Any]]:
         model = getattr(proc, "model", None)
         if model in (True, False, None) or not hasattr(model, "walk"):
             continue
-        for node in model.walk():
-            shim = _torch_shim(node)
-            if shim is not None and isinstance(shim, ShardedModuleShim) and shim.id not in seen:
+        for node in backbone_nodes(model):
+            shim = backbone_shim(node)
+            if isinstance(shim, ShardedModuleShim) and shim.id not in seen:
                 seen.add(shim.id)
                 found.append((node, shim))
     return found
+
 
 def _mixed_precision(precision: str, device_type: str) -> Any:
     from torch.distributed.fsdp import MixedPrecisionPolicy
@@ -233,12 +233,14 @@ def _mixed_precision(precision: str, device_type: str) -> Any:
         return MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
     return MixedPrecisionPolicy()
 
+
 def _broadcast_module(module: torch.nn.Module, src: int = 0) -> None:
     """Rank ``src``'s parameters and buffers to every rank, tensor by tensor, in place
     (no flat copy of a multi-GB model)."""
     with torch.no_grad():
         for tensor in list(module.parameters()) + list(module.buffers()):
             dist.broadcast(tensor.data, src=src)
+
 
 def shard_shim(shim: Any, *, precision: str = "auto", grad_reduce: str = "sum", reshard_after_forward: bool = True,
                dummy_ids: Tuple[int, int] = (0, 2)) -> Any:
@@ -270,6 +272,7 @@ def shard_shim(shim: Any, *, precision: str = "auto", grad_reduce: str = "sum", 
     shim.dummy_ids = (int(dummy_ids[0]), int(dummy_ids[1]))
     return shim
 
+
 def shard_backbones(nlp: Any, *, exclude: Sequence[str] = (), precision: str = "auto",
                     grad_reduce: str = "sum", reshard_after_forward: bool = True) -> List[Any]:
     """Shard every trainable ``spacy-xlmrxl.Transformer.v1`` backbone of ``nlp`` in place.
@@ -279,8 +282,6 @@ def shard_backbones(nlp: Any, *, exclude: Sequence[str] = (), precision: str = "
     trainable backbone is not a ``Transformer.v1`` (QA, fill-mask models) raises: their forward
     calls are not counted yet.
     """
-    from ..backbone.nodes import get_tokenizer
-    from ..backbone.shim import TorchModuleShim
 
     shims = []
     seen = set()
@@ -288,12 +289,12 @@ def shard_backbones(nlp: Any, *, exclude: Sequence[str] = (), precision: str = "
         model = getattr(proc, "model", None)
         if comp_name in exclude or not getattr(proc, "is_trainable", False) or model in (True, False, None):
             continue
-        for node in model.walk():
-            shim = _torch_shim(node)
-            if shim is None or shim.id in seen or not shim.has_module or shim.frozen:
+        for node in backbone_nodes(model):
+            shim = backbone_shim(node)
+            if shim.id in seen or not shim.has_module or shim.frozen:
                 continue
             seen.add(shim.id)
-            if not _is_transformer_node(node):
+            if not is_transformer_layer(node):
                 raise NotImplementedError(
                     f"--strategy fsdp shards spacy-xlmrxl.Transformer.v1 backbones (shared through listeners: "
                     f"ner, textcat); {comp_name!r} has its own backbone ({node.name!r}): use --strategy ddp")
@@ -308,6 +309,7 @@ def shard_backbones(nlp: Any, *, exclude: Sequence[str] = (), precision: str = "
             shims.append(shim)
     assert all(isinstance(s, TorchModuleShim) for s in shims)
     return shims
+
 
 class CallBalancer:
     """Equal numbers of backbone calls on every rank for each (sub)batch of an update."""
@@ -324,7 +326,6 @@ class CallBalancer:
 
     def local_calls(self, docs: Sequence[Any]) -> List[int]:
         """Model calls each sharded backbone makes for ``docs`` (the plan of its forward)."""
-        from ..ml.transformer import transformer_call_plan
 
         counts = []
         for node, _ in self.nodes:
@@ -363,6 +364,7 @@ class CallBalancer:
         for (_, shim), t in zip(self.nodes, target):
             shim.dummy_update(int(t))
 
+
 def gather_full_state(module: torch.nn.Module, *, keep: bool) -> Dict[str, torch.Tensor]:
     """Collective: the full state dict of a sharded ``module``, one tensor at a time, as CPU
     copies (kept only where ``keep``; the other ranks only take part in the all-gathers)."""
@@ -374,6 +376,7 @@ def gather_full_state(module: torch.nn.Module, *, keep: bool) -> Dict[str, torch
                 state[name] = full.detach().to("cpu", copy=True)
             del full
     return state
+
 
 @contextlib.contextmanager
 def full_backbones(nlp: Any, *, rank: int) -> Iterator[None]:

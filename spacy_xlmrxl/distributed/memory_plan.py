@@ -58,6 +58,7 @@ PRECISIONS = ("fp32", "bf16")
 
 ATTENTIONS = ("flash", "math")
 
+
 @dataclass(frozen=True)
 class MemoryPlan:
     """Bytes per GPU of one training setting; ``total`` is the estimated peak."""
@@ -80,6 +81,7 @@ class MemoryPlan:
     def total(self) -> float:
         return self.weights + self.gradients + self.optimizer + self.gathered + self.activations
 
+
 def unit_parameters(config: XLMRobertaXLConfig) -> List[int]:
     """Parameter counts of the FSDP wrap units: embeddings, each layer, final LayerNorm (+pooler)."""
     total = config.num_parameters()
@@ -87,6 +89,7 @@ def unit_parameters(config: XLMRobertaXLConfig) -> List[int]:
     embeddings = (config.vocab_size + config.max_position_embeddings + config.type_vocab_size) * h
     per_layer = (total - embeddings - 2 * h - (h * h + h)) // config.num_hidden_layers
     return [embeddings] + [per_layer] * config.num_hidden_layers + [2 * h + h * h + h]
+
 
 def activation_bytes(
     config: XLMRobertaXLConfig,
@@ -124,6 +127,7 @@ def activation_bytes(
         return embeddings + config.num_hidden_layers * bsh * e + final + layer
     return embeddings + config.num_hidden_layers * layer + final
 
+
 def plan_memory(
     config: XLMRobertaXLConfig,
     *,
@@ -159,6 +163,7 @@ def plan_memory(
                       weights=weights, gradients=grads, optimizer=optimizer, gathered=gathered,
                       activations=acts)
 
+
 def plan_grid(
     configs: Sequence[tuple],
     *,
@@ -177,6 +182,7 @@ def plan_grid(
         for precision in precisions
         for ckpt in (False, True)
     ]
+
 
 def format_table(plans: Sequence[MemoryPlan], *, gpu_gib: Optional[float] = 80.0) -> str:
     """A Markdown table in GiB per GPU."""

@@ -38,6 +38,7 @@ INPUT_SUFFIXES = (".jsonl", ".json", ".txt")
 
 DEFAULT_EXTENSIONS = ("answers", "fill_mask")
 
+
 # --------------------------------------------------------------------------- records
 def _jsonable(value: Any) -> Any:
     """A JSON-serialisable copy of an extension value (dataclasses, spans, numpy, containers)."""
@@ -59,6 +60,7 @@ def _jsonable(value: Any) -> Any:
         return _jsonable(value.to_dict())
     return str(value)
 
+
 def doc_to_record(doc_id: str, doc: Any, extensions: Sequence[str] = DEFAULT_EXTENSIONS) -> Dict[str, Any]:
     """The result of one document: id, entities (char offsets), cats and registered extensions."""
     from spacy.tokens import Doc
@@ -76,6 +78,7 @@ def doc_to_record(doc_id: str, doc: Any, extensions: Sequence[str] = DEFAULT_EXT
             record[name] = _jsonable(getattr(doc._, name))
     return record
 
+
 # --------------------------------------------------------------------------- inputs
 def _input_files(inputs: Union[PathLike, Sequence[PathLike]]) -> List[Path]:
     items = [inputs] if isinstance(inputs, (str, os.PathLike)) else list(inputs)
@@ -91,6 +94,7 @@ def _input_files(inputs: Union[PathLike, Sequence[PathLike]]) -> List[Path]:
     if not files:
         raise ValueError(f"no input files ({', '.join(INPUT_SUFFIXES)}) found in {inputs!r}")
     return files
+
 
 def iter_corpus_file(path: Path, *, text_field: str, id_field: str) -> Iterator[Tuple[str, str]]:
     """``(id, text)`` of each document of a JSONL or text file, in file order."""
@@ -110,6 +114,7 @@ def iter_corpus_file(path: Path, *, text_field: str, id_field: str) -> Iterator[
             if not isinstance(row, dict) or text_field not in row:
                 raise ValueError(f"{path}:{lineno}: no field {text_field!r}")
             yield str(row.get(id_field, default_id)), str(row[text_field])
+
 
 def _file_read_fn(path: Path, text_field: str, id_field: str, done: FrozenSet[str], chunk_rows: int):
     """The body of one Ray read task: the not-yet-done documents of one file, in chunks."""
@@ -131,6 +136,7 @@ def _file_read_fn(path: Path, text_field: str, id_field: str, done: FrozenSet[st
             yield pyarrow.table({"id": ids, "text": texts})
 
     return read
+
 
 def _files_dataset(files: List[Path], text_field: str, id_field: str, done: FrozenSet[str], chunk_rows: int):
     """A Ray Dataset of ``id``/``text`` rows read by one Ray read task per file."""
@@ -156,6 +162,7 @@ def _files_dataset(files: List[Path], text_field: str, id_field: str, done: Froz
 
     return ray.data.read_datasource(CorpusFiles())
 
+
 def _select_columns(batch: Any, *, text_field: str, id_field: str, done: FrozenSet[str]) -> Dict[str, Any]:
     """Map a user Dataset batch to string ``id``/``text`` columns without the done ids."""
     ids = [str(i) for i in batch[id_field]]
@@ -165,6 +172,7 @@ def _select_columns(batch: Any, *, text_field: str, id_field: str, done: FrozenS
         "id": numpy.array([ids[k] for k in keep], dtype=object),
         "text": numpy.array([str(texts[k]) for k in keep], dtype=object),
     }
+
 
 # --------------------------------------------------------------------------- actor
 class PipelineActor:
@@ -197,6 +205,7 @@ class PipelineActor:
         ]
         return {"id": numpy.array(ids, dtype=object), "result": numpy.array(results, dtype=object)}
 
+
 # --------------------------------------------------------------------------- driver
 @dataclasses.dataclass
 class RunSummary:
@@ -206,6 +215,7 @@ class RunSummary:
     written: int
     skipped: int
     seconds: float
+
 
 class _Progress:
     def __init__(self, *, enabled: bool, skipped: int, every_s: float = 10.0) -> None:
@@ -221,6 +231,7 @@ class _Progress:
             print(f"[ray_inference] {self.written} docs written, {self.skipped} skipped as done, "
                   f"{rate:.1f} docs/s{' (done)' if final else ''}", file=sys.stderr, flush=True)
             self.last = now
+
 
 def run_pipeline_on_ray(
     model_path: PathLike,
@@ -297,6 +308,7 @@ def run_pipeline_on_ray(
     return RunSummary(output=Path(output), written=report.written, skipped=len(written_ids),
                       seconds=time.monotonic() - started)
 
+
 def _build_dataset(inputs: Any, model_path: PathLike, *, text_field: str, id_field: str, done: FrozenSet[str],
                    batch_size: int, num_actors: int, num_gpus_per_actor: float, num_cpus_per_actor: float,
                    code_paths: Sequence[PathLike], extensions: Sequence[str], max_restarts: Optional[int],
@@ -331,6 +343,7 @@ def _build_dataset(inputs: Any, model_path: PathLike, *, text_field: str, id_fie
 
     return ds
 
+
 # --------------------------------------------------------------------------- CLI
 def _parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
@@ -356,6 +369,7 @@ def _parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
     parser.add_argument("--address", default=None, help="Ray cluster address (default: local or RAY_ADDRESS)")
     return parser.parse_args(argv)
 
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = _parse_args(argv)
     fmt = args.output_format or ("jsonl" if str(args.output).endswith(".jsonl") else "parquet")
@@ -370,6 +384,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     print(json.dumps({"output": str(summary.output), "written": summary.written,
                       "skipped": summary.skipped, "seconds": round(summary.seconds, 1)}))
     return 0
+
 
 if __name__ == "__main__":
     raise SystemExit(main())

@@ -1,24 +1,6 @@
-"""Distributed inference with Ray Data: any saved spaCy pipeline over a large corpus.
-
-Owns `run_pipeline_on_ray` and its CLI (``python -m spacy_xlmrxl.distributed.ray_inference``),
-the record written per document (`doc_to_record`), the JSONL/Parquet result sinks with resume,
-and `read_results`. The engine is Ray Data: input files are read by Ray read tasks (one per file),
-documents are processed by an actor pool (``map_batches(..., concurrency=num_actors)``, one
-``spacy.load`` per actor, GPUs per actor configurable), and the driver streams the results, in
-input order (``preserve_order``), into the output. Actors that die are restarted by Ray and their
-batches retried (``max_restarts`` / ``max_task_retries``), so nothing is lost or duplicated.
-
-Record per document (JSON object, one per line in JSONL)::
-
-    {"id": "doc-1", "ents": [{"label": "ORG", "start": 0, "end": 6, "text": "Google"}],
-     "cats": {"POS": 0.9}, "answers": [...], "fill_mask": [...]}
-
-``start``/``end`` are character offsets into the text; ``answers``/``fill_mask`` (or any other
-``Doc._`` extension named in ``extensions``) are present only when the extension is registered.
-Ids are always strings (a JSONL id ``7`` is written as ``"7"``); text files get ids
-``"<file name>:<line number>"`` (1-based; blank lines are skipped but counted). Ids must be unique.
+"""Where Ray inference writes: the JSONL and Parquet result sinks (with resume: ids already
+written are skipped) and `read_results`.
 """
-
 from __future__ import annotations
 
 import json
@@ -29,6 +11,7 @@ from typing import Any, Dict, List, Optional, Sequence, Union
 PathLike = Union[str, "os.PathLike[str]"]
 
 OUTPUT_FORMATS = ("jsonl", "parquet")
+
 
 # --------------------------------------------------------------------------- sinks
 class _JsonlSink:
@@ -71,12 +54,14 @@ class _JsonlSink:
             self.handle.close()
             self.handle = None
 
+
 def _parquet_schema() -> Any:
     import pyarrow as pa
 
     ent = pa.struct([("label", pa.string()), ("start", pa.int64()), ("end", pa.int64()), ("text", pa.string())])
     return pa.schema([("id", pa.string()), ("ents", pa.list_(ent)),
                       ("cats", pa.map_(pa.string(), pa.float64())), ("extras", pa.string())])
+
 
 class _ParquetSink:
     """A directory of ``part-NNNNNN.parquet`` files written atomically, ``rows_per_part`` each.
@@ -133,12 +118,14 @@ class _ParquetSink:
             self._write_part(self.buffer)
             self.buffer = []
 
+
 def make_sink(output: Path, output_format: str, *, resume: bool) -> Union[_JsonlSink, _ParquetSink]:
     if output_format == "jsonl":
         return _JsonlSink(output, resume=resume)
     if output_format == "parquet":
         return _ParquetSink(output, resume=resume)
     raise ValueError(f"output_format must be one of {OUTPUT_FORMATS}, got {output_format!r}")
+
 
 def read_results(output: PathLike, output_format: Optional[str] = None) -> List[Dict[str, Any]]:
     """The records of a run's output, in order, in the JSONL record form for both formats."""

@@ -38,6 +38,7 @@ PoolingMode = Literal["mean", "first"]
 
 POOLING_MODES: Tuple[str, ...] = ("mean", "first")
 
+
 def _as_offsets(offsets: Sequence[Tuple[int, int]], text_length: int) -> np.ndarray:
     """Validate piece offsets and return them as an int64 array of shape (n_pieces, 2)."""
     spans = np.asarray(offsets, dtype=np.int64)
@@ -54,6 +55,7 @@ def _as_offsets(offsets: Sequence[Tuple[int, int]], text_length: int) -> np.ndar
         )
     return spans
 
+
 def _expand_ranges(lo: np.ndarray, hi: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
     """For ranges ``[lo[i], hi[i])`` return (owner i, value) for every value in every range."""
     counts = np.maximum(hi - lo, 0)
@@ -61,6 +63,7 @@ def _expand_ranges(lo: np.ndarray, hi: np.ndarray) -> Tuple[np.ndarray, np.ndarr
     first_of_owner = np.cumsum(counts) - counts
     values = np.arange(int(counts.sum()), dtype=np.int64) - np.repeat(first_of_owner - lo, counts)
     return owners, values
+
 
 def _nearest_pieces(
     starts: np.ndarray, ends: np.ndarray, tok_starts: np.ndarray, tok_ends: np.ndarray
@@ -78,6 +81,7 @@ def _nearest_pieces(
     next_gap = np.where(has_next, starts[nxt] - tok_ends, np.iinfo(np.int64).max)
     nearest = np.where(prev_gap <= next_gap, prev, nxt)
     return np.where(has_prev | has_next, nearest, -1)
+
 
 def align_tokens_to_pieces(doc: Doc, offsets: Sequence[Tuple[int, int]]) -> Ragged:
     """Map each spaCy token of ``doc`` to the pieces that cover it (see the module docstring).
@@ -116,6 +120,7 @@ def align_tokens_to_pieces(doc: Doc, offsets: Sequence[Tuple[int, int]]) -> Ragg
     data = np.ascontiguousarray(pair_pieces[order], dtype=np.int32)
     return Ragged(data, counts.astype(np.int32))
 
+
 def _check_pooling(hidden: Floats2d, align: Ragged, mode: str) -> None:
     if mode not in POOLING_MODES:
         raise ValueError(f"mode must be one of {POOLING_MODES}, got {mode!r}")
@@ -126,6 +131,7 @@ def _check_pooling(hidden: Floats2d, align: Ragged, mode: str) -> None:
             f"alignment refers to piece {int(align.dataXd.max())} but hidden has only "
             f"{hidden.shape[0]} rows"
         )
+
 
 def pool_pieces(
     ops: Ops, hidden: Floats2d, align: Ragged, *, mode: PoolingMode = "mean"
@@ -170,6 +176,7 @@ def pool_pieces(
         return d_hidden
 
     return pooled, backprop
+
 
 class StreamingPooler:
     """:func:`pool_pieces` (no backprop) over piece rows that arrive in blocks, for inference.
@@ -263,6 +270,7 @@ class StreamingPooler:
     def finished(self) -> bool:
         return self._next == len(self._order)
 
+
 def piece_pooler(
     mode: PoolingMode = "mean",
 ) -> Model[List[Tuple[Floats2d, Ragged]], List[Floats2d]]:
@@ -271,6 +279,7 @@ def piece_pooler(
     if mode not in POOLING_MODES:
         raise ValueError(f"mode must be one of {POOLING_MODES}, got {mode!r}")
     return Model("piece_pooler", _pooler_forward, attrs={"mode": mode})
+
 
 def _pooler_forward(
     model: Model[List[Tuple[Floats2d, Ragged]], List[Floats2d]],

@@ -23,6 +23,7 @@ EXTENSION = "xlmrxl"
 if not Doc.has_extension(EXTENSION):
     Doc.set_extension(EXTENSION, default=None)
 
+
 @dataclass
 class XLMRDocData:
     """The backbone's output for one doc.
@@ -81,7 +82,9 @@ class XLMRDocData:
         hidden = ops.alloc2f(self.n_pieces, self.width)
         return XLMRGrad(hidden=hidden, cls=ops.alloc2f(*self.cls.shape))
 
+
 _MSGPACK_KEY = "__xlmrxl_doc_data__"
+
 
 @srsly.msgpack_encoders("xlmrxl_doc_data")
 def _encode_doc_data(obj: Any, chain: Any = None) -> Any:
@@ -95,6 +98,7 @@ def _encode_doc_data(obj: Any, chain: Any = None) -> Any:
             "tokvecs": {mode: any_to_numpy(v) for mode, v in obj.tokvecs.items()}}}
     return obj if chain is None else chain(obj)
 
+
 @srsly.msgpack_decoders("xlmrxl_doc_data")
 def _decode_doc_data(obj: Any, chain: Any = None) -> Any:
     if isinstance(obj, dict) and _MSGPACK_KEY in obj:
@@ -104,6 +108,7 @@ def _decode_doc_data(obj: Any, chain: Any = None) -> Any:
                            windows=[(int(s), int(e)) for s, e in msg["windows"]], hidden=msg["hidden"], cls=msg["cls"],
                            tokvecs=dict(msg.get("tokvecs") or {}))
     return obj if chain is None else chain(obj)
+
 
 @dataclass
 class XLMRGrad:
@@ -129,6 +134,7 @@ class XLMRGrad:
     def squared_norm(self) -> float:
         return float(sum((g ** 2).sum() for g in (self.hidden, self.cls) if g is not None))
 
+
 @dataclass
 class GradAccumulator:
     """Sums the gradients several listeners send for one batch (see the transformer component)."""
@@ -151,12 +157,15 @@ class GradAccumulator:
         grads, self.grads = self.grads, []
         return grads
 
+
 def set_doc_data(docs: Sequence[Doc], outputs: Sequence[XLMRDocData]) -> None:
     for doc, data in zip(docs, outputs):
         doc._.set(EXTENSION, data)
 
+
 def get_doc_data(doc: Doc) -> Optional[XLMRDocData]:
     return doc._.get(EXTENSION)
+
 
 def any_to_numpy(array: Any) -> numpy.ndarray:
     """numpy view/copy of a numpy or cupy array."""

@@ -1,23 +1,10 @@
-"""Thinc architectures of spacy_xlmrxl, registered in ``spacy.registry.architectures``.
+"""Tokenisation of Docs into sentencepiece ids and character offsets, with bounded memory.
 
-Owns
-- ``spacy-xlmrxl.Transformer.v1``: Model[List[Doc], List[XLMRDocData]] around the torch
-  `XLMRobertaXLModel`: tokenises each doc, aligns pieces to tokens, cuts long docs into piece
-  windows, runs length-sorted window batches, recombines overlaps; backprop goes into torch.
-  Inference (`predict_doc_data`) recombines and pools batch by batch, keeping per doc only
-  the token vectors asked for (and the piece states only when asked).
-  The torch module is built (and weights loaded) in the model's ``init``, i.e. in
-  ``nlp.initialize``, never at ``add_pipe``;
-- ``spacy-xlmrxl.TokenVectors.v1``: a ``tok2vec`` (List[Doc] -> List[Floats2d], one row per
-  spaCy token) from a transformer, usable by spaCy's own components too;
-- ``spacy-xlmrxl.Listener.v1`` (token vectors) and ``spacy-xlmrxl.DocDataListener.v1`` (raw
-  `XLMRDocData`) reading a shared ``xlmrxl_transformer``;
-- ``spacy-xlmrxl.NerHead.v1`` (token vectors -> softmax over NER tags) and
-  ``spacy-xlmrxl.TextcatHead.v1`` (``<s>`` state of each window -> dense -> tanh -> out_proj,
-  averaged over windows, softmax or sigmoid);
-- helpers the components use to find and configure the backbone inside any of these models.
+Owns `encode_docs`: ``(n_pieces,)`` int32 ids and ``(n_pieces, 2)`` int32 offsets per doc. Each
+doc's Python lists are dropped as soon as they are converted, and a long text is tokenised
+chunk by chunk (`_chunk_starts`), so the tokenizer's per-piece Python objects never exist for
+more than one chunk.
 """
-
 from __future__ import annotations
 
 from typing import Any, List, Sequence, Tuple
@@ -27,6 +14,7 @@ from spacy.tokens import Doc
 
 #: Texts longer than twice this many characters are tokenised chunk by chunk (see `_encode_long`).
 ENCODE_CHUNK_CHARS = 1 << 16
+
 
 def encode_docs(tokenizer: Any, docs: Sequence[Doc]) -> Tuple[List[numpy.ndarray], List[numpy.ndarray]]:
     """(n_pieces,) int32 ids and (n_pieces, 2) int32 offsets per doc. Each doc's Python lists
@@ -47,8 +35,10 @@ def encode_docs(tokenizer: Any, docs: Sequence[Doc]) -> Tuple[List[numpy.ndarray
             piece_ids[i], offsets[i] = _encode_long(tokenizer, text)
     return piece_ids, offsets
 
+
 def is_plain_char(char: str) -> bool:
     return char.isascii() and char.isalnum()
+
 
 def _chunk_starts(text: str, size: int) -> List[int]:
     """Where the chunks of ``text`` start: right after a space between two ASCII letters or
@@ -64,6 +54,7 @@ def _chunk_starts(text: str, size: int) -> List[int]:
             break
         starts.append(space + 1)
     return starts
+
 
 def _encode_long(tokenizer: Any, text: str) -> Tuple[numpy.ndarray, numpy.ndarray]:
     """`encode_docs` for one long text, chunk by chunk (see `_chunk_starts`)."""

@@ -1,23 +1,10 @@
-"""Thinc architectures of spacy_xlmrxl, registered in ``spacy.registry.architectures``.
+"""The heads on the backbone's outputs, registered in ``spacy.registry.architectures``.
 
-Owns
-- ``spacy-xlmrxl.Transformer.v1``: Model[List[Doc], List[XLMRDocData]] around the torch
-  `XLMRobertaXLModel`: tokenises each doc, aligns pieces to tokens, cuts long docs into piece
-  windows, runs length-sorted window batches, recombines overlaps; backprop goes into torch.
-  Inference (`predict_doc_data`) recombines and pools batch by batch, keeping per doc only
-  the token vectors asked for (and the piece states only when asked).
-  The torch module is built (and weights loaded) in the model's ``init``, i.e. in
-  ``nlp.initialize``, never at ``add_pipe``;
-- ``spacy-xlmrxl.TokenVectors.v1``: a ``tok2vec`` (List[Doc] -> List[Floats2d], one row per
-  spaCy token) from a transformer, usable by spaCy's own components too;
-- ``spacy-xlmrxl.Listener.v1`` (token vectors) and ``spacy-xlmrxl.DocDataListener.v1`` (raw
-  `XLMRDocData`) reading a shared ``xlmrxl_transformer``;
-- ``spacy-xlmrxl.NerHead.v1`` (token vectors -> softmax over NER tags) and
-  ``spacy-xlmrxl.TextcatHead.v1`` (``<s>`` state of each window -> dense -> tanh -> out_proj,
-  averaged over windows, softmax or sigmoid);
-- helpers the components use to find and configure the backbone inside any of these models.
+Owns ``spacy-xlmrxl.NerHead.v1`` (token vectors -> softmax over NER tags) and
+``spacy-xlmrxl.TextcatHead.v1`` / ``.v2`` (``<s>`` state of each window -> dense -> tanh ->
+out_proj, averaged over windows, softmax or sigmoid; v2 names the backbone ``tok2vec`` so that
+``nlp.replace_listeners`` finds it). Backprop takes the gradient w.r.t. the logits.
 """
-
 from __future__ import annotations
 
 from typing import Any, Callable, List, Optional, Tuple
@@ -43,6 +30,7 @@ def build_ner_head(tok2vec: Model[List[Doc], List[Floats2d]], nO: Optional[int] 
     model.set_ref("output_layer", output_layer)
     return model
 
+
 @registry.architectures("spacy-xlmrxl.TextcatHead.v1")
 def build_textcat_head(transformer: Model[List[Doc], List[XLMRDocData]], nO: Optional[int] = None,
                        exclusive_classes: bool = True, dropout: float = 0.1) -> Model[List[Doc], Floats2d]:
@@ -62,6 +50,7 @@ def build_textcat_head(transformer: Model[List[Doc], List[XLMRDocData]], nO: Opt
     model.attrs["exclusive_classes"] = exclusive_classes
     return model
 
+
 def _textcat_init(model: Model, X: Optional[List[Doc]] = None, Y: Any = None) -> None:
     transformer = model.get_ref("transformer")
     transformer.initialize(X=X)
@@ -75,8 +64,10 @@ def _textcat_init(model: Model, X: Optional[List[Doc]] = None, Y: Any = None) ->
         layer.initialize()
     model.set_dim("nO", out_proj.get_dim("nO"), force=True)
 
+
 def _cls_states() -> Model[List[XLMRDocData], Ragged]:
     return Model("xlmrxl-cls-states", _cls_forward)
+
 
 def _cls_forward(model: Model, data: List[XLMRDocData], is_train: bool
                  ) -> Tuple[Ragged, Callable[[Ragged], List[XLMRGrad]]]:
@@ -89,17 +80,21 @@ def _cls_forward(model: Model, data: List[XLMRDocData], is_train: bool
 
     return Ragged(flat, lengths), backprop
 
+
 def _tanh() -> Model[Floats2d, Floats2d]:
     return Model("tanh", _tanh_forward)
+
 
 def _tanh_forward(model: Model, X: Floats2d, is_train: bool) -> Tuple[Floats2d, Callable[[Floats2d], Floats2d]]:
     Y = model.ops.xp.tanh(X)
     return Y, lambda dY: dY * (1 - Y * Y)
 
+
 def _activation(exclusive: bool) -> Model[Floats2d, Floats2d]:
     """Softmax (exclusive) or sigmoid; backprop passes the gradient through unchanged, i.e. it
     expects the gradient w.r.t. the logits (``probs - truth`` for CE / BCE), as spaCy does."""
     return Model("softmax" if exclusive else "sigmoid", _activation_forward, attrs={"exclusive": exclusive})
+
 
 def _activation_forward(model: Model, X: Floats2d, is_train: bool) -> Tuple[Floats2d, Callable[[Floats2d], Floats2d]]:
     if model.attrs["exclusive"]:
@@ -107,6 +102,7 @@ def _activation_forward(model: Model, X: Floats2d, is_train: bool) -> Tuple[Floa
     else:
         Y = model.ops.sigmoid(X)
     return Y, lambda dY: dY
+
 
 @registry.architectures("spacy-xlmrxl.TextcatHead.v2")
 def build_textcat_head_v2(tok2vec: Model[List[Doc], List[XLMRDocData]], nO: Optional[int] = None,

@@ -23,6 +23,7 @@ from .token_vectors import doc_data_pooler
 
 BackpropT = Callable[[List[XLMRGrad]], List[Doc]]
 
+
 class XLMRListener(Model):
     """Model[List[Doc], List[XLMRDocData]] fed by an upstream ``xlmrxl_transformer``.
 
@@ -71,6 +72,7 @@ class XLMRListener(Model):
         self.clear()
         return backprop(d_outputs) if backprop is not None else []
 
+
 def _listener_forward(model: XLMRListener, docs: List[Doc], is_train: bool
                       ) -> Tuple[List[XLMRDocData], Callable[[List[XLMRGrad]], List[Doc]]]:
     if is_train and model._batch_id is not None:
@@ -87,13 +89,16 @@ def _listener_forward(model: XLMRListener, docs: List[Doc], is_train: bool
         outputs.append(data)
     return outputs, _no_backprop
 
+
 def _no_backprop(d_outputs: List[XLMRGrad]) -> List[Doc]:
     return []
+
 
 def find_xlmr_listeners(model: Model, upstream_name: str) -> List[XLMRListener]:
     """The listeners in ``model`` that listen to a component called ``upstream_name``."""
     names = ("*", upstream_name)
     return [node for node in model.walk() if isinstance(node, XLMRListener) and node.upstream_name in names]
+
 
 @registry.architectures("spacy-xlmrxl.Listener.v1")
 def build_listener(upstream: str = "*", pooling: str = "mean") -> Model[List[Doc], List[Floats2d]]:
@@ -103,6 +108,7 @@ def build_listener(upstream: str = "*", pooling: str = "mean") -> Model[List[Doc
     model = chain(listener, doc_data_pooler(pooling))
     model.set_ref("transformer", listener)
     return model
+
 
 @registry.architectures("spacy-xlmrxl.DocDataListener.v1")
 def build_doc_data_listener(upstream: str = "*") -> Model[List[Doc], List[XLMRDocData]]:

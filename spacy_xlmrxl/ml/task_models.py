@@ -51,9 +51,11 @@ BACKBONE_DEFAULTS: Dict[str, Any] = {
     "quantize": None, "freeze_word_embeddings": False,
 }
 
+
 def default_model_config(architecture: str, **settings: Any) -> Dict[str, Any]:
     """The ``[components.<name>.model]`` block of ``architecture`` with the backbone defaults."""
     return {"@architectures": architecture, **BACKBONE_DEFAULTS, **settings}
+
 
 @dataclass
 class MLMInput:
@@ -66,6 +68,7 @@ class MLMInput:
 
     batches: Sequence[WindowBatch]
     positions: numpy.ndarray
+
 
 def _task_model(name: str, forward: Callable, model_cls_name: str, *, checkpoint: Optional[str],
                 preset: Optional[str], tokenizer: Optional[str], dtype: Optional[str], seed: Optional[int],
@@ -90,15 +93,18 @@ def _task_model(name: str, forward: Callable, model_cls_name: str, *, checkpoint
                "tokenizer": None, "tokenizer_model": None, **attrs},
     )
 
+
 def head_class(name: str) -> Any:
     from modeling import heads
 
     return getattr(heads, name)
 
+
 #: Config settings a task model needs whatever its checkpoint's config says: the QA head has
 #: exactly the start and end outputs (``num_labels`` = 2), also when the checkpoint's config
 #: is, say, a token classifier's with 9 labels and no ``qa_outputs`` weights (a fresh head).
 _CONFIG_OVERRIDES: Dict[str, Dict[str, Any]] = {"XLMRobertaXLForQuestionAnswering": {"num_labels": 2}}
+
 
 def _task_init(model: Model, X: Any = None, Y: Any = None) -> None:
     source: BackboneSource = model.attrs["source"]
@@ -107,9 +113,11 @@ def _task_init(model: Model, X: Any = None, Y: Any = None) -> None:
                           config_overrides=_CONFIG_OVERRIDES.get(model.attrs["model_cls"]))
     install_backbone(model, module, tokenizer_path.read_bytes())
 
+
 def _torch_inputs(batch: WindowBatch, device: torch.device) -> Tuple[torch.Tensor, torch.Tensor]:
     return (torch.from_numpy(numpy.ascontiguousarray(batch.input_ids)).to(device),
             torch.from_numpy(numpy.ascontiguousarray(batch.attention_mask)).to(device))
+
 
 # --------------------------------------------------------------------------- question answering
 @registry.architectures("spacy-xlmrxl.QAModel.v1")
@@ -138,6 +146,7 @@ def build_qa_model(
                        grad_checkpointing=grad_checkpointing, freeze=freeze, max_batch_pieces=max_batch_pieces,
                        quantize=quantize, freeze_word_embeddings=freeze_word_embeddings)
 
+
 def _qa_forward(model: Model, batches: Sequence[WindowBatch], is_train: bool
                 ) -> Tuple[List[Floats3d], Callable[[List[Floats3d]], Sequence[WindowBatch]]]:
     shim = backbone_shim(model)
@@ -156,6 +165,7 @@ def _qa_forward(model: Model, batches: Sequence[WindowBatch], is_train: bool
         return batches
 
     return arrays, backprop
+
 
 # --------------------------------------------------------------------------- masked LM
 @registry.architectures("spacy-xlmrxl.MaskedLM.v1")
@@ -184,6 +194,7 @@ def build_masked_lm(
                        grad_checkpointing=grad_checkpointing, freeze=freeze, max_batch_pieces=max_batch_pieces,
                        quantize=quantize, freeze_word_embeddings=freeze_word_embeddings,
                        windows=windows if windows is not None else make_strided_windows())
+
 
 def _mlm_forward(model: Model, X: MLMInput, is_train: bool) -> Tuple[Floats2d, Callable[[Floats2d], MLMInput]]:
     shim = backbone_shim(model)

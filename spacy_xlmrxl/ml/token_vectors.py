@@ -1,23 +1,8 @@
-"""Thinc architectures of spacy_xlmrxl, registered in ``spacy.registry.architectures``.
-
-Owns
-- ``spacy-xlmrxl.Transformer.v1``: Model[List[Doc], List[XLMRDocData]] around the torch
-  `XLMRobertaXLModel`: tokenises each doc, aligns pieces to tokens, cuts long docs into piece
-  windows, runs length-sorted window batches, recombines overlaps; backprop goes into torch.
-  Inference (`predict_doc_data`) recombines and pools batch by batch, keeping per doc only
-  the token vectors asked for (and the piece states only when asked).
-  The torch module is built (and weights loaded) in the model's ``init``, i.e. in
-  ``nlp.initialize``, never at ``add_pipe``;
-- ``spacy-xlmrxl.TokenVectors.v1``: a ``tok2vec`` (List[Doc] -> List[Floats2d], one row per
-  spaCy token) from a transformer, usable by spaCy's own components too;
-- ``spacy-xlmrxl.Listener.v1`` (token vectors) and ``spacy-xlmrxl.DocDataListener.v1`` (raw
-  `XLMRDocData`) reading a shared ``xlmrxl_transformer``;
-- ``spacy-xlmrxl.NerHead.v1`` (token vectors -> softmax over NER tags) and
-  ``spacy-xlmrxl.TextcatHead.v1`` (``<s>`` state of each window -> dense -> tanh -> out_proj,
-  averaged over windows, softmax or sigmoid);
-- helpers the components use to find and configure the backbone inside any of these models.
+"""``spacy-xlmrxl.TokenVectors.v1``: a ``tok2vec`` (List[Doc] -> List[Floats2d], one row per spaCy
+token) from a transformer, usable by spaCy's own components too, and the pooling layer
+(`doc_data_pooler`) that the listeners share. At inference the vectors are pooled window batch
+by window batch, never from a doc's whole (n_pieces, H) array.
 """
-
 from __future__ import annotations
 
 from typing import Any, Callable, List, Optional, Tuple
@@ -40,9 +25,11 @@ def doc_data_pooler(pooling: str = "mean") -> Model[List[XLMRDocData], List[Floa
         raise ValueError(f"pooling must be one of {POOLING_MODES}, got {pooling!r}")
     return Model("xlmrxl-pooler", _pooler_forward, init=_width_init, dims={"nO": None}, attrs={"pooling": pooling})
 
+
 def _width_init(model: Model, X: Optional[List[XLMRDocData]] = None, Y: Any = None) -> None:
     if X:
         model.set_dim("nO", X[0].width, force=True)
+
 
 def _pooler_forward(model: Model, data: List[XLMRDocData], is_train: bool
                     ) -> Tuple[List[Floats2d], Callable[[List[Floats2d]], List[XLMRGrad]]]:
@@ -55,6 +42,7 @@ def _pooler_forward(model: Model, data: List[XLMRDocData], is_train: bool
 
     return [vectors for vectors, _ in pooled], backprop
 
+
 def _pooled_at_inference(data: XLMRDocData, mode: str) -> Floats2d:
     """The token vectors inference pooled for ``mode`` (doc data without piece states)."""
     if mode not in data.tokvecs:
@@ -64,6 +52,7 @@ def _pooled_at_inference(data: XLMRDocData, mode: str) -> Floats2d:
             f"set its piece_states = true to keep every piece's state")
     return data.tokvecs[mode]
 
+
 @registry.architectures("spacy-xlmrxl.TokenVectors.v1")
 def build_token_vectors(transformer: Model[List[Doc], List[XLMRDocData]], pooling: str = "mean"
                         ) -> Model[List[Doc], List[Floats2d]]:
@@ -72,6 +61,7 @@ def build_token_vectors(transformer: Model[List[Doc], List[XLMRDocData]], poolin
     model._func = _token_vectors_forward  # the chain, but inference pools window batch by window batch
     model.set_ref("transformer", transformer)
     return model
+
 
 def _token_vectors_forward(model: Model, docs: List[Doc], is_train: bool
                            ) -> Tuple[List[Floats2d], Callable[[List[Floats2d]], List[Doc]]]:

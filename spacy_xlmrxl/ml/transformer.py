@@ -1,23 +1,12 @@
-"""Thinc architectures of spacy_xlmrxl, registered in ``spacy.registry.architectures``.
+"""``spacy-xlmrxl.Transformer.v1``: Model[List[Doc], List[XLMRDocData]] around `XLMRobertaXLModel`.
 
-Owns
-- ``spacy-xlmrxl.Transformer.v1``: Model[List[Doc], List[XLMRDocData]] around the torch
-  `XLMRobertaXLModel`: tokenises each doc, aligns pieces to tokens, cuts long docs into piece
-  windows, runs length-sorted window batches, recombines overlaps; backprop goes into torch.
-  Inference (`predict_doc_data`) recombines and pools batch by batch, keeping per doc only
-  the token vectors asked for (and the piece states only when asked).
-  The torch module is built (and weights loaded) in the model's ``init``, i.e. in
-  ``nlp.initialize``, never at ``add_pipe``;
-- ``spacy-xlmrxl.TokenVectors.v1``: a ``tok2vec`` (List[Doc] -> List[Floats2d], one row per
-  spaCy token) from a transformer, usable by spaCy's own components too;
-- ``spacy-xlmrxl.Listener.v1`` (token vectors) and ``spacy-xlmrxl.DocDataListener.v1`` (raw
-  `XLMRDocData`) reading a shared ``xlmrxl_transformer``;
-- ``spacy-xlmrxl.NerHead.v1`` (token vectors -> softmax over NER tags) and
-  ``spacy-xlmrxl.TextcatHead.v1`` (``<s>`` state of each window -> dense -> tanh -> out_proj,
-  averaged over windows, softmax or sigmoid);
-- helpers the components use to find and configure the backbone inside any of these models.
+Tokenises each doc, aligns pieces to tokens, cuts long docs into piece windows, runs
+length-sorted window batches (`spacy_xlmrxl.ml.windows`), recombines overlaps; backprop goes
+into torch. Inference (`predict_doc_data`) recombines and pools batch by batch, keeping per doc
+only the token vectors asked for (and the piece states only when asked). The torch module is
+built (and its weights loaded) in the model's ``init``, i.e. in ``nlp.initialize``, never at
+``add_pipe``. Also owns the default config block of the architecture (`transformer_config`).
 """
-
 from __future__ import annotations
 
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
@@ -38,6 +27,7 @@ from .encoding import encode_docs
 from .windows import StreamingRecombiner, WindowMaker, batch_windows, make_strided_windows, recombine
 
 TRANSFORMER_NAME = "xlmrxl-transformer"
+
 
 # --------------------------------------------------------------------------- transformer
 @registry.architectures("spacy-xlmrxl.Transformer.v1")
@@ -92,6 +82,7 @@ def build_transformer(
         },
     )
 
+
 def _replace_listener_cfg(transformer_cfg: Dict[str, Any], listener_cfg: Dict[str, Any]) -> Dict[str, Any]:
     """For ``nlp.replace_listeners``: the config that replaces a listener block (a
     ``Listener.v1`` becomes ``TokenVectors.v1`` around a copy of the transformer)."""
@@ -99,6 +90,7 @@ def _replace_listener_cfg(transformer_cfg: Dict[str, Any], listener_cfg: Dict[st
         return {"@architectures": "spacy-xlmrxl.TokenVectors.v1", "pooling": listener_cfg.get("pooling", "mean"),
                 "transformer": transformer_cfg}
     return transformer_cfg
+
 
 def transformer_config(section: str) -> str:
     """The default ``spacy-xlmrxl.Transformer.v1`` block as config text under ``[section]``
@@ -123,10 +115,12 @@ window = 510
 stride = 384
 """
 
+
 def backbone_class() -> Any:
     from modeling.model import XLMRobertaXLModel
 
     return XLMRobertaXLModel
+
 
 def _transformer_init(model: Model, X: Optional[List[Doc]] = None, Y: Any = None) -> None:
     source: BackboneSource = model.attrs["source"]
@@ -134,6 +128,7 @@ def _transformer_init(model: Model, X: Optional[List[Doc]] = None, Y: Any = None
     module = source.build(backbone_class(), device=torch_device(model.ops),
                           model_kwargs={"add_pooling_layer": False})
     install_backbone(model, module, tokenizer_path.read_bytes())
+
 
 class AtLeastOneWindow:
     """Window maker that gives a doc without pieces the window ``(0, 0)`` (``<s></s>``), so
@@ -145,9 +140,11 @@ class AtLeastOneWindow:
     def __call__(self, n_pieces: int) -> List[Tuple[int, int]]:
         return list(self.make_windows(n_pieces)) or [(0, 0)]
 
+
 def is_transformer_layer(model: Model) -> bool:
     """Whether ``model`` is a ``spacy-xlmrxl.Transformer.v1`` layer (see `predict_doc_data`)."""
     return getattr(model, "_func", None) is _transformer_forward
+
 
 def predict_doc_data(model: Model, docs: Sequence[Doc], *, pooling: Sequence[str] = (),
                      piece_states: bool = True) -> List[XLMRDocData]:
@@ -212,8 +209,10 @@ def predict_doc_data(model: Model, docs: Sequence[Doc], *, pooling: Sequence[str
                                    tokvecs=poolers[d].outputs if poolers[d] is not None else {}))
     return results
 
+
 def no_doc_grads(d_outputs: List[XLMRGrad]) -> List[Doc]:
     return []
+
 
 def transformer_call_plan(model: Model, docs: Sequence[Doc], *, lazy: bool = False) -> Tuple[List[Any], List[Any], Any]:
     """``(piece_ids, offsets, plan)`` of a forward of this ``Transformer.v1`` layer: one backbone
@@ -225,6 +224,7 @@ def transformer_call_plan(model: Model, docs: Sequence[Doc], *, lazy: bool = Fal
                          max_batch_pieces=model.attrs["max_batch_pieces"],
                          bos_id=tokenizer.bos_id, eos_id=tokenizer.eos_id, pad_id=tokenizer.pad_id, lazy=lazy)
     return piece_ids, offsets, plan
+
 
 def _transformer_forward(model: Model, docs: List[Doc], is_train: bool
                          ) -> Tuple[List[XLMRDocData], Callable[[List[XLMRGrad]], List[Doc]]]:
@@ -270,6 +270,7 @@ def _transformer_forward(model: Model, docs: List[Doc], is_train: bool
 
     return results, backprop
 
+
 def _cls_rows(plan: Any, arrays: Sequence[Any]) -> List[List[Any]]:
     """Per doc, the ``<s>`` state of each of its windows, in window order."""
     flat: List[Any] = [None] * len(plan.windows)
@@ -280,6 +281,7 @@ def _cls_rows(plan: Any, arrays: Sequence[Any]) -> List[List[Any]]:
     for span, row in zip(plan.windows, flat):
         grouped[span.doc].append(row)
     return grouped
+
 
 def _add_cls_grads(plan: Any, merged: List[Any], d_cls: Sequence[Optional[Any]]) -> None:
     """Add each doc's (n_windows, H) ``<s>`` gradient at position 0 of its windows' rows."""

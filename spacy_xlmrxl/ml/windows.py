@@ -29,6 +29,7 @@ Window = Tuple[int, int]
 #: Longest window the released XLM-R checkpoints take: 512 positions minus ``<s>`` and ``</s>``.
 RELEASED_MAX_WINDOW = 510
 
+
 def check_max_window(window: int, max_window: int) -> None:
     """Raise ``ValueError`` naming ``window`` when it does not fit the model's position limit.
 
@@ -39,6 +40,7 @@ def check_max_window(window: int, max_window: int) -> None:
             f"window={window} pieces does not fit the model: at most {max_window} pieces fit "
             f"beside <s> and </s> (max_sequence_length - 2)"
         )
+
 
 class StridedWindows:
     """Callable ``(n_pieces) -> [(start, end), ...]``: windows of ``window`` pieces every ``stride``.
@@ -83,6 +85,7 @@ class StridedWindows:
     def __repr__(self) -> str:
         return f"StridedWindows(window={self.window}, stride={self.stride})"
 
+
 @registry.misc("spacy-xlmrxl.strided_windows.v1")
 def make_strided_windows(
     window: int = 510, stride: int = 384, max_window: Optional[int] = RELEASED_MAX_WINDOW
@@ -98,6 +101,7 @@ def make_strided_windows(
         windows.check_max_window(max_window)
     return windows
 
+
 def _check_windows(windows: Sequence[Window], n_pieces: int) -> np.ndarray:
     """Per-piece window counts; raise ``ValueError`` for a bad window or an uncovered piece."""
     counts = np.zeros(n_pieces + 1, dtype=np.int64)
@@ -111,6 +115,7 @@ def _check_windows(windows: Sequence[Window], n_pieces: int) -> np.ndarray:
         missing = int(np.flatnonzero(counts == 0)[0])
         raise ValueError(f"piece {missing} of {n_pieces} is in no window: it would be dropped")
     return counts
+
 
 def recombine(
     ops: Ops,
@@ -155,6 +160,7 @@ def recombine(
         return [d_scaled[start:end] for start, end in windows]
 
     return averaged, backprop
+
 
 class StreamingRecombiner:
     """:func:`recombine` for inference, one window at a time, in any arrival order.
@@ -212,12 +218,14 @@ class StreamingRecombiner:
     def finished(self) -> bool:
         return self.done == self.n_pieces and bool(self._seen.all())
 
+
 class WindowSpan(NamedTuple):
     """One window: pieces ``start:end`` of doc ``doc``."""
 
     doc: int
     start: int
     end: int
+
 
 @dataclass
 class WindowBatch:
@@ -232,6 +240,7 @@ class WindowBatch:
     positions: np.ndarray
     input_ids: np.ndarray
     attention_mask: np.ndarray
+
 
 @dataclass
 class WindowPlan:
@@ -308,8 +317,10 @@ class WindowPlan:
             grouped[span.doc].append(item)
         return grouped
 
+
 def _pad_length(length: int, multiple: Optional[int]) -> int:
     return length if not multiple else -(-length // multiple) * multiple
+
 
 def batch_windows(
     doc_piece_ids: Sequence[Sequence[int]],
@@ -378,10 +389,12 @@ def batch_windows(
     return WindowPlan(windows, doc_windows, [len(piece_ids) for piece_ids in ids], batches,
                       source if lazy else None)
 
+
 def _as_ids(piece_ids: Any) -> np.ndarray:
     """1-d integer array of piece ids (an int32 array stays int32: no copy)."""
     ids = np.asarray(piece_ids).reshape(-1)
     return ids if ids.dtype.kind in "iu" else ids.astype(np.int64)
+
 
 def _make_batch(
     group: List[int],
@@ -403,5 +416,6 @@ def _make_batch(
         input_ids[row, 1 + length] = eos_id
         attention_mask[row, : length + 2] = 1
     return WindowBatch(rows, np.asarray(group, dtype=np.int64), input_ids, attention_mask)
+
 
 WindowMaker = Callable[[int], List[Tuple[int, int]]]

@@ -1,21 +1,14 @@
-"""Saving and loading spacy_xlmrxl components, and exporting trained ones to HF directories.
+"""`BackbonePipe`: saving and loading components whose models contain torch backbones.
 
-Owns
-- `BackbonePipe`: ``to_disk`` / ``from_disk`` / ``to_bytes`` / ``from_bytes`` for any
-  ``TrainablePipe`` whose model contains torch backbones (`TorchModuleShim`). A component
-  directory holds ``cfg`` (JSON), ``model`` (the thinc layers' msgpack, torch weights left out)
-  and, per backbone, a directory (``backbone``, ``backbone_1``, ...) that is an HF checkpoint:
-  ``config.json``, (sharded) ``model*.safetensors``, ``sentencepiece.bpe.model``. The directory
-  is written into a temporary sibling and renamed into place (`modeling.checkpoint.atomic_directory`),
-  so an interrupted save never damages an existing one; loading reads every file before it changes the component, and
-  memory-maps the weights (no copy; a ``dtype`` setting converts tensor by tensor). A backbone
-  with ``quantize = "int8"`` saves its float weights, so the directory stays a float HF
-  checkpoint and loading quantises again (identical predictions);
-- `export_ner_to_hf` / `export_textcat_to_hf`: a trained ``xlmrxl_ner`` / ``xlmrxl_textcat``
-  as an HF ``XLMRobertaXLForTokenClassification`` / ``...ForSequenceClassification``
-  directory that HF transformers loads.
+A component directory holds ``cfg`` (JSON), ``model`` (the thinc layers' msgpack, torch weights
+left out) and, per backbone, a directory (``backbone``, ``backbone_1``, ...) that is an HF
+checkpoint: ``config.json``, (sharded) ``model*.safetensors``, ``sentencepiece.bpe.model``. The
+directory is written into a temporary sibling and renamed into place
+(`modeling.checkpoint.atomic_directory`); loading reads every file before it changes the
+component, and memory-maps the weights (no copy; a ``dtype`` setting converts tensor by
+tensor). A backbone with ``quantize = "int8"`` saves its float weights, so the directory stays a
+float HF checkpoint and loading quantises again (identical predictions).
 """
-
 from __future__ import annotations
 
 import contextlib
@@ -40,8 +33,10 @@ PathLike = Union[str, os.PathLike]
 
 BACKBONE_DIR = "backbone"
 
+
 def backbone_dir_name(index: int) -> str:
     return BACKBONE_DIR if index == 0 else f"{BACKBONE_DIR}_{index}"
+
 
 @contextlib.contextmanager
 def _weights_left_out(nodes: List[Model]) -> Iterator[None]:
@@ -58,6 +53,7 @@ def _weights_left_out(nodes: List[Model]) -> Iterator[None]:
         for node, (external, proto) in zip(nodes, saved):
             backbone_shim(node).external = external
             node.attrs["tokenizer_model"] = proto
+
 
 class BackbonePipe:
     """Serialisation mixin for TrainablePipes with torch backbones (see the module docstring).
@@ -151,6 +147,7 @@ class BackbonePipe:
         util.from_bytes(bytes_data, deserialize, exclude)
         self._after_load()
         return self
+
 
 def _read(path: Path) -> bytes:
     try:

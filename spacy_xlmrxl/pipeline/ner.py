@@ -42,6 +42,7 @@ DEFAULT_NER_MODEL = Config().from_str(NER_MODEL_CONFIG)["model"]
 
 Entity = Tuple[int, int, str]
 
+
 @Language.factory(
     "xlmrxl_ner",
     assigns=["doc.ents", "token.ent_iob", "token.ent_type"],
@@ -56,11 +57,13 @@ def make_ner(nlp: Language, name: str, model: Model[List[Doc], List[Floats2d]], 
     share an ``xlmrxl_transformer``."""
     return XLMRNer(nlp.vocab, model, name=name, scheme=scheme, scorer=scorer)
 
+
 # --------------------------------------------------------------------------- tagging scheme
 def tag_names(labels: Sequence[str], scheme: str) -> List[str]:
     """``O`` then, per label, ``B- I- L- U-`` (BILUO) or ``B- I-`` (IOB)."""
     prefixes = "BILU" if scheme == "BILUO" else "BI"
     return ["O"] + [f"{p}-{label}" for label in labels for p in prefixes]
+
 
 def transition_constraints(tags: Sequence[str], scheme: str) -> Tuple[numpy.ndarray, numpy.ndarray, numpy.ndarray]:
     """Which tag may follow which (T, T), may start (T,) and may end (T,) a sequence."""
@@ -82,6 +85,7 @@ def transition_constraints(tags: Sequence[str], scheme: str) -> Tuple[numpy.ndar
         start = numpy.array([p != "I" for p in prefixes])
         end = numpy.ones(n, dtype=bool)
     return allowed, start, end
+
 
 def constrained_viterbi(log_probs: numpy.ndarray, allowed: numpy.ndarray, start: numpy.ndarray,
                         end: numpy.ndarray) -> numpy.ndarray:
@@ -109,6 +113,7 @@ def constrained_viterbi(log_probs: numpy.ndarray, allowed: numpy.ndarray, start:
         path[t - 1] = back[t, path[t]]
     return path
 
+
 def tags_to_entities(tags: Sequence[str]) -> List[Entity]:
     """(start, end, label) of a valid BILUO or IOB tag sequence (end exclusive)."""
     entities: List[Entity] = []
@@ -128,11 +133,13 @@ def tags_to_entities(tags: Sequence[str]) -> List[Entity]:
                 start = i
     return entities
 
+
 def _to_scheme(biluo: str, scheme: str) -> str:
     if scheme == "BILUO" or biluo == "O":
         return biluo
     prefix = {"B": "B", "I": "I", "L": "I", "U": "B"}[biluo[0]]
     return f"{prefix}{biluo[1:]}"
+
 
 # --------------------------------------------------------------------------- the pipe
 class XLMRNer(LabelledPipe):
@@ -230,9 +237,11 @@ class XLMRNer(LabelledPipe):
             truth[i] = index[tag]
         return truth
 
+
 def score_ner(examples: Iterable[Example], **kwargs: Any) -> Dict[str, Any]:
     """Entity micro P/R/F and per-type scores (``kwargs`` from the component cfg are ignored)."""
     return get_ner_prf(examples)
+
 
 @registry.scorers("spacy-xlmrxl.ner_scorer.v1")
 def make_ner_scorer() -> Callable[..., Dict[str, Any]]:

@@ -45,6 +45,7 @@ dropout = 0.1
 
 DEFAULT_TEXTCAT_MODEL = Config().from_str(TEXTCAT_MODEL_CONFIG)["model"]
 
+
 @Language.factory(
     "xlmrxl_textcat",
     assigns=["doc.cats"],
@@ -61,6 +62,7 @@ def make_textcat(nlp: Language, name: str, model: Model[List[Doc], Floats2d], th
     ``spacy-xlmrxl.TextcatHead.v2`` with ``spacy-xlmrxl.DocDataListener.v1`` as ``tok2vec`` (then
     ``nlp.replace_listeners(..., ["model.tok2vec"])`` works), or v1 with it as ``transformer``."""
     return XLMRTextcat(nlp.vocab, model, name=name, threshold=threshold, scorer=scorer)
+
 
 class XLMRTextcat(LabelledPipe):
     """Document classifier; see the module docstring."""
@@ -137,12 +139,14 @@ class XLMRTextcat(LabelledPipe):
                 known[row] = 1.0 if cats else 0.0
         return truths, known
 
+
 def score_textcat(examples: Iterable[Example], *, labels: Iterable[str] = (), exclusive_classes: bool = True,
                   threshold: Optional[float] = None, positive_label: Optional[str] = None,
                   **kwargs: Any) -> Dict[str, Any]:
     """spaCy's ``Scorer.score_cats`` on ``doc.cats`` with the component's settings."""
     return Scorer.score_cats(examples, "cats", labels=labels, multi_label=not exclusive_classes,
                              threshold=threshold, positive_label=positive_label)
+
 
 @registry.scorers("spacy-xlmrxl.textcat_scorer.v1")
 def make_textcat_scorer() -> Callable[..., Dict[str, Any]]:

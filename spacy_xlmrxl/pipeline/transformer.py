@@ -28,6 +28,7 @@ from .backbone_pipe import BackbonePipe
 
 DEFAULT_TRANSFORMER_MODEL = Config().from_str(transformer_config("model"))["model"]
 
+
 @Language.factory(
     "xlmrxl_transformer",
     assigns=["doc._.xlmrxl"],
@@ -45,6 +46,7 @@ def make_transformer(nlp: Language, name: str, model: Model[List[Doc], List[XLMR
     if piece_states is not None and not isinstance(piece_states, bool):
         raise ValueError(f"piece_states must be true, false or null, got {piece_states!r}")
     return XLMRTransformer(nlp.vocab, model, name=name, piece_states=piece_states)
+
 
 class XLMRTransformer(BackbonePipe, TrainablePipe):
     """Runs the backbone once per batch; see the module docstring."""

@@ -50,6 +50,7 @@ for _name in ("fill_mask", "filled_text"):
     if not Doc.has_extension(_name):
         Doc.set_extension(_name, default=None)
 
+
 def add_mask_special_case(nlp: Language, mask: str = MASK) -> None:
     """Make ``mask`` one token in ``nlp``'s tokenizer (idempotent; rule-based tokenizers only).
 
@@ -70,6 +71,7 @@ def add_mask_special_case(nlp: Language, mask: str = MASK) -> None:
         compiled = re.compile(piece if not pattern else f"{piece}|{pattern}")
         setattr(tokenizer, attr, compiled.finditer if attr == "infix_finditer" else compiled.search)
 
+
 @Language.factory(
     "xlmrxl_fill_mask",
     assigns=["doc._.fill_mask", "doc._.filled_text"],
@@ -87,6 +89,7 @@ def make_fill_mask(nlp: Language, name: str, model: Model, top_k: int, fill_text
     add_mask_special_case(nlp)
     return XLMRFillMask(nlp.vocab, model, name=name, top_k=top_k, fill_text=fill_text,
                         mlm_probability=mlm_probability, seed=seed, scorer=scorer)
+
 
 class XLMRFillMask(BackbonePipe, TrainablePipe):
     """``<mask>`` fillers and masked-LM training; see the module docstring."""
@@ -232,6 +235,7 @@ class XLMRFillMask(BackbonePipe, TrainablePipe):
     def add_label(self, label: str) -> int:
         raise NotImplementedError("xlmrxl_fill_mask has no labels")
 
+
 def fill_text(text: str, pieces: Sequence[str], mask: str = MASK) -> str:
     """``text`` with its ``mask`` occurrences replaced, in order, by the given pieces: a piece
     starting a word (``▁``) is separated by a space, a word-inner piece joins the left word."""
@@ -253,10 +257,12 @@ def fill_text(text: str, pieces: Sequence[str], mask: str = MASK) -> str:
     out.append(text[pos:])
     return "".join(out)
 
+
 def _first_ordinary_id(tokenizer: Any) -> int:
     """The lowest id that is not a special (random replacements are drawn from there on)."""
     specials = set(tokenizer.all_special_ids)
     return next(i for i in range(len(tokenizer)) if i not in specials)
+
 
 def _window_rows(plan: WindowPlan) -> Dict[Tuple[int, int], Tuple[int, int]]:
     """(doc, window index within the doc) -> (batch, row) of a plan."""
@@ -271,6 +277,7 @@ def _window_rows(plan: WindowPlan) -> Dict[Tuple[int, int], Tuple[int, int]]:
             span = plan.windows[int(position)]
             where[(span.doc, order[int(position)])] = (b, row)
     return where
+
 
 def _best_window(windows: Sequence[Tuple[int, int]], piece: int) -> Tuple[int, Tuple[int, int]]:
     """The window holding ``piece`` with the most context on its shorter side."""

@@ -16,6 +16,7 @@ import torch
 
 IGNORE_INDEX = -100
 
+
 @dataclass(frozen=True)
 class MaskingConfig:
     """Settings of `mask_pieces`.
@@ -45,6 +46,7 @@ class MaskingConfig:
         high = self.mask_id if self.random_high is None else self.random_high
         if high <= self.random_low:
             raise ValueError(f"empty random-replacement id range [{self.random_low}, {high})")
+
 
 def mask_pieces(
     input_ids: torch.Tensor,
@@ -86,6 +88,7 @@ def mask_pieces(
     masked = torch.where(to_random, random_ids.to(input_ids.dtype), masked)
     return masked, labels
 
+
 def _force_minimum(
     draw: torch.Tensor, maskable: torch.Tensor, selected: torch.Tensor, minimum: int
 ) -> torch.Tensor:
@@ -97,5 +100,6 @@ def _force_minimum(
     if kth.shape[1] == 0:
         return torch.zeros_like(selected)
     return short & maskable & (ranked <= kth)
+
 
 MASK = "<mask>"

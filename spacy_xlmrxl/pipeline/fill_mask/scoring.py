@@ -1,15 +1,7 @@
-"""Scorers of the spacy_xlmrxl components, registered in ``spacy.registry.scorers``.
-
-Owns ``spacy-xlmrxl.ner_scorer.v1`` (``ents_p``, ``ents_r``, ``ents_f``, ``ents_per_type``, as
-spaCy's ``ner``) and ``spacy-xlmrxl.textcat_scorer.v1`` (as spaCy's ``textcat`` /
-``textcat_multilabel``: ``cats_score``, ``cats_macro_f``, ``cats_macro_auc``, per-type scores;
-multi-label when the component's ``exclusive_classes`` is false) and
-``spacy-xlmrxl.fill_mask_scorer.v1`` (``fill_mask_acc`` / ``fill_mask_top5``: masked-word top-1 /
-top-5 accuracy, `score_fill_mask`), with `masked_word_accuracy`, the counting that it and the
-CLI's ``evaluate-fill-mask`` share. The QA scorer ``spacy-xlmrxl.qa_scorer.v1`` lives with the
-QA conventions in `spacy_xlmrxl.scorers_qa`.
+"""Fill-mask scoring: ``spacy-xlmrxl.fill_mask_scorer.v1`` (``fill_mask_acc`` / ``fill_mask_top5``:
+masked-word top-1 / top-5 accuracy, `score_fill_mask`) and `masked_word_accuracy`, the counting
+that it and the CLI's ``evaluate-fill-mask`` share.
 """
-
 from __future__ import annotations
 
 import re
@@ -23,6 +15,7 @@ from spacy.util import registry
 from .masking import MASK
 
 WORD_START = "\u2581"  # sentencepiece's word-start mark
+
 
 def masked_word_accuracy(pairs: Iterable[Tuple[Optional[Sequence[Dict[str, Any]]], Any]], *, key: str = "piece",
                          empty: Optional[float] = None) -> Dict[str, Optional[float]]:
@@ -44,6 +37,7 @@ def masked_word_accuracy(pairs: Iterable[Tuple[Optional[Sequence[Dict[str, Any]]
         return {"fill_mask_acc": empty, "fill_mask_top5": empty}
     return {"fill_mask_acc": top1 / n, "fill_mask_top5": top5 / n}
 
+
 def masked_words(masked_text: str, original_text: str, *, mask: str = MASK) -> List[Tuple[int, int]]:
     """The ``(start, end)`` character spans of ``original_text`` that the ``mask`` occurrences of
     ``masked_text`` stand for, in order (``[]`` without a mask). Raise `ValueError` when
@@ -61,6 +55,7 @@ def masked_words(masked_text: str, original_text: str, *, mask: str = MASK) -> L
         )
     return [match.span(i) for i in range(1, len(parts))]
 
+
 def gold_piece(text: str, start: int, end: int) -> str:
     """The sentencepiece piece a single ``<mask>`` must be filled with to restore ``text[start:end]``:
     the word (NFKC, as the XLM-R tokenizer normalises), with ``▁`` when it starts a word (at the
@@ -69,6 +64,7 @@ def gold_piece(text: str, start: int, end: int) -> str:
     word = unicodedata.normalize("NFKC", span.strip())
     starts_word = start == 0 or span[:1].isspace() or text[start - 1].isspace()
     return (WORD_START if starts_word else "") + word
+
 
 def score_fill_mask(examples: Iterable[Example], **kwargs: Any) -> Dict[str, Any]:
     """Masked-word accuracy of ``xlmrxl_fill_mask`` predictions.
@@ -92,6 +88,7 @@ def score_fill_mask(examples: Iterable[Example], **kwargs: Any) -> Dict[str, Any
         for i, (start, end) in enumerate(spans):
             pairs.append((fillers[i] if i < len(fillers) else [], gold_piece(reference.text, start, end)))
     return masked_word_accuracy(pairs, key="piece")
+
 
 @registry.scorers("spacy-xlmrxl.fill_mask_scorer.v1")
 def make_fill_mask_scorer() -> Callable[..., Dict[str, Any]]:

@@ -1,6 +1,4 @@
-"""Extractive QA on spaCy Docs: the Doc extensions, gold answers, SQuAD exact match and F1.
-
-Owns the Doc-side QA conventions shared by `xlmrxl_qa`, readers and scoring:
+"""The Doc side of extractive QA, shared by `xlmrxl_qa`, the SQuAD reader and scoring.
 
 - ``doc._.question``: a question string, a list of question strings, or None (no question).
 - ``doc._.answers``: one list per question of answer dicts ``{"text", "start", "end", "score"}``
@@ -10,11 +8,9 @@ Owns the Doc-side QA conventions shared by `xlmrxl_qa`, readers and scoring:
   spans in ``doc.spans["answers"]`` whose group attribute ``attrs["questions"]`` lists each
   span's question index (all spans answer question 0 when absent).
 
-and the scorer ``spacy-xlmrxl.qa_scorer.v1`` (``qa_exact``, ``qa_f1`` in [0, 1], averaged over
-questions) with the normalisation of the official SQuAD evaluation script (lower case, no
-punctuation, no English articles, single spaces).
+Owns the extensions' registration, reading questions and gold answers (`questions_of`,
+`gold_answers_of`) and writing answers (`set_qa_annotation`). Imports no component.
 """
-
 from __future__ import annotations
 
 from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
@@ -27,11 +23,13 @@ QUESTIONS_ATTR = "questions"
 
 SCORES_ATTR = "scores"
 
+
 def register_qa_extensions() -> None:
     """Register ``doc._.question`` and ``doc._.answers`` (default None) unless already there."""
     for name in ("question", "answers"):
         if not Doc.has_extension(name):
             Doc.set_extension(name, default=None)
+
 
 def questions_of(doc: Doc) -> List[str]:
     """The doc's questions as a list (``[]`` when ``doc._.question`` is unset)."""
@@ -44,6 +42,7 @@ def questions_of(doc: Doc) -> List[str]:
     if isinstance(question, (list, tuple)) and all(isinstance(q, str) for q in question):
         return list(question)
     raise TypeError(f"doc._.question must be a string or a list of strings, got {type(question).__name__}")
+
 
 def gold_answers_of(doc: Doc) -> List[List[Tuple[int, int]]]:
     """Gold ``(start_char, end_char)`` alternatives per question of a reference doc."""
@@ -64,6 +63,7 @@ def gold_answers_of(doc: Doc) -> List[List[Tuple[int, int]]]:
                 golds[int(q)].append((span.start_char, span.end_char))
     return golds
 
+
 def gold_offsets(text: str, answer: Dict[str, Any]) -> Tuple[int, int]:
     start = int(answer["start"])
     end = int(answer["end"]) if "end" in answer else start + len(answer["text"])
@@ -72,6 +72,7 @@ def gold_offsets(text: str, answer: Dict[str, Any]) -> Tuple[int, int]:
     if "text" in answer and text[start:end] != answer["text"]:
         raise ValueError(f"gold answer {answer!r} does not match doc.text[{start}:{end}] = {text[start:end]!r}")
     return start, end
+
 
 def set_qa_annotation(doc: Doc, *, question: Union[str, Sequence[str]],
                       answers: Sequence[Any], qid: Optional[Union[str, Sequence[str]]] = None) -> Doc:

@@ -38,6 +38,7 @@ DEFAULT_QA_MODEL = default_model_config("spacy-xlmrxl.QAModel.v1")
 
 register_qa_extensions()
 
+
 @Language.factory(
     "xlmrxl_qa",
     assigns=["doc._.answers", "doc.spans"],
@@ -68,6 +69,7 @@ def make_qa(nlp: Language, name: str, model: Model, max_length: int, doc_stride:
         no_answer_threshold=no_answer_threshold, spans_key=spans_key, scorer=scorer,
     )
 
+
 @dataclass
 class _Batch:
     """The features of a batch of docs and how they were packed for the model."""
@@ -76,6 +78,7 @@ class _Batch:
     owners: List[Tuple[int, int]]  # (doc index, question index) per feature
     plan: WindowPlan
     where: List[Tuple[int, int]]  # (batch, row) per feature
+
 
 class XLMRQuestionAnswerer(BackbonePipe, TrainablePipe):
     """Extractive question answering; see the module docstring."""
@@ -249,6 +252,7 @@ class XLMRQuestionAnswerer(BackbonePipe, TrainablePipe):
 
     def add_label(self, label: str) -> int:
         raise NotImplementedError("xlmrxl_qa has no labels")
+
 
 def whole_doc_span(n_pieces: int) -> List[Tuple[int, int]]:
     """One window over the whole sequence (a QA feature is already a model input)."""

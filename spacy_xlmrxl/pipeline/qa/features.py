@@ -25,6 +25,7 @@ EOS_ID = 2
 # `<s> Q </s></s> C </s>`: the specials around a question/context pair
 N_PAIR_SPECIALS = 4
 
+
 @dataclass(frozen=True)
 class QAFeature:
     """One model input: a question with one chunk of the context.
@@ -45,6 +46,7 @@ class QAFeature:
         """Sequence position one past the chunk's last context piece."""
         return self.context_start + len(self.offsets)
 
+
 @dataclass(frozen=True)
 class Answer:
     """A predicted answer: character span ``[start, end)`` in the context, text and probability."""
@@ -56,6 +58,7 @@ class Answer:
 
     def to_dict(self) -> Dict[str, object]:
         return {"text": self.text, "start": self.start, "end": self.end, "score": self.score}
+
 
 def validate_window(*, max_length: int, doc_stride: int, max_question_length: int) -> None:
     """Raise ``ValueError`` naming the setting when the window cannot hold any context."""
@@ -74,6 +77,7 @@ def validate_window(*, max_length: int, doc_stride: int, max_question_length: in
             f"{N_PAIR_SPECIALS} - max_question_length)"
         )
 
+
 def chunk_spans(n_context: int, chunk_length: int, doc_stride: int) -> List[Tuple[int, int]]:
     """``[start, end)`` context-piece ranges of length <= ``chunk_length`` covering all pieces.
 
@@ -90,6 +94,7 @@ def chunk_spans(n_context: int, chunk_length: int, doc_stride: int) -> List[Tupl
         if end >= n_context:
             return spans
         start = end - doc_stride
+
 
 def build_features(
     question_ids: Sequence[int],
@@ -123,6 +128,7 @@ def build_features(
         )
     return features
 
+
 def gold_positions(feature: QAFeature, start_char: int, end_char: int) -> Tuple[int, int]:
     """Sequence positions of the first and last piece of the answer ``[start_char, end_char)``.
 
@@ -141,10 +147,12 @@ def gold_positions(feature: QAFeature, start_char: int, end_char: int) -> Tuple[
         return 0, 0
     return feature.context_start + first, feature.context_start + last
 
+
 def _log_softmax(logits: numpy.ndarray, allowed: numpy.ndarray) -> numpy.ndarray:
     masked = numpy.where(allowed, logits.astype("float64"), -numpy.inf)
     top = masked.max()
     return masked - (top + numpy.log(numpy.exp(masked - top).sum()))
+
 
 def feature_candidates(
     start_logits: numpy.ndarray,
@@ -186,6 +194,7 @@ def feature_candidates(
     best = best[numpy.argsort(-flat[best], kind="stable")]
     return null, [(float(flat[i]), int(i // n_ctx), int(i % n_ctx)) for i in best]
 
+
 def decode_answers(
     logits: Sequence[Tuple[numpy.ndarray, numpy.ndarray]],
     features: Sequence[QAFeature],
@@ -225,6 +234,7 @@ def decode_answers(
         Answer(text=context[s:e], start=s, end=e, score=float(numpy.exp(score)))
         for (s, e), score in ranked
     ]
+
 
 def _strip(text: str, start: int, end: int) -> Tuple[int, int]:
     while start < end and text[start].isspace():

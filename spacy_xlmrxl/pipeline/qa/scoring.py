@@ -1,20 +1,7 @@
-"""Extractive QA on spaCy Docs: the Doc extensions, gold answers, SQuAD exact match and F1.
-
-Owns the Doc-side QA conventions shared by `xlmrxl_qa`, readers and scoring:
-
-- ``doc._.question``: a question string, a list of question strings, or None (no question).
-- ``doc._.answers``: one list per question of answer dicts ``{"text", "start", "end", "score"}``
-  (character offsets in ``doc.text``), best first; ``[]`` for a question with no answer. A
-  reference (gold) doc gives its answers the same way (``score`` not needed; several answers
-  per question are alternatives, as in SQuAD dev sets; ``[]`` = unanswerable), or, instead, as
-  spans in ``doc.spans["answers"]`` whose group attribute ``attrs["questions"]`` lists each
-  span's question index (all spans answer question 0 when absent).
-
-and the scorer ``spacy-xlmrxl.qa_scorer.v1`` (``qa_exact``, ``qa_f1`` in [0, 1], averaged over
+"""SQuAD scoring: ``spacy-xlmrxl.qa_scorer.v1`` (``qa_exact``, ``qa_f1`` in [0, 1], averaged over
 questions) with the normalisation of the official SQuAD evaluation script (lower case, no
 punctuation, no English articles, single spaces).
 """
-
 from __future__ import annotations
 
 import collections
@@ -31,6 +18,7 @@ _ARTICLES = re.compile(r"\b(a|an|the)\b", re.UNICODE)
 
 _PUNCTUATION = frozenset(string.punctuation)
 
+
 # ---------------------------------------------------------------------------- SQuAD metrics
 def normalize_answer(text: str) -> str:
     """SQuAD's normalisation: lower case, drop punctuation and articles, collapse whitespace."""
@@ -38,14 +26,17 @@ def normalize_answer(text: str) -> str:
     text = _ARTICLES.sub(" ", text)
     return " ".join(text.split())
 
+
 def exact_match(prediction: str, golds: Sequence[str]) -> float:
     """1.0 if the normalised prediction equals a normalised gold (no gold: prediction empty)."""
     golds = list(golds) or [""]
     return float(max(normalize_answer(prediction) == normalize_answer(g) for g in golds))
 
+
 def f1_score(prediction: str, golds: Sequence[str]) -> float:
     """Best bag-of-tokens F1 against the golds (SQuAD2: empty vs empty is 1, empty vs text 0)."""
     return max(_f1(prediction, g) for g in (list(golds) or [""]))
+
 
 def _f1(prediction: str, gold: str) -> float:
     pred_tokens = normalize_answer(prediction).split()
@@ -59,6 +50,7 @@ def _f1(prediction: str, gold: str) -> float:
     precision = n_same / len(pred_tokens)
     recall = n_same / len(gold_tokens)
     return 2 * precision * recall / (precision + recall)
+
 
 def score_qa(examples: Iterable[Example], **kwargs: Any) -> Dict[str, Optional[float]]:
     """``qa_exact`` and ``qa_f1`` averaged over the reference docs' questions (None: no question).
@@ -82,6 +74,7 @@ def score_qa(examples: Iterable[Example], **kwargs: Any) -> Dict[str, Optional[f
     if not exact:
         return {"qa_exact": None, "qa_f1": None}
     return {"qa_exact": sum(exact) / len(exact), "qa_f1": sum(f1) / len(f1)}
+
 
 @registry.scorers("spacy-xlmrxl.qa_scorer.v1")
 def make_qa_scorer() -> Callable[..., Dict[str, Optional[float]]]:
