@@ -16,12 +16,15 @@ from ..config import ConfigError, XLMRobertaXLConfig
 from ..dtypes import DTYPE_NAMES
 from .building import LoadPlan, check_plan, parameters_on_meta, plan_load, set_tensor
 from .discovery import Checkpoint, open_checkpoint
-from .files import CheckpointError, DTypeLike, PathLike
+from .files import CheckpointError, DTypeLike, PathLike, TensorFile
 from .inference import check_config, infer_config
 
 __all__ = ["load_pretrained", "resolve_dtype", "load_state_dict"]
 
 logger = logging.getLogger(__package__)  # "modeling.checkpoint", as before the package split
+# elements summed per step when a materialised tensor is checked for NaN / inf (bounds the scratch
+# memory of the exact count that a non-finite sum triggers)
+_FINITE_CHUNK = 2**22
 
 
 def load_pretrained(
@@ -31,6 +34,7 @@ def load_pretrained(
     dtype: DTypeLike = None,
     device: Optional[Union[str, torch.device]] = None,
     config: Any = None,
+    check_finite: bool = True,
     **overrides: Any,
 ) -> nn.Module:
     """Build ``model_cls`` from the checkpoint at ``path`` without holding two copies of the weights.
@@ -46,6 +50,8 @@ def load_pretrained(
     - ``device``: where the weights are materialised (default CPU).
     - ``config``: an `XLMRobertaXLConfig`, a dict or a path; ``overrides`` change config fields
       (constructor keywords such as ``add_pooling_layer`` are passed to ``model_cls``).
+    - ``check_finite``: refuse (`CheckpointError` naming file and key) a floating tensor holding
+      NaN or inf values as it is materialised; ``False`` loads it as it is.
 
     Parameters the checkpoint lacks outside the backbone (task heads, pooler) are initialised
     like the reference; they and unused checkpoint keys are logged once and stored in
@@ -53,7 +59,8 @@ def load_pretrained(
     """
     checkpoint = open_checkpoint(path)
     try:
-        return _load(model_cls, checkpoint, dtype=dtype, device=device, config=config, overrides=dict(overrides))
+        return _load(model_cls, checkpoint, dtype=dtype, device=device, config=config, check_finite=check_finite,
+                     overrides=dict(overrides))
     finally:
         checkpoint.close()
 
@@ -65,6 +72,7 @@ def _load(
     dtype: DTypeLike,
     device: Optional[Union[str, torch.device]],
     config: Any,
+    check_finite: bool,
     overrides: Dict[str, Any],
 ) -> nn.Module:
     model_kwargs, overrides = _split_overrides(model_cls, overrides)
@@ -82,7 +90,7 @@ def _load(
     plan = plan_load(model, checkpoint, prefix)
     check_plan(plan, model, checkpoint, prefix, config_source)
     _initialise_missing(model, plan, dtype=target_dtype, device=target_device)
-    _materialise(model, plan, checkpoint, dtype=target_dtype, device=target_device)
+    _materialise(model, plan, checkpoint, dtype=target_dtype, device=target_device, check_finite=check_finite)
     _finish(model, dtype=target_dtype, device=target_device)
     unexpected = list(plan.unexpected)
     model.loading_info = {"missing_keys": list(plan.missing), "unexpected_keys": unexpected}
@@ -121,7 +129,10 @@ def _owner(model: nn.Module, name: str) -> nn.Module:
     return model.get_submodule(name.rpartition(".")[0])
 
 
-def _materialise(model: nn.Module, plan: LoadPlan, checkpoint: Checkpoint, *, dtype: torch.dtype, device: torch.device) -> None:
+def _materialise(
+    model: nn.Module, plan: LoadPlan, checkpoint: Checkpoint, *, dtype: torch.dtype, device: torch.device,
+    check_finite: bool,
+) -> None:
     """Read every planned tensor (file by file, front to back) and assign it to its tied names."""
     state = model.state_dict(keep_vars=True)
     by_file: Dict[int, List[Tuple[int, str]]] = {}
@@ -135,13 +146,48 @@ def _materialise(model: nn.Module, plan: LoadPlan, checkpoint: Checkpoint, *, dt
                 names = plan.groups[index]
                 current = state[names[0]]
                 wanted = dtype if current.is_floating_point() else current.dtype
-                tensor = file.materialize(checkpoint.tensors[key][1], dtype=wanted, device=device)
+                name_in_file = checkpoint.tensors[key][1]
+                tensor = file.materialize(name_in_file, dtype=wanted, device=device)
+                if check_finite and tensor.is_floating_point():
+                    _refuse_non_finite(file, name_in_file, key, tensor)
                 value: Tensor = tensor
                 if isinstance(current, nn.Parameter):
                     value = nn.Parameter(tensor, requires_grad=current.requires_grad)
                 for name in names:
                     set_tensor(model, name, value)
             file.close()
+
+
+def _count_non_finite(tensor: Tensor) -> int:
+    """How many NaN / inf values ``tensor`` holds, `_FINITE_CHUNK` elements at a time.
+
+    A chunk's sum is non-finite whenever the chunk holds a NaN or inf, so one pass without
+    scratch memory clears it (a file-backed tensor is read once, never copied); only a chunk whose
+    sum is not finite is counted exactly (its sum may merely have overflowed).
+    """
+    bad = 0
+    for chunk in tensor.reshape(-1).split(_FINITE_CHUNK):
+        if not bool(torch.isfinite(chunk.sum())):
+            bad += chunk.numel() - int(torch.isfinite(chunk).sum())
+    return bad
+
+
+def _refuse_non_finite(file: TensorFile, name: str, key: str, tensor: Tensor) -> None:
+    """Raise when ``tensor`` (``name`` of ``file``, the model's ``key``) holds NaN / inf values,
+    telling a corrupt file from values that only overflow the dtype they were cast to."""
+    bad = _count_non_finite(tensor)
+    if not bad:
+        return
+    what = f"{file.path}: tensor {name!r}" + (f" (loaded as {key!r})" if key != name else "")
+    stored = file.dtype(name)
+    if stored != tensor.dtype and not _count_non_finite(file.view(name)):
+        raise CheckpointError(
+            f"{what} has {bad} value(s) beyond the range of {tensor.dtype} once cast from {stored}: load it "
+            f"in {stored} (dtype=...) or pass check_finite=False to load it anyway"
+        )
+    raise CheckpointError(
+        f"{what} has {bad} NaN/inf value(s); the checkpoint is corrupt. Pass check_finite=False to load it anyway"
+    )
 
 
 @contextlib.contextmanager
