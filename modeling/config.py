@@ -192,7 +192,7 @@ class XLMRobertaXLConfig:
         path = Path(path)
         try:
             data = json.loads(path.read_text(encoding="utf8"))
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        except (OSError, ValueError, RecursionError) as err:  # ValueError: not UTF-8 / JSON; too deep nesting
             raise ConfigError(f"cannot read config file {path}: {err}") from err
         if not isinstance(data, dict):
             raise ConfigError(f"config file {path} does not hold a JSON object")

@@ -79,7 +79,7 @@ def _read_index(index: Path) -> Dict[str, str]:
         weight_map = json.loads(index.read_text(encoding="utf8"))["weight_map"]
         if not isinstance(weight_map, dict) or not weight_map:
             raise TypeError("weight_map is not a non-empty object")
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError) as err:
+    except (OSError, ValueError, RecursionError, KeyError, TypeError) as err:  # ValueError: not UTF-8 / JSON
         raise CheckpointError(f"{index}: not a readable shard index ({err})") from err
     for key, shard in weight_map.items():
         if not isinstance(shard, str) or Path(shard).name != shard:

@@ -74,7 +74,9 @@ class SafetensorsFile(TensorFile):
             raise self._fail(f"cannot read the file: {err}") from err
         try:
             header = json.loads(raw.decode("utf8"))
-        except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        except RecursionError as err:
+            raise self._fail("corrupt safetensors header (its JSON is nested too deeply)") from err
+        except ValueError as err:  # not UTF-8, not JSON, numbers too long
             raise self._fail(f"corrupt safetensors header (not JSON: {err})") from err
         if not isinstance(header, dict):
             raise self._fail("corrupt safetensors header (not a JSON object)")

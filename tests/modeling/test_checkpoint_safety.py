@@ -1,8 +1,10 @@
 """Tests of the checkpoint package's guards: non-finite weights refused at load
-(`modeling.checkpoint.loading`)."""
+(`modeling.checkpoint.loading`), hostile JSON in a safetensors header, a shard index or
+``config.json`` naming the file (`safetensors`, `discovery`, `modeling.config`)."""
 
 from __future__ import annotations
 
+import struct
 import time
 
 import pytest
@@ -11,6 +13,8 @@ import torch
 from modeling.checkpoint import CheckpointError, load_pretrained, save_pretrained
 from modeling.config import XLMRobertaXLConfig
 from modeling.model import XLMRobertaXLModel
+
+DEEP_JSON = "[" * 100_000 + "]" * 100_000
 
 def tiny_model(seed: int = 0) -> XLMRobertaXLModel:
     torch.manual_seed(seed)
@@ -86,3 +90,28 @@ def test_finite_check_cost_on_a_small_preset_load(tmp_path):
             del loaded
         print(f"small preset, {dtype}: load {min(timings[False]) * 1e3:.0f} ms without the finite check, "
               f"{min(timings[True]) * 1e3:.0f} ms with it")
+
+
+# ------------------------------------------------------------------------------- nested JSON
+def test_deeply_nested_safetensors_header_names_the_file(tmp_path):
+    path = tmp_path / "model.safetensors"
+    raw = DEEP_JSON.encode()
+    path.write_bytes(struct.pack("<Q", len(raw)) + raw)
+    with pytest.raises(CheckpointError, match="corrupt safetensors header") as err:
+        XLMRobertaXLModel.from_pretrained(path, config=tiny_model().config)
+    assert str(err.value).startswith(f"{path}: ")
+
+
+def test_deeply_nested_shard_index_names_the_file(tmp_path):
+    (tmp_path / "model.safetensors.index.json").write_text(DEEP_JSON)
+    with pytest.raises(CheckpointError, match="not a readable shard index") as err:
+        XLMRobertaXLModel.from_pretrained(tmp_path)
+    assert str(err.value).startswith(f"{tmp_path / 'model.safetensors.index.json'}: ")
+
+
+def test_deeply_nested_config_json_names_the_file(tmp_path):
+    save_pretrained(tiny_model(), tmp_path / "ckpt")
+    (tmp_path / "ckpt" / "config.json").write_text(DEEP_JSON)
+    with pytest.raises(CheckpointError, match=r"config\.json") as err:
+        XLMRobertaXLModel.from_pretrained(tmp_path / "ckpt")
+    assert str(tmp_path / "ckpt" / "config.json") in str(err.value)
