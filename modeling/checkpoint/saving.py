@@ -71,15 +71,20 @@ def atomic_directory(directory: PathLike) -> Iterator[Path]:
     """Yield a staging directory beside ``directory`` that replaces it only if the block succeeds.
 
     Files of an existing ``directory`` that the block did not write and that are not weights or
-    config are carried over (hard links); on failure the staging directory is removed.
+    config are carried over (hard links); on failure the staging directory is removed. Nothing is
+    read through a symbolic link: a ``directory`` that is one is refused (`CheckpointError`:
+    renaming would replace the link, carrying files over would pull in the folder it points to),
+    and links inside it are carried over as links.
     """
     directory = Path(directory)
+    _refuse_symlink(directory)
     directory.parent.mkdir(parents=True, exist_ok=True)
     token = uuid.uuid4().hex[:12]
     staging = directory.parent / f".{directory.name}.tmp-{token}"
     staging.mkdir()
     try:
         yield staging
+        _refuse_symlink(directory)  # again: the block may have run for a long time
         if directory.exists():
             _keep_other_files(directory, staging)
             shutil.copymode(directory, staging)
@@ -94,22 +99,33 @@ def atomic_directory(directory: PathLike) -> Iterator[Path]:
         raise
 
 
+def _refuse_symlink(directory: Path) -> None:
+    if directory.is_symlink():
+        raise CheckpointError(
+            f"{directory}: is a symbolic link (to {os.readlink(directory)}); refusing to save through it: "
+            "save into the directory it points to, or remove the link"
+        )
+
+
 def _keep_other_files(old: Path, new: Path) -> None:
-    """Hard-link (or copy) what ``old`` holds besides weights and config into ``new``."""
-    for entry in old.iterdir():
-        if _OWNED_FILE.match(entry.name) or (new / entry.name).exists():
-            continue
-        if entry.is_dir() and not entry.is_symlink():
-            shutil.copytree(entry, new / entry.name, symlinks=True, copy_function=_link_or_copy)
-        else:
-            _link_or_copy(str(entry), str(new / entry.name))
+    """Carry what ``old`` holds besides weights and config into ``new`` without following links:
+    files are hard-linked (or copied), folders recreated, symbolic links recreated as links."""
+    with os.scandir(old) as entries:
+        for entry in entries:
+            if _OWNED_FILE.match(entry.name) or os.path.lexists(new / entry.name):
+                continue
+            if entry.is_dir(follow_symlinks=False):
+                shutil.copytree(entry.path, new / entry.name, symlinks=True, copy_function=_link_or_copy)
+            else:
+                _link_or_copy(entry.path, str(new / entry.name))
 
 
 def _link_or_copy(source: str, target: str) -> None:
+    """Hard-link ``source`` as ``target`` (a copy where that fails); a symbolic link is recreated."""
     if os.path.islink(source):
         os.symlink(os.readlink(source), target)
         return
     try:
-        os.link(source, target)
-    except OSError:
-        shutil.copy2(source, target)
+        os.link(source, target, follow_symlinks=False)
+    except (OSError, NotImplementedError):  # no hard links here; linkat missing on the platform
+        shutil.copy2(source, target, follow_symlinks=False)

@@ -1,16 +1,19 @@
 """Tests of the checkpoint package's guards: non-finite weights refused at load
 (`modeling.checkpoint.loading`), hostile JSON in a safetensors header, a shard index or
-``config.json`` naming the file (`safetensors`, `discovery`, `modeling.config`)."""
+``config.json`` naming the file (`safetensors`, `discovery`, `modeling.config`), and
+`atomic_directory` never reading through symbolic links (`saving`)."""
 
 from __future__ import annotations
 
+import os
+import re
 import struct
 import time
 
 import pytest
 import torch
 
-from modeling.checkpoint import CheckpointError, load_pretrained, save_pretrained
+from modeling.checkpoint import CheckpointError, atomic_directory, load_pretrained, save_pretrained
 from modeling.config import XLMRobertaXLConfig
 from modeling.model import XLMRobertaXLModel
 
@@ -115,3 +118,52 @@ def test_deeply_nested_config_json_names_the_file(tmp_path):
     with pytest.raises(CheckpointError, match=r"config\.json") as err:
         XLMRobertaXLModel.from_pretrained(tmp_path / "ckpt")
     assert str(tmp_path / "ckpt" / "config.json") in str(err.value)
+
+
+# ------------------------------------------------------------------------------- symlinks
+def test_atomic_directory_refuses_a_symlinked_target(tmp_path):
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "private.txt").write_text("not yours")
+    link = tmp_path / "ckpt"
+    link.symlink_to(outside, target_is_directory=True)
+    with pytest.raises(CheckpointError, match=rf"^{re.escape(str(link))}: is a symbolic link"):
+        save_pretrained(tiny_model(), link)
+    assert link.is_symlink() and os.readlink(link) == str(outside)
+    assert sorted(p.name for p in outside.iterdir()) == ["private.txt"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt", "outside"], "no staging directory left behind"
+
+
+def test_symlinks_inside_the_directory_are_kept_as_links_not_followed(tmp_path):
+    outside = tmp_path / "outside"
+    (outside / "folder").mkdir(parents=True)
+    (outside / "secret.txt").write_text("secret")
+    (outside / "folder" / "inner.txt").write_text("inner")
+    target = tmp_path / "ckpt"
+    save_pretrained(tiny_model(), target)
+    (target / "tokenizer.json").write_text("{}")
+    (target / "file-link").symlink_to(outside / "secret.txt")
+    (target / "dir-link").symlink_to(outside / "folder", target_is_directory=True)
+    (target / "dangling").symlink_to(tmp_path / "nowhere")
+    save_pretrained(tiny_model(seed=1), target)
+    assert (target / "tokenizer.json").read_text() == "{}"
+    for name, points_to in (("file-link", outside / "secret.txt"), ("dir-link", outside / "folder"),
+                            ("dangling", tmp_path / "nowhere")):
+        assert (target / name).is_symlink() and os.readlink(target / name) == str(points_to)
+    # the outside files were neither linked in nor touched
+    assert (outside / "secret.txt").stat().st_nlink == 1 and (outside / "folder" / "inner.txt").stat().st_nlink == 1
+    assert (outside / "secret.txt").read_text() == "secret"
+
+
+def test_atomic_directory_carries_a_symlinked_entry_of_a_subfolder_as_a_link(tmp_path):
+    outside = tmp_path / "outside.txt"
+    outside.write_text("outside")
+    target = tmp_path / "out"
+    with atomic_directory(target) as staging:
+        (staging / "sub").mkdir()
+        (staging / "sub" / "own.txt").write_text("own")
+    (target / "sub" / "link").symlink_to(outside)
+    with atomic_directory(target) as staging:
+        (staging / "new.txt").write_text("new")
+    assert (target / "sub" / "link").is_symlink() and (target / "sub" / "own.txt").read_text() == "own"
+    assert outside.stat().st_nlink == 1
