@@ -15,10 +15,11 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Dict, Optional, Union
 
+from .dtypes import TORCH_DTYPE_NAMES
+
 MODEL_TYPE = "xlm-roberta-xl"
 CONFIG_NAME = "config.json"
 _PROBLEM_TYPES = ("regression", "single_label_classification", "multi_label_classification")
-_DTYPES = ("float32", "float16", "bfloat16")
 _ACTIVATIONS = ("gelu", "relu", "gelu_new", "gelu_pytorch_tanh", "silu", "swish", "tanh")
 
 
@@ -114,8 +115,8 @@ class XLMRobertaXLConfig:
             )
         if self.problem_type is not None and self.problem_type not in _PROBLEM_TYPES:
             raise ConfigError(f"problem_type must be one of {_PROBLEM_TYPES} or None, got {self.problem_type!r}")
-        if self.torch_dtype is not None and self.torch_dtype not in _DTYPES:
-            raise ConfigError(f"torch_dtype must be one of {_DTYPES} or None, got {self.torch_dtype!r}")
+        if self.torch_dtype is not None and self.torch_dtype not in TORCH_DTYPE_NAMES:
+            raise ConfigError(f"torch_dtype must be one of {TORCH_DTYPE_NAMES} or None, got {self.torch_dtype!r}")
         if self.add_cross_attention and not self.is_decoder:
             raise ConfigError("add_cross_attention=True needs is_decoder=True")
 
@@ -191,7 +192,7 @@ class XLMRobertaXLConfig:
         path = Path(path)
         try:
             data = json.loads(path.read_text(encoding="utf8"))
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        except (OSError, ValueError, RecursionError) as err:  # ValueError: not UTF-8 / JSON; too deep nesting
             raise ConfigError(f"cannot read config file {path}: {err}") from err
         if not isinstance(data, dict):
             raise ConfigError(f"config file {path} does not hold a JSON object")

@@ -327,9 +327,9 @@ class XLMRobertaXLForQuestionAnswering(XLMRobertaXLTaskModel):
     def config_for_weights(cls, config: XLMRobertaXLConfig, shapes: Any) -> XLMRobertaXLConfig:
         """``config`` with ``num_labels`` set to the rows of the checkpoint's ``qa_outputs.weight``
         (``shapes``: key -> shape) when they differ; unchanged when there is no such weight."""
-        from .checkpoint import _find  # the key lookup of the checkpoint's shape checks
+        from .checkpoint import find_key  # the key lookup of the checkpoint's shape checks
 
-        found = _find(shapes, "qa_outputs.weight")
+        found = find_key(shapes, "qa_outputs.weight")
         rows = found[1][0] if found is not None and len(found[1]) == 2 else None
         if rows is None or rows == config.num_labels:
             return config

@@ -124,13 +124,16 @@ class XLMRobertaXLPreTrainedModel(nn.Module):
         dtype: Optional[torch.dtype] = None,
         device: Optional[Union[str, torch.device]] = None,
         config: Optional[XLMRobertaXLConfig] = None,
+        check_finite: bool = True,
         **overrides: Any,
     ) -> "XLMRobertaXLPreTrainedModel":
         """Load a local HF directory / weights file or a fairseq ``model.pt`` (see
-        `modeling.checkpoint.load_pretrained`); ``overrides`` change config fields."""
+        `modeling.checkpoint.load_pretrained`); ``overrides`` change config fields and
+        ``check_finite=False`` loads weights holding NaN / inf instead of refusing them."""
         from .checkpoint import load_pretrained
 
-        return load_pretrained(cls, path, dtype=dtype, device=device, config=config, **overrides)
+        return load_pretrained(cls, path, dtype=dtype, device=device, config=config, check_finite=check_finite,
+                               **overrides)
 
     def save_pretrained(self, directory: PathLike, *, max_shard_size: Union[int, str] = "5GB") -> Any:
         """Write ``config.json`` and (sharded) safetensors that HF transformers can load."""

@@ -31,6 +31,8 @@ from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple, Union
 
 import sentencepiece
 
+from .sentencepiece_file import TokenizerFileError, load_sentencepiece  # noqa: F401 (TokenizerFileError re-exported)
+
 SPM_FILE_NAME = "sentencepiece.bpe.model"
 MASK_TOKEN = "<mask>"
 WORD_BOUNDARY = "\u2581"  # "▁", SentencePiece's whitespace marker
@@ -129,8 +131,9 @@ class XLMRobertaTokenizer:
     """XLM-R tokenizer over any SentencePiece model (the real one has 250,000 pieces).
 
     ``model_file`` is a ``sentencepiece.bpe.model`` path; or pass the serialised model as
-    ``model_proto``. ``model_max_length`` is the default ``max_length`` for truncation and
-    ``padding="max_length"`` (512 for the released checkpoints). ``num_threads`` is handed to
+    ``model_proto`` (``source``: where those bytes come from, named in errors). A file that is no
+    whole SentencePiece model raises `TokenizerFileError` naming it. ``model_max_length`` is the
+    default ``max_length`` for truncation and ``padding="max_length"`` (512 for the released checkpoints). ``num_threads`` is handed to
     SentencePiece's batch encoder (-1: all cores).
     """
 
@@ -149,31 +152,14 @@ class XLMRobertaTokenizer:
         model_file: Union[str, Path, None] = None,
         *,
         model_proto: Optional[bytes] = None,
+        source: Optional[str] = None,
         model_max_length: int = 512,
         num_threads: int = -1,
     ) -> None:
-        if (model_file is None) == (model_proto is None):
-            raise ValueError("give exactly one of model_file and model_proto")
-        if model_file is not None:
-            path = Path(model_file)
-            if not path.is_file():
-                raise FileNotFoundError(f"model_file: no SentencePiece model at {path}")
-            model_proto = path.read_bytes()
-        source = model_file if model_file is not None else "model_proto"
-        processor = sentencepiece.SentencePieceProcessor()
-        try:
-            processor.LoadFromSerializedProto(model_proto)
-        except (RuntimeError, OSError) as error:
-            raise ValueError(f"{source} is not a SentencePiece model: {error}") from error
-        layout = (processor.unk_id(), processor.bos_id(), processor.eos_id(), processor.pad_id())
-        if layout != (0, 1, 2, -1):
-            raise ValueError(
-                f"{source}: the fairseq id mapping needs SentencePiece unk/bos/eos/pad ids 0/1/2/-1, "
-                f"this model has {'/'.join(map(str, layout))}"
-            )
+        model_proto, processor = load_sentencepiece(model_file, model_proto=model_proto, source=source)
         if model_max_length < 1:
             raise ValueError(f"model_max_length={model_max_length} must be at least 1")
-        self._proto: bytes = model_proto  # type: ignore[assignment]
+        self._proto: bytes = model_proto
         self._sp = processor
         self.model_max_length = model_max_length
         self.num_threads = num_threads

@@ -1,4 +1,4 @@
-"""Tests of modeling/checkpoint.py: every checkpoint layout, HF parity after round trips, the
+"""Tests of modeling/checkpoint/: every checkpoint layout, HF parity after round trips, the
 low-memory load path, and the promised errors for faulty files."""
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ import pytest
 import torch
 
 from modeling import checkpoint as ck
+from modeling.checkpoint import safetensors as st
 from modeling.checkpoint import CheckpointError, load_pretrained, load_state_dict, save_pretrained
 from modeling.config import XLMRobertaXLConfig
 from modeling.heads import (
@@ -395,7 +396,7 @@ def test_chunked_cast_equals_plain_cast(tmp_path, monkeypatch):
     tensor = torch.randn(1000, 37)
     ck.write_safetensors(tmp_path / "t.safetensors", [ck.TensorSpec("t", tensor.dtype, tuple(tensor.shape))],
                          lambda name: tensor)
-    monkeypatch.setattr(ck, "_CHUNK_BYTES", 4096 + 12)  # many chunks, none page aligned
+    monkeypatch.setattr(st, "_CHUNK_BYTES", 4096 + 12)  # many chunks, none page aligned
     file = ck.SafetensorsFile(tmp_path / "t.safetensors")
     cast = file.materialize("t", dtype=torch.bfloat16, device=torch.device("cpu"))
     assert torch.equal(cast, tensor.to(torch.bfloat16))
@@ -559,12 +560,12 @@ def test_save_is_atomic_and_keeps_other_files(tmp_path, ids, monkeypatch):
         real_write(path, specs[:1], produce, **kwargs)
         raise KeyboardInterrupt("interrupted in the middle of the save")
 
-    monkeypatch.setattr(ck, "write_safetensors", failing)
+    monkeypatch.setattr(st, "write_safetensors", failing)
     with pytest.raises(KeyboardInterrupt):
         save_pretrained(second, target, max_shard_size=30_000)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt"], "no staging directory left behind"
     assert max_diff(hidden(XLMRobertaXLModel.from_pretrained(target), ids), hidden(first, ids)) == 0
-    monkeypatch.setattr(ck, "write_safetensors", real_write)
+    monkeypatch.setattr(st, "write_safetensors", real_write)
     save_pretrained(second, target, max_shard_size=30_000)
     assert not (target / "model.safetensors").exists()
     assert (target / "sentencepiece.bpe.model").read_bytes() == b"spm"

@@ -108,6 +108,15 @@ def test_bad_files_raise_config_error(tmp_path: Path) -> None:
         XLMRobertaXLConfig.from_pretrained(tmp_path)
 
 
+@pytest.mark.parametrize("text", ["[" * 100_000 + "]" * 100_000, '{"vocab_size": ' + "9" * 5000 + "}", "\udcff"],
+                         ids=["deep", "long-number", "not-utf8"])
+def test_unparsable_config_json_names_the_file(tmp_path: Path, text: str) -> None:
+    path = tmp_path / "config.json"
+    path.write_text(text, encoding="utf8", errors="surrogateescape")
+    with pytest.raises(ConfigError, match=f"cannot read config file {path}: "):
+        XLMRobertaXLConfig.from_pretrained(tmp_path)
+
+
 def test_presets() -> None:
     xl = XLMRobertaXLConfig.from_preset("xl")
     assert (xl.hidden_size, xl.num_hidden_layers, xl.num_attention_heads, xl.intermediate_size) == (2560, 36, 32, 10240)

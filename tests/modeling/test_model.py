@@ -491,7 +491,7 @@ def test_checkpoint_methods_delegate(monkeypatch: pytest.MonkeyPatch, tmp_path: 
         "load",
         XLMRobertaXLModel,
         tmp_path,
-        {"dtype": torch.bfloat16, "device": None, "config": None, "num_labels": 3},
+        {"dtype": torch.bfloat16, "device": None, "config": None, "check_finite": True, "num_labels": 3},
     )
     model = XLMRobertaXLModel(XLMRobertaXLConfig(**TINY))
     model.save_pretrained(tmp_path, max_shard_size="1MB")

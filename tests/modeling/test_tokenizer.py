@@ -23,7 +23,7 @@ import sentencepiece
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from modeling.tokenizer import BatchEncoding, PieceEncoding, XLMRobertaTokenizer
+from modeling.tokenizer import BatchEncoding, PieceEncoding, TokenizerFileError, XLMRobertaTokenizer
 from tests.modeling.tokenizer_corpus import load_corpora
 
 TRAINING_LINES = [
@@ -290,6 +290,43 @@ def test_from_pretrained_and_errors(tiny_dir: Path, tmp_path: Path) -> None:
         )
     with pytest.raises(ValueError, match="0/1/2/-1"):
         XLMRobertaTokenizer(other_layout)
+
+
+def _piece_boundaries(proto: bytes) -> List[int]:
+    """Offsets after each top-level field of a serialised SentencePiece model."""
+    ends, pos = [], 0
+    while pos < len(proto):
+        pos += 1  # a one-byte tag: fields 1-3, length-delimited
+        length = shift = 0
+        while True:
+            byte = proto[pos]
+            pos += 1
+            length |= (byte & 0x7F) << shift
+            shift += 7
+            if byte < 0x80:
+                break
+        pos += length
+        ends.append(pos)
+    return ends
+
+
+def test_truncated_model_file_is_named_in_the_error(tiny_dir: Path, tmp_path: Path) -> None:
+    proto = (tiny_dir / "sentencepiece.bpe.model").read_bytes()
+    path = tmp_path / "sentencepiece.bpe.model"
+    path.write_bytes(proto[: len(proto) // 2 + 1])  # cut inside a field: sentencepiece refuses it
+    with pytest.raises(TokenizerFileError, match=rf"^{path} is not a SentencePiece model: truncated or corrupt"):
+        XLMRobertaTokenizer(path)
+    with pytest.raises(ValueError, match=rf"^{path} is not a SentencePiece model"):
+        XLMRobertaTokenizer.from_pretrained(tmp_path)
+    cut = _piece_boundaries(proto)[100]  # after 101 pieces: sentencepiece parses it, with 101 pieces
+    path.write_bytes(proto[:cut])
+    with pytest.raises(TokenizerFileError, match=rf"^{path} is not a whole SentencePiece model: it has 101 pieces"):
+        XLMRobertaTokenizer(path)
+    with pytest.raises(TokenizerFileError, match=r"^pipeline/tokenizer is not a whole SentencePiece model"):
+        XLMRobertaTokenizer(model_proto=proto[:cut], source="pipeline/tokenizer")
+    with pytest.raises(TokenizerFileError, match=r"^model_proto is not a SentencePiece model"):
+        XLMRobertaTokenizer(model_proto=proto[: len(proto) // 2 + 1])
+    assert len(XLMRobertaTokenizer(model_proto=proto, source="pipeline/tokenizer")) == len(XLMRobertaTokenizer.from_pretrained(tiny_dir))
 
 
 def test_pickle_round_trip(tiny: XLMRobertaTokenizer) -> None:

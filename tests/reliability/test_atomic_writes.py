@@ -8,7 +8,7 @@ import pytest
 import spacy
 import torch
 
-import modeling.checkpoint as checkpoint
+import modeling.checkpoint.safetensors as checkpoint  # where write_shards looks up write_safetensors
 from spacy_xlmrxl.backbone.nodes import backbone_shim
 
 from .conftest import build_shared_pipeline

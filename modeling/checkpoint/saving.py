@@ -1,0 +1,131 @@
+"""Saving: `save_pretrained` writes ``config.json`` + (sharded) safetensors that HF transformers
+loads, through `atomic_directory`, which stages a new directory beside the target, carries over
+the target's other files (tokenizer files, ...) and renames it into place."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import shutil
+import uuid
+from pathlib import Path
+from typing import Any, Dict, Iterator, Tuple, Union
+
+from torch import Tensor, nn
+
+from ..config import XLMRobertaXLConfig
+from ..dtypes import dtype_name
+from .files import CheckpointError, PathLike
+from .safetensors import TensorSpec, write_shards
+
+__all__ = ["save_pretrained", "atomic_directory"]
+
+# files that `save_pretrained` (re)writes; other files of an existing directory are kept
+_OWNED_FILE = re.compile(
+    r"^(config\.json|model\.safetensors(\.index\.json)?|model-\d+-of-\d+\.safetensors"
+    r"|pytorch_model\.bin(\.index\.json)?|pytorch_model-\d+-of-\d+\.bin)$"
+)
+
+
+def _unique_state(model: nn.Module) -> Dict[str, Tensor]:
+    """The state dict with each shared tensor once, under its first name (HF drops the tied copies)."""
+    tied_copies = set(getattr(model, "_tied_weights_keys", ()))
+    state = model.state_dict(keep_vars=True)
+    first: Dict[Tuple[Any, ...], str] = {}
+    for name, tensor in state.items():
+        identity = (tensor.device, tensor.untyped_storage().data_ptr() if not tensor.is_meta else id(tensor),
+                    tensor.storage_offset(), tuple(tensor.shape), tuple(tensor.stride()), tensor.dtype)
+        if identity not in first or first[identity] in tied_copies:
+            first[identity] = name
+    order = {name: position for position, name in enumerate(state)}
+    return {name: state[name] for name in sorted(first.values(), key=order.__getitem__)}
+
+
+def save_pretrained(model: nn.Module, directory: PathLike, *, max_shard_size: Union[int, str] = "5GB") -> Path:
+    """Write ``config.json`` and (sharded) safetensors for ``model`` into ``directory``, atomically.
+
+    Everything is written into a new directory beside ``directory`` and renamed into place, so
+    an interrupted save leaves an existing checkpoint untouched; files of an existing directory
+    that are not weights or config (tokenizer files, ...) are kept.
+    """
+    directory = Path(directory)
+    if directory.exists() and not directory.is_dir():
+        raise CheckpointError(f"{directory}: exists and is not a directory")
+    state = _unique_state(model)
+    meta = [name for name, tensor in state.items() if tensor.is_meta]
+    if meta:
+        raise CheckpointError(f"{directory}: cannot save {meta[0]!r}, it is on the meta device (not loaded)")
+    config: XLMRobertaXLConfig = model.config  # type: ignore[assignment]
+    floating = [t.dtype for t in state.values() if t.is_floating_point()]
+    config = config.copy(architectures=[type(model).__name__], torch_dtype=dtype_name(floating[0]) if floating else None)
+    specs = [TensorSpec(name, tensor.dtype, tuple(tensor.shape)) for name, tensor in state.items()]
+    with atomic_directory(directory) as staging:
+        config.save_pretrained(staging)
+        write_shards(staging, specs, lambda name: state[name], max_shard_size=max_shard_size)
+    return directory
+
+
+@contextlib.contextmanager
+def atomic_directory(directory: PathLike) -> Iterator[Path]:
+    """Yield a staging directory beside ``directory`` that replaces it only if the block succeeds.
+
+    Files of an existing ``directory`` that the block did not write and that are not weights or
+    config are carried over (hard links); on failure the staging directory is removed. Nothing is
+    read through a symbolic link: a ``directory`` that is one is refused (`CheckpointError`:
+    renaming would replace the link, carrying files over would pull in the folder it points to),
+    and links inside it are carried over as links.
+    """
+    directory = Path(directory)
+    _refuse_symlink(directory)
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    token = uuid.uuid4().hex[:12]
+    staging = directory.parent / f".{directory.name}.tmp-{token}"
+    staging.mkdir()
+    try:
+        yield staging
+        _refuse_symlink(directory)  # again: the block may have run for a long time
+        if directory.exists():
+            _keep_other_files(directory, staging)
+            shutil.copymode(directory, staging)
+            retired = directory.parent / f".{directory.name}.old-{token}"
+            os.rename(directory, retired)
+            os.rename(staging, directory)
+            shutil.rmtree(retired, ignore_errors=True)
+        else:
+            os.rename(staging, directory)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+
+
+def _refuse_symlink(directory: Path) -> None:
+    if directory.is_symlink():
+        raise CheckpointError(
+            f"{directory}: is a symbolic link (to {os.readlink(directory)}); refusing to save through it: "
+            "save into the directory it points to, or remove the link"
+        )
+
+
+def _keep_other_files(old: Path, new: Path) -> None:
+    """Carry what ``old`` holds besides weights and config into ``new`` without following links:
+    files are hard-linked (or copied), folders recreated, symbolic links recreated as links."""
+    with os.scandir(old) as entries:
+        for entry in entries:
+            if _OWNED_FILE.match(entry.name) or os.path.lexists(new / entry.name):
+                continue
+            if entry.is_dir(follow_symlinks=False):
+                shutil.copytree(entry.path, new / entry.name, symlinks=True, copy_function=_link_or_copy)
+            else:
+                _link_or_copy(entry.path, str(new / entry.name))
+
+
+def _link_or_copy(source: str, target: str) -> None:
+    """Hard-link ``source`` as ``target`` (a copy where that fails); a symbolic link is recreated."""
+    if os.path.islink(source):
+        os.symlink(os.readlink(source), target)
+        return
+    try:
+        os.link(source, target, follow_symlinks=False)
+    except (OSError, NotImplementedError):  # no hard links here; linkat missing on the platform
+        shutil.copy2(source, target, follow_symlinks=False)
