@@ -6,6 +6,7 @@ Owns `export_ner_to_hf` (``XLMRobertaXLForTokenClassification``), `export_textca
 or its upstream ``xlmrxl_transformer``'s). Each directory loads in HF transformers and as any
 component's ``checkpoint``.
 """
+
 from __future__ import annotations
 
 from pathlib import Path

@@ -5,6 +5,7 @@ Owns `torch_device` (the torch device matching thinc's current ops: CPU numpy or
 (``nlp.pipe(n_process=...)``) runs torch on one thread: torch's OpenMP pool, once started in the
 parent, deadlocks in a fork otherwise.
 """
+
 from __future__ import annotations
 
 import os

@@ -6,6 +6,7 @@ layers that own a `TorchModuleShim`; `backbone_shim`: that shim), `set_backbone_
 `install_backbone` (a built or loaded module and its tokenizer into a layer, with the checks
 that they belong together) and `get_tokenizer`.
 """
+
 from __future__ import annotations
 
 from typing import Any, List

@@ -5,6 +5,7 @@ with the scale kept as a Python float: thinc's grad scaler keeps a device tensor
 ``torch._amp_update_scale_``, spaCy issue 13512), and the detection of CPUs without native bf16
 matmuls (`native_bf16_matmul`) with the `SlowBF16Warning` given when bf16 is asked for there.
 """
+
 from __future__ import annotations
 
 import contextlib

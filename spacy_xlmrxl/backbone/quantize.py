@@ -4,6 +4,7 @@ Owns the setting's values and checks, and `quantize_linear_int8`: a dynamic-int8
 module's ``nn.Linear`` layers that runs the forward passes while the float weights stay for
 saving, with the float Linear pages handed back to the kernel (`madvise(MADV_PAGEOUT)`).
 """
+
 from __future__ import annotations
 
 import copy

@@ -6,6 +6,7 @@ switches applied to the module it is given: ``freeze``, ``freeze_word_embeddings
 checkpointing, mixed precision (`spacy_xlmrxl.backbone.precision`) and the int8 inference copy
 (`spacy_xlmrxl.backbone.quantize`).
 """
+
 from __future__ import annotations
 
 import contextlib

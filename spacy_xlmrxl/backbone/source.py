@@ -10,6 +10,7 @@ Owns
 - the dtype names of the config settings (`torch_dtype`) and `BackboneError`, the error of every
   backbone setting.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -22,29 +23,18 @@ from typing import Any, Dict, Optional, Type, Union
 import torch
 
 from modeling.config import PRESETS, XLMRobertaXLConfig
+from modeling.dtypes import DTYPE_NAMES
 
 PathLike = Union[str, os.PathLike]
-
 TOKENIZER_FILE = "sentencepiece.bpe.model"
-
 CONFIG_FILE = "config.json"
-
 WEIGHTS_FILE = "model.safetensors"
-
 WEIGHTS_INDEX_FILE = "model.safetensors.index.json"
-
 DEFAULT_CHECKPOINT = "facebook/xlm-roberta-xl"
-
 _WEIGHT_FILES = (WEIGHTS_FILE, WEIGHTS_INDEX_FILE, "pytorch_model.bin",
                  "pytorch_model.bin.index.json", "model.pt")
 
 _HUB_NAME = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
-
-DTYPES: Dict[str, torch.dtype] = {
-    "float32": torch.float32, "fp32": torch.float32,
-    "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
-    "float16": torch.float16, "fp16": torch.float16,
-}
 
 
 class BackboneError(ValueError):
@@ -134,13 +124,14 @@ def resolve_tokenizer(tokenizer: Optional[PathLike], checkpoint: Optional[Path] 
 
 
 def torch_dtype(name: Optional[str]) -> Optional[torch.dtype]:
-    """``"float32"``/``"bfloat16"``/``"float16"`` (or fp32/bf16/fp16) -> torch dtype; None stays None."""
+    """``"float32"``/``"bfloat16"``/``"float16"`` (or the other names of `modeling.dtypes`) -> torch
+    dtype; None stays None."""
     if name is None:
         return None
     try:
-        return DTYPES[str(name).replace("torch.", "")]
+        return DTYPE_NAMES[str(name).replace("torch.", "")]
     except KeyError:
-        raise BackboneError(f"dtype must be one of {sorted(DTYPES)} or null, got {name!r}") from None
+        raise BackboneError(f"dtype must be one of {sorted(DTYPE_NAMES)} or null, got {name!r}") from None
 
 
 @dataclass
@@ -223,24 +214,26 @@ class BackboneSource:
         return module
 
 
-def load_tokenizer(source: Union[PathLike, bytes]) -> Any:
+def load_tokenizer(source: Union[PathLike, bytes], *, origin: Optional[str] = None) -> Any:
     """The `modeling.tokenizer.XLMRobertaTokenizer` for a sentencepiece file, a directory
-    holding ``sentencepiece.bpe.model``, or the serialised model bytes."""
+    holding ``sentencepiece.bpe.model``, or the serialised model bytes (``origin``: the file they
+    were read from, named by the error when they are not a sentencepiece model)."""
     if not isinstance(source, bytes):
         path = Path(source)
-        source = (path / TOKENIZER_FILE if path.is_dir() else path).read_bytes()
-    return _tokenizer_from_proto(hashlib.sha256(source).hexdigest(), source)
+        path = path / TOKENIZER_FILE if path.is_dir() else path
+        source, origin = path.read_bytes(), str(path)
+    return _tokenizer_from_proto(hashlib.sha256(source).hexdigest(), source, origin)
 
 
 _TOKENIZERS: Dict[str, Any] = {}
 
 
-def _tokenizer_from_proto(digest: str, proto: bytes) -> Any:
+def _tokenizer_from_proto(digest: str, proto: bytes, origin: Optional[str]) -> Any:
     """One shared tokenizer per sentencepiece model (loading the real one takes seconds)."""
     from modeling.tokenizer import XLMRobertaTokenizer
 
     if digest not in _TOKENIZERS:
         if len(_TOKENIZERS) >= 8:
             _TOKENIZERS.pop(next(iter(_TOKENIZERS)))
-        _TOKENIZERS[digest] = XLMRobertaTokenizer(model_proto=proto)
+        _TOKENIZERS[digest] = XLMRobertaTokenizer(model_proto=proto, source=origin)
     return _TOKENIZERS[digest]

@@ -4,6 +4,7 @@ Owns `save_module_dir` / `load_module_dir` (``config.json`` + (sharded) safetens
 tokenizer model, loaded back by memory map) and `module_to_bytes` / `module_from_bytes` (the
 same files in memory, for ``to_bytes`` and pickling).
 """
+
 from __future__ import annotations
 
 import tempfile

@@ -1,6 +1,7 @@
 """``merge-config``: a training config + a partial override file (``configs/xl_gpu.cfg``), with the
 override's ``[backbone]`` settings set on every backbone block.
 """
+
 from __future__ import annotations
 
 import argparse

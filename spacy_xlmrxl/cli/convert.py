@@ -2,6 +2,7 @@
 DocBin files, with progress bars) and ``check-data`` (the assets' sha256, copying missing ones
 from a local data folder such as ``../shared/data``).
 """
+
 from __future__ import annotations
 
 import argparse

@@ -3,6 +3,7 @@ once, writing ALL scores per file as JSON: ``spacy evaluate`` keeps only a fixed
 drops e.g. ``qa_f1``), ``baseline-ner`` (each word's most frequent training tag) and
 ``evaluate-fill-mask`` (masked-word accuracy of a fill-mask pipeline and its baseline).
 """
+
 from __future__ import annotations
 
 import argparse

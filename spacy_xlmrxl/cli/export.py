@@ -1,6 +1,7 @@
 """``export-hf``: a trained NER / textcat / QA / fill-mask component -> a Hugging Face model
 directory (`spacy_xlmrxl.export`).
 """
+
 from __future__ import annotations
 
 import argparse

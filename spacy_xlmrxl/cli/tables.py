@@ -1,5 +1,6 @@
 """``metrics-table``: metrics JSON files -> Markdown tables for the README.
 """
+
 from __future__ import annotations
 
 import argparse

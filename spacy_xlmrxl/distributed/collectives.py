@@ -2,6 +2,7 @@
 needs, bucketed all-reduce of gradients and of the losses. Imported by `ddp` and `fsdp`, which
 do not import each other's private names.
 """
+
 from __future__ import annotations
 
 import os

@@ -51,11 +51,8 @@ from typing import Iterable, List, Optional, Sequence
 from modeling.config import XLMRobertaXLConfig
 
 GiB = 1024 ** 3
-
 STRATEGIES = ("ddp", "fsdp")
-
 PRECISIONS = ("fp32", "bf16")
-
 ATTENTIONS = ("flash", "math")
 
 

@@ -35,7 +35,6 @@ import numpy
 from .ray_sinks import OUTPUT_FORMATS, PathLike, make_sink
 
 INPUT_SUFFIXES = (".jsonl", ".json", ".txt")
-
 DEFAULT_EXTENSIONS = ("answers", "fill_mask")
 
 

@@ -1,6 +1,7 @@
 """Where Ray inference writes: the JSONL and Parquet result sinks (with resume: ids already
 written are skipped) and `read_results`.
 """
+
 from __future__ import annotations
 
 import json
@@ -9,7 +10,6 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Union
 
 PathLike = Union[str, "os.PathLike[str]"]
-
 OUTPUT_FORMATS = ("jsonl", "parquet")
 
 

@@ -35,7 +35,6 @@ from thinc.api import Model, Ops
 from thinc.types import Floats2d, Ragged
 
 PoolingMode = Literal["mean", "first"]
-
 POOLING_MODES: Tuple[str, ...] = ("mean", "first")
 
 

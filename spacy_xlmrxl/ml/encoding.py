@@ -5,6 +5,7 @@ doc's Python lists are dropped as soon as they are converted, and a long text is
 chunk by chunk (`_chunk_starts`), so the tokenizer's per-piece Python objects never exist for
 more than one chunk.
 """
+
 from __future__ import annotations
 
 from typing import Any, List, Sequence, Tuple

@@ -5,6 +5,7 @@ Owns ``spacy-xlmrxl.NerHead.v1`` (token vectors -> softmax over NER tags) and
 out_proj, averaged over windows, softmax or sigmoid; v2 names the backbone ``tok2vec`` so that
 ``nlp.replace_listeners`` finds it). Backprop takes the gradient w.r.t. the logits.
 """
+
 from __future__ import annotations
 
 from typing import Any, Callable, List, Optional, Tuple

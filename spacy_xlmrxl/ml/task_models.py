@@ -41,7 +41,6 @@ from ..backbone.source import DEFAULT_CHECKPOINT, BackboneSource
 from .windows import WindowBatch, WindowMaker, make_strided_windows
 
 QA_MODEL_NAME = "xlmrxl-qa"
-
 MLM_MODEL_NAME = "xlmrxl-masked-lm"
 
 #: The backbone settings of both architectures, as a component's default config gives them.

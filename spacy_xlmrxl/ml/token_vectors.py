@@ -3,6 +3,7 @@ token) from a transformer, usable by spaCy's own components too, and the pooling
 (`doc_data_pooler`) that the listeners share. At inference the vectors are pooled window batch
 by window batch, never from a doc's whole (n_pieces, H) array.
 """
+
 from __future__ import annotations
 
 from typing import Any, Callable, List, Optional, Tuple

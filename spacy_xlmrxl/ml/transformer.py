@@ -7,6 +7,7 @@ only the token vectors asked for (and the piece states only when asked). The tor
 built (and its weights loaded) in the model's ``init``, i.e. in ``nlp.initialize``, never at
 ``add_pipe``. Also owns the default config block of the architecture (`transformer_config`).
 """
+
 from __future__ import annotations
 
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union

@@ -9,6 +9,7 @@ component, and memory-maps the weights (no copy; a ``dtype`` setting converts te
 tensor). A backbone with ``quantize = "int8"`` saves its float weights, so the directory stays a
 float HF checkpoint and loading quantises again (identical predictions).
 """
+
 from __future__ import annotations
 
 import contextlib

@@ -27,7 +27,6 @@ from .labelled_pipe import LabelledPipe
 from .update import check_finite_loss
 
 SCHEMES = ("BILUO", "IOB")
-
 NER_MODEL_CONFIG = """
 [model]
 @architectures = "spacy-xlmrxl.NerHead.v1"
@@ -39,7 +38,6 @@ pooling = "mean"
 """ + transformer_config("model.tok2vec.transformer")
 
 DEFAULT_NER_MODEL = Config().from_str(NER_MODEL_CONFIG)["model"]
-
 Entity = Tuple[int, int, str]
 
 

@@ -5,6 +5,7 @@ model input they built, not just the docs: QA and fill-mask) and `check_finite_l
 `NonFiniteLossError`: every component raises before backprop when its loss is NaN/inf (nothing
 is trained on such a batch), naming the batch's docs.
 """
+
 from __future__ import annotations
 
 from typing import Any, Callable, Optional, Sequence, Tuple

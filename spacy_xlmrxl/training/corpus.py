@@ -5,18 +5,14 @@ QA question on the predicted doc too; the training configs use it) and the raw-f
 ``spacy-xlmrxl.UnerReader.v1``, ``spacy-xlmrxl.Sib200Reader.v1``,
 ``spacy-xlmrxl.SquadReader.v1`` and ``spacy-xlmrxl.RawTextReader.v1``.
 """
+
 from __future__ import annotations
 
-import csv
-import json
-import random
-import re
-import sys
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple, Union
+from typing import Callable, Iterable, Iterator, List, Optional, Tuple, Union
+
 from spacy.language import Language
-from spacy.tokens import Doc, DocBin, Span
+from spacy.tokens import Doc, DocBin
 from spacy.training import Corpus, Example
 from spacy.util import registry
 from spacy.vocab import Vocab
@@ -29,12 +25,12 @@ from .squad import read_squad_files, split_squad_files, squad_docs
 from .text import text_docs
 from .uner import uner_docs
 
-
 # Doc extensions that are model INPUTS (not annotation): copied from the gold doc onto the
 # predicted one, since ``nlp.make_doc(text)`` cannot know them (the QA question).
 INPUT_EXTENSIONS: Tuple[str, ...] = ("question",)
 
 register_qa_extensions()  # ``doc._.question`` / ``doc._.answers`` readable in any process
+
 
 def make_example(predicted: Doc, reference: Doc) -> Example:
     """``Example(predicted, reference)`` with the `INPUT_EXTENSIONS` of the reference also set
@@ -43,6 +39,7 @@ def make_example(predicted: Doc, reference: Doc) -> Example:
         if reference._.get(name) is not None:
             predicted._.set(name, reference._.get(name))
     return Example(predicted, reference)
+
 
 class TaskCorpus(Corpus):
     """``spacy.Corpus`` over ``.spacy`` files that reads them with `FastDocBin` and whose
@@ -63,6 +60,7 @@ class TaskCorpus(Corpus):
     def _make_example(self, nlp: Language, reference: Doc, gold_preproc: bool) -> Example:
         example = super()._make_example(nlp, reference, gold_preproc)
         return make_example(example.predicted, reference)
+
 
 class DocsCorpus:
     """A corpus reader over gold Docs built once (on first use) and kept as a DocBin.
@@ -91,6 +89,7 @@ class DocsCorpus:
         for reference in self.reference_docs(nlp):
             yield make_example(nlp.make_doc(reference.text), reference)
 
+
 @registry.readers("spacy-xlmrxl.Corpus.v1")
 def create_task_corpus(
     path: Optional[Path], limit: int = 0, max_length: int = 0, gold_preproc: bool = False, shuffle: bool = False
@@ -100,12 +99,14 @@ def create_task_corpus(
         raise ValueError("spacy-xlmrxl.Corpus.v1 needs a path to a .spacy file or a folder of them")
     return TaskCorpus(path, limit=limit, max_length=max_length, gold_preproc=gold_preproc, shuffle=shuffle)
 
+
 @registry.readers("spacy-xlmrxl.UnerReader.v1")
 def create_uner_reader(
     path: Union[str, List[str]], limit: int = 0, lang: Optional[str] = None, progress: bool = True
 ) -> DocsCorpus:
     """UNER ``.iob2`` file(s) (a path or a list of paths, languages may differ) as a corpus."""
     return DocsCorpus(lambda nlp: uner_docs(nlp.vocab, path, lang=lang, progress=progress), limit=limit)
+
 
 @registry.readers("spacy-xlmrxl.Sib200Reader.v1")
 def create_sib200_reader(
@@ -115,6 +116,7 @@ def create_sib200_reader(
     return DocsCorpus(
         lambda nlp: sib200_docs(nlp, path, read_labels(labels_path), progress=progress), limit=limit
     )
+
 
 @registry.readers("spacy-xlmrxl.SquadReader.v1")
 def create_squad_reader(
@@ -143,6 +145,7 @@ def create_squad_reader(
             yield from squad_docs(nlp, selected, lang=infer_lang(file_path), progress=progress, desc=file_path.name)
 
     return DocsCorpus(build, limit=limit)
+
 
 @registry.readers("spacy-xlmrxl.RawTextReader.v1")
 def create_raw_text_reader(

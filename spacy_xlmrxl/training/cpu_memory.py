@@ -24,18 +24,14 @@ import ctypes.util
 import logging
 import platform
 from typing import Any, Callable
+
 from spacy.util import registry
 
-
-
-
 logger = logging.getLogger(__name__)
-
 _M_TRIM_THRESHOLD = -1  # glibc malloc.h
-
 _M_MMAP_MAX = -4
-
 _NEVER_TRIM = 2**31 - 1  # mallopt takes an int
+
 
 def keep_freed_memory() -> bool:
     """Tune glibc's allocator for repeated large allocations; True when it was applied."""
@@ -46,6 +42,7 @@ def keep_freed_memory() -> bool:
     applied = bool(libc.mallopt(_M_MMAP_MAX, 0)) and bool(libc.mallopt(_M_TRIM_THRESHOLD, _NEVER_TRIM))
     logger.info("keep_freed_memory: glibc mallopt %s", "applied" if applied else "refused")
     return applied
+
 
 @registry.callbacks("spacy-xlmrxl.keep_freed_memory.v1")
 def make_keep_freed_memory() -> Callable[[Any], Any]:

@@ -16,19 +16,17 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple, Union
+
 import srsly
 
-
-
-
 PathLike = Union[str, Path]
-
 ASSETS_DIR = "assets"
-
 _CHUNK = 1 << 20
+
 
 class DataCheckError(ValueError):
     """The asset list or a checksum file is malformed; the message names the file and entry."""
+
 
 def file_digest(path: PathLike, algorithm: str = "sha256") -> str:
     """Hex digest of a file (``sha256`` or ``md5``), read in 1 MiB chunks."""
@@ -37,6 +35,7 @@ def file_digest(path: PathLike, algorithm: str = "sha256") -> str:
         for chunk in iter(lambda: handle.read(_CHUNK), b""):
             digest.update(chunk)
     return digest.hexdigest()
+
 
 @dataclass(frozen=True)
 class AssetSpec:
@@ -55,6 +54,7 @@ class AssetSpec:
             return Path(*dest.parts[1:])
         return dest
 
+
 def load_asset_specs(project_file: PathLike) -> List[AssetSpec]:
     """The assets of a ``project.yml`` (raw YAML; ``dest`` values must not use variables)."""
     project_file = Path(project_file)
@@ -71,6 +71,7 @@ def load_asset_specs(project_file: PathLike) -> List[AssetSpec]:
         specs.append(AssetSpec(asset["dest"], tuple(h.lower() for h in hashes), asset.get("checksum"), asset.get("url")))
     return specs
 
+
 def read_sha256sums(path: PathLike) -> Dict[str, str]:
     """``{relative path: sha256}`` of a ``sha256sum``-style file (``<hash>  <path>`` lines)."""
     path = Path(path)
@@ -85,6 +86,7 @@ def read_sha256sums(path: PathLike) -> Dict[str, str]:
         sums[name] = digest.lower()
     return sums
 
+
 @dataclass(frozen=True)
 class AssetStatus:
     """The outcome for one asset: ``ok``, ``copied``, ``missing`` or ``mismatch``."""
@@ -96,6 +98,7 @@ class AssetStatus:
     @property
     def good(self) -> bool:
         return self.status in ("ok", "copied")
+
 
 def check_asset(spec: AssetSpec, project_dir: Path, data_dir: Optional[Path] = None, *, link: bool = False) -> AssetStatus:
     """Verify one asset; copy (or symlink, `link`) it from `data_dir` when absent or wrong."""
@@ -124,6 +127,7 @@ def check_asset(spec: AssetSpec, project_dir: Path, data_dir: Optional[Path] = N
         return AssetStatus(spec, "mismatch", problem)
     return AssetStatus(spec, "missing", f"{dest} does not exist")
 
+
 def check_assets(
     specs: Sequence[AssetSpec],
     project_dir: PathLike = ".",
@@ -141,6 +145,7 @@ def check_assets(
 
         items = tqdm(items, desc="checking data", unit="files")
     return [check_asset(spec, project_dir, source_dir, link=link) for spec in items]
+
 
 def compare_with_sums(specs: Sequence[AssetSpec], sums: Dict[str, str]) -> List[str]:
     """Disagreements between the assets' sha256 and a ``SHA256SUMS`` listing (by relative path).

@@ -1,20 +1,13 @@
 """DocBin ``.spacy`` files: `FastDocBin` (user data without srsly's per-doc entry-point scan) and
 `write_docbin`.
 """
+
 from __future__ import annotations
 
-import csv
-import json
-import random
-import re
-import sys
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple, Union
-from spacy.language import Language
-from spacy.tokens import Doc, DocBin, Span
-from spacy.training import Corpus, Example
-from spacy.util import registry
+from typing import Any, Iterable, Iterator
+
+from spacy.tokens import Doc, DocBin
 from spacy.vocab import Vocab
 
 from .files import PathLike
@@ -70,6 +63,7 @@ class FastDocBin(DocBin):
                 yield doc
         finally:
             self.user_data = packed
+
 
 def write_docbin(docs: Iterable[Doc], path: PathLike) -> int:
     """Write Docs (with user data: language, QA gold, ids) to a ``.spacy`` file; returns the count."""

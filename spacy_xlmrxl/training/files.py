@@ -1,34 +1,22 @@
 """What every reader shares: input paths, line reading, progress bars, language codes, and
 `DataFormatError`, the error that names the file and line.
 """
+
 from __future__ import annotations
 
-import csv
-import json
-import random
 import re
 import sys
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple, Union
-from spacy.language import Language
-from spacy.tokens import Doc, DocBin, Span
-from spacy.training import Corpus, Example
-from spacy.util import registry
-from spacy.vocab import Vocab
+from typing import Any, Iterable, Iterator, List, Optional, Sequence, Tuple, Union
 
-
-
+from spacy.tokens import Doc
 
 PathLike = Union[str, Path]
-
 PathsArg = Union[PathLike, Sequence[PathLike]]
-
 LANG_KEY = "lang"
-
 _LANG_DIR = re.compile(r"^[a-z]{2,3}(?:_[A-Z][a-z]{3})?$")
-
 _LANG_PREFIX = re.compile(r"^([a-z]{2,3})_")
+
 
 class DataFormatError(ValueError):
     """A data file does not have the documented format; the message names the file and line."""
@@ -39,6 +27,7 @@ class DataFormatError(ValueError):
         where = f"{path}:{line}" if line is not None else f"{path}"
         super().__init__(f"{where}: {message}")
 
+
 def with_progress(items: Iterable[Any], *, desc: str, total: Optional[int], enabled: bool, unit: str) -> Iterable[Any]:
     """Wrap `items` in a tqdm progress bar on stderr when `enabled` (tqdm comes with spaCy)."""
     if not enabled:
@@ -47,11 +36,13 @@ def with_progress(items: Iterable[Any], *, desc: str, total: Optional[int], enab
 
     return tqdm(items, desc=desc, total=total, unit=unit, file=sys.stderr, mininterval=0.5, dynamic_ncols=True)
 
+
 def as_paths(paths: PathsArg) -> List[Path]:
     """One path, or a sequence of them, as a list of `Path` (a config may give either)."""
     if isinstance(paths, (str, Path)):
         return [Path(paths)]
     return [Path(p) for p in paths]
+
 
 def infer_lang(path: PathLike) -> Optional[str]:
     """The language code a data file's name or folder implies, or None.
@@ -71,6 +62,7 @@ def infer_lang(path: PathLike) -> Optional[str]:
         return path.parent.name
     return None
 
+
 def read_lines(path: Path, *, progress: bool) -> Iterator[Tuple[int, str]]:
     """(1-based line number, line without its newline) for every line of a UTF-8 file."""
     try:
@@ -82,6 +74,7 @@ def read_lines(path: Path, *, progress: bool) -> Iterator[Tuple[int, str]]:
         lines.pop()
     numbered = enumerate(lines, start=1)
     yield from with_progress(numbered, desc=path.name, total=len(lines), enabled=progress, unit="lines")
+
 
 def set_lang(doc: Doc, lang: Optional[str]) -> Doc:
     if lang:

@@ -1,26 +1,21 @@
 """SIB-200 TSV (CSV quoting, header ``index_id, category, text``) -> Docs with one-hot ``doc.cats``
 over ``labels.txt``.
 """
+
 from __future__ import annotations
 
 import csv
-import json
-import random
-import re
-import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
+
 from spacy.language import Language
-from spacy.tokens import Doc, DocBin, Span
-from spacy.training import Corpus, Example
-from spacy.util import registry
-from spacy.vocab import Vocab
+from spacy.tokens import Doc
 
-from .files import DataFormatError, PathLike, PathsArg, with_progress, read_lines, set_lang, as_paths, infer_lang
-
+from .files import DataFormatError, PathLike, PathsArg, as_paths, infer_lang, read_lines, set_lang, with_progress
 
 SIB200_COLUMNS: Tuple[str, ...] = ("index_id", "category", "text")
+
 
 def read_labels(path: PathLike) -> List[str]:
     """Labels of a ``labels.txt`` (one per line; blank lines ignored; no duplicates allowed)."""
@@ -37,6 +32,7 @@ def read_labels(path: PathLike) -> List[str]:
         raise DataFormatError("no labels", path=path)
     return labels
 
+
 @dataclass
 class Sib200Row:
     """One SIB-200 row: FLORES-200 sentence id, topic label, sentence."""
@@ -45,6 +41,7 @@ class Sib200Row:
     category: str
     text: str
     line: int
+
 
 def csv_rows(reader: Any, path: Path) -> Iterator[Tuple[int, List[str]]]:
     """(first line number, fields) of each non-empty row of a csv reader; csv errors name the line."""
@@ -58,6 +55,7 @@ def csv_rows(reader: Any, path: Path) -> Iterator[Tuple[int, List[str]]]:
             raise DataFormatError(f"bad TSV row: {err}", path=path, line=start_line) from None
         if row:
             yield start_line, row
+
 
 def read_tsv(path: PathLike, *, columns: Sequence[str], progress: bool = False) -> Iterator[Tuple[int, Dict[str, str]]]:
     """(line number, {column: value}) for each row of a TSV with a header row, read with the csv
@@ -83,6 +81,7 @@ def read_tsv(path: PathLike, *, columns: Sequence[str], progress: bool = False) 
                 )
             yield line, {name: row[i] for name, i in index.items()}
 
+
 def read_sib200(
     path: PathLike, *, labels: Optional[Sequence[str]] = None, progress: bool = False
 ) -> Iterator[Sib200Row]:
@@ -100,12 +99,14 @@ def read_sib200(
             raise DataFormatError("empty text", path=path, line=line)
         yield item
 
+
 def sib200_doc(nlp: Language, row: Sib200Row, labels: Sequence[str], *, lang: Optional[str] = None) -> Doc:
     """A gold Doc for one SIB-200 row: ``nlp.make_doc(text)`` with one-hot ``doc.cats``."""
     doc = nlp.make_doc(row.text)
     doc.cats = {label: float(label == row.category) for label in labels}
     doc.user_data["index_id"] = row.index_id
     return set_lang(doc, lang)
+
 
 def sib200_docs(
     nlp: Language,

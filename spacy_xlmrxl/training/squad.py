@@ -3,24 +3,20 @@ question and the gold answers set by `spacy_xlmrxl.pipeline.qa.annotation.set_qa
 and the deterministic split by article (title) across all languages, so that no context leaks
 between train, dev and test.
 """
+
 from __future__ import annotations
 
-import csv
 import json
 import random
-import re
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple, Union
-from spacy.language import Language
-from spacy.tokens import Doc, DocBin, Span
-from spacy.training import Corpus, Example
-from spacy.util import registry
-from spacy.vocab import Vocab
+from typing import Any, Dict, Iterable, Iterator, List, Optional, Tuple, Union
 
-from .files import DataFormatError, PathLike, PathsArg, with_progress, set_lang, as_paths
+from spacy.language import Language
+from spacy.tokens import Doc
+
 from ..pipeline.qa.annotation import set_qa_annotation
+from .files import DataFormatError, PathLike, PathsArg, as_paths, set_lang, with_progress
 
 
 @dataclass
@@ -32,15 +28,18 @@ class SquadQuestion:
     answers: List[Tuple[int, int]]
     answer_texts: List[str]
 
+
 @dataclass
 class SquadParagraph:
     context: str
     questions: List[SquadQuestion]
 
+
 @dataclass
 class SquadArticle:
     title: str
     paragraphs: List[SquadParagraph] = field(default_factory=list)
+
 
 def require(obj: Any, key: str, kind: Union[type, Tuple[type, ...]], where: str, path: Path) -> Any:
     """``obj[key]`` if `obj` is a dict holding a `kind` there, else a `DataFormatError`."""
@@ -52,6 +51,7 @@ def require(obj: Any, key: str, kind: Union[type, Tuple[type, ...]], where: str,
         expected = " or ".join(k.__name__ for k in kinds)
         raise DataFormatError(f"{where}.{key}: expected {expected}, found {type(value).__name__}", path=path)
     return value
+
 
 def read_squad(path: PathLike) -> List[SquadArticle]:
     """Parse SQuAD v1.1-style JSON (``data[].title/paragraphs[].context/qas[].answers[]``).
@@ -97,6 +97,7 @@ def read_squad(path: PathLike) -> List[SquadArticle]:
         articles.append(article)
     return articles
 
+
 @dataclass(frozen=True)
 class ArticleSplit:
     """Titles of the train / dev / test articles (disjoint)."""
@@ -114,6 +115,7 @@ class ArticleSplit:
     def to_dict(self) -> Dict[str, List[str]]:
         return {"train": list(self.train), "dev": list(self.dev), "test": list(self.test)}
 
+
 def split_articles(titles: Iterable[str], *, seed: int, n_dev: int, n_test: int) -> ArticleSplit:
     """Split article titles deterministically: sort the unique titles, shuffle with `seed`,
     take `n_test` for test, the next `n_dev` for dev and the rest for train.
@@ -129,6 +131,7 @@ def split_articles(titles: Iterable[str], *, seed: int, n_dev: int, n_test: int)
     dev = tuple(sorted(unique[n_test : n_test + n_dev]))
     train = tuple(sorted(unique[n_test + n_dev :]))
     return ArticleSplit(train=train, dev=dev, test=test)
+
 
 def squad_docs(
     nlp: Language,
@@ -152,9 +155,11 @@ def squad_docs(
         doc.user_data["title"] = article.title
         yield set_lang(doc, lang)
 
+
 def read_squad_files(paths: PathsArg) -> Dict[Path, List[SquadArticle]]:
     """Parse several SQuAD-style files (e.g. the XQuAD languages), keyed by path."""
     return {path: read_squad(path) for path in as_paths(paths)}
+
 
 def split_squad_files(
     parsed: Dict[Path, List[SquadArticle]], *, seed: int, n_dev: int, n_test: int

@@ -1,23 +1,16 @@
 """Raw text (one doc per line or per blank-line separated paragraph, or a named TSV column) ->
 plain Docs for fill-mask adaptation.
 """
+
 from __future__ import annotations
 
-import csv
-import json
-import random
-import re
-import sys
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple, Union
-from spacy.language import Language
-from spacy.tokens import Doc, DocBin, Span
-from spacy.training import Corpus, Example
-from spacy.util import registry
-from spacy.vocab import Vocab
+from typing import Iterator, List, Optional
 
-from .files import PathLike, PathsArg, read_lines, set_lang, as_paths, infer_lang
+from spacy.language import Language
+from spacy.tokens import Doc
+
+from .files import PathLike, PathsArg, as_paths, infer_lang, read_lines, set_lang
 from .sib200 import read_tsv
 
 
@@ -44,6 +37,7 @@ def read_text(
             block = []
     if block:
         yield " ".join(block)
+
 
 def text_docs(
     nlp: Language,

@@ -3,30 +3,23 @@ languages can go into one corpus) -> Docs with gold ``doc.ents`` (IOB2 repair: a
 does not continue an ``X`` entity opens one). Every Doc carries its language code in
 ``doc.user_data["lang"]`` when it is known.
 """
+
 from __future__ import annotations
 
-import csv
-import json
-import random
 import re
-import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple, Union
-from spacy.language import Language
-from spacy.tokens import Doc, DocBin, Span
-from spacy.training import Corpus, Example
-from spacy.util import registry
+from typing import Iterator, List, Optional, Sequence, Tuple
+
+from spacy.tokens import Doc, Span
 from spacy.vocab import Vocab
 
-from .files import DataFormatError, PathLike, PathsArg, read_lines, set_lang, as_paths, infer_lang
-
+from .files import DataFormatError, PathLike, PathsArg, as_paths, infer_lang, read_lines, set_lang
 
 UNER_LABELS: Tuple[str, ...] = ("PER", "ORG", "LOC")
-
 UNER_COLUMNS = 5
-
 _IOB_TAG = re.compile(r"^(?:O|([BI])-(\S+))$")
+
 
 @dataclass
 class UnerSentence:
@@ -38,6 +31,7 @@ class UnerSentence:
     sent_id: Optional[str]
     path: Path
     line: int  # line number of the sentence's first token
+
 
 def read_uner(
     path: PathLike, *, labels: Optional[Sequence[str]] = UNER_LABELS, progress: bool = False
@@ -100,6 +94,7 @@ def read_uner(
     if sentence is not None:
         yield sentence
 
+
 def repair_iob2(tags: Sequence[str]) -> List[str]:
     """IOB2 repair: an ``I-X`` that does not follow ``B-X``/``I-X`` becomes ``B-X``."""
     repaired: List[str] = []
@@ -110,6 +105,7 @@ def repair_iob2(tags: Sequence[str]) -> List[str]:
         repaired.append(tag)
         previous = tag
     return repaired
+
 
 def iob2_spans(tags: Sequence[str]) -> List[Tuple[int, int, str]]:
     """Entity spans ``(start, end, label)`` (token offsets, end exclusive) of IOB2 tags.
@@ -124,6 +120,7 @@ def iob2_spans(tags: Sequence[str]) -> List[Tuple[int, int, str]]:
             start, _, label = spans[-1]
             spans[-1] = (start, i + 1, label)
     return spans
+
 
 def infer_spaces(words: Sequence[str], text: Optional[str]) -> List[bool]:
     """Whether each word is followed by whitespace in `text` (the ``# text =`` line).
@@ -148,6 +145,7 @@ def infer_spaces(words: Sequence[str], text: Optional[str]) -> List[bool]:
         return fallback
     return spaces
 
+
 def uner_doc(vocab: Vocab, sentence: UnerSentence, *, lang: Optional[str] = None) -> Doc:
     """A gold Doc for one UNER sentence: its words (spacing from ``# text``) and ``doc.ents``."""
     doc = Doc(vocab, words=sentence.words, spaces=infer_spaces(sentence.words, sentence.text))
@@ -155,6 +153,7 @@ def uner_doc(vocab: Vocab, sentence: UnerSentence, *, lang: Optional[str] = None
     if sentence.sent_id:
         doc.user_data["sent_id"] = sentence.sent_id
     return set_lang(doc, lang)
+
 
 def uner_docs(
     vocab: Vocab,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 from functools import lru_cache
-from typing import List, Optional, Sequence, Tuple
+from typing import List, Tuple
 
 import numpy as np
 import pytest

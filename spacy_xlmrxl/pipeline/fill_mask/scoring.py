@@ -2,6 +2,7 @@
 masked-word top-1 / top-5 accuracy, `score_fill_mask`) and `masked_word_accuracy`, the counting
 that it and the CLI's ``evaluate-fill-mask`` share.
 """
+
 from __future__ import annotations
 
 import re

@@ -11,6 +11,7 @@
 Owns the extensions' registration, reading questions and gold answers (`questions_of`,
 `gold_answers_of`) and writing answers (`set_qa_annotation`). Imports no component.
 """
+
 from __future__ import annotations
 
 from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
@@ -18,9 +19,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 from spacy.tokens import Doc
 
 ANSWERS_KEY = "answers"
-
 QUESTIONS_ATTR = "questions"
-
 SCORES_ATTR = "scores"
 
 

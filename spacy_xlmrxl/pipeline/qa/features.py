@@ -17,9 +17,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import numpy
 
 Offset = Tuple[int, int]
-
 BOS_ID = 0
-
 EOS_ID = 2
 
 # `<s> Q </s></s> C </s>`: the specials around a question/context pair

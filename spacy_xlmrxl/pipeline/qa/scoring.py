@@ -2,6 +2,7 @@
 questions) with the normalisation of the official SQuAD evaluation script (lower case, no
 punctuation, no English articles, single spaces).
 """
+
 from __future__ import annotations
 
 import collections
@@ -15,7 +16,6 @@ from spacy.util import registry
 from .annotation import gold_answers_of, register_qa_extensions
 
 _ARTICLES = re.compile(r"\b(a|an|the)\b", re.UNICODE)
-
 _PUNCTUATION = frozenset(string.punctuation)
 
 
