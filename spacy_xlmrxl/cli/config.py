@@ -5,12 +5,14 @@ override's ``[backbone]`` settings set on every backbone block.
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 from typing import Any, Dict
 
 from wasabi import msg
 
 # Architectures that own a backbone: `[backbone]` settings of an override file go to each of them.
 BACKBONE_ARCHITECTURES = ("spacy-xlmrxl.Transformer.v1", "spacy-xlmrxl.QAModel.v1", "spacy-xlmrxl.MaskedLM.v1")
+from .parsing import add_command
 
 
 def deep_update(target: Dict[str, Any], updates: Dict[str, Any]) -> None:
@@ -60,3 +62,11 @@ def cmd_merge_config(args: argparse.Namespace) -> None:
     args.output.parent.mkdir(parents=True, exist_ok=True)
     merged.to_disk(args.output)
     msg.good(f"{args.base} + {args.overrides} -> {args.output}")
+
+
+def add_commands(sub: Any) -> None:
+    """Register this module's subcommands on the ``spacy-xlmrxl`` parser's subparsers."""
+    command = add_command(sub, "merge-config", cmd_merge_config, "a training config + a partial override config (e.g. configs/xl_gpu.cfg) -> a new config")
+    command.add_argument("base", type=Path, help="training config, e.g. configs/ner.cfg")
+    command.add_argument("overrides", type=Path, help="partial config; its [backbone] keys go to every backbone block")
+    command.add_argument("--output", "-o", type=Path, required=True)

@@ -19,9 +19,8 @@ from ..training.files import DataFormatError, infer_lang
 from ..training.sib200 import read_labels, sib200_docs
 from ..training.squad import read_squad_files, split_squad_files, squad_docs
 from ..training.text import text_docs
-from ..training.uner import uner_docs
-
-DEFAULT_SPACY_LANG = "xx"
+from ..training.uner import UNER_LABELS, uner_docs
+from .parsing import DEFAULT_SPACY_LANG, add_command, add_io_arguments
 
 
 def output_name(path: Path) -> str:
@@ -149,3 +148,35 @@ def cmd_check_data(args: argparse.Namespace) -> None:
             exits=1,
         )
     msg.good(f"all {len(statuses)} assets verified by sha256 ({summary})")
+
+
+def add_commands(sub: Any) -> None:
+    """Register this module's subcommands on the ``spacy-xlmrxl`` parser's subparsers."""
+    command = add_command(sub, "convert-uner", cmd_convert_uner, "UNER .iob2 file(s) -> .spacy (gold doc.ents; IOB2 repaired)")
+    add_io_arguments(command)
+    command.add_argument("--labels", default=",".join(UNER_LABELS), help="allowed entity types, comma-separated, or 'any'")
+
+    command = add_command(sub, "convert-sib200", cmd_convert_sib200, "SIB-200 .tsv file(s) -> .spacy (one-hot doc.cats)")
+    add_io_arguments(command)
+    command.add_argument("--labels-file", type=Path, required=True, help="labels.txt (one label per line)")
+
+    command = add_command(sub, "convert-squad", cmd_convert_squad, "SQuAD/XQuAD JSON file(s) -> train/dev .spacy and test-<lang>.spacy, split by article")
+    command.add_argument("inputs", nargs="+", type=Path, help="SQuAD-format JSON files (e.g. one per XQuAD language)")
+    command.add_argument("--output-dir", type=Path, required=True)
+    command.add_argument("--seed", type=int, default=0, help="seed of the article split")
+    command.add_argument("--dev-articles", type=int, default=4)
+    command.add_argument("--test-articles", type=int, default=12)
+    command.add_argument("--spacy-lang", default=DEFAULT_SPACY_LANG)
+    command.add_argument("--no-progress", dest="progress", action="store_false")
+
+    command = add_command(sub, "convert-text", cmd_convert_text, "raw text -> .spacy (one doc per line / paragraph / TSV row)")
+    add_io_arguments(command)
+    command.add_argument("--paragraphs", action="store_true", help="one doc per blank-line separated paragraph")
+    command.add_argument("--column", default=None, help="read this column of a TSV with a header (CSV quoting)")
+
+    command = add_command(sub, "check-data", cmd_check_data, "verify assets by sha256; copy missing ones from --data-dir")
+    command.add_argument("--project", type=Path, default=Path("project.yml"), help="project.yml listing the assets")
+    command.add_argument("--data-dir", type=Path, default=None, help="local copy of the data, e.g. ../shared/data")
+    command.add_argument("--sums", type=Path, default=None, help="also compare with this SHA256SUMS file")
+    command.add_argument("--link", action="store_true", help="symlink instead of copying")
+    command.add_argument("--no-progress", dest="progress", action="store_false")

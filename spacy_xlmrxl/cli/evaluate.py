@@ -19,7 +19,7 @@ from ..pipeline.fill_mask.scoring import masked_word_accuracy
 from ..training.corpus import TaskCorpus
 from ..training.docbin import FastDocBin
 from ..training.uner import iob2_spans
-from .convert import DEFAULT_SPACY_LANG
+from .parsing import DEFAULT_SPACY_LANG, add_command
 
 
 def metrics_name(prefix: str, data_path: Path) -> str:
@@ -189,3 +189,29 @@ def cmd_evaluate_fill_mask(args: argparse.Namespace) -> None:
         f"masked-word accuracy top-1 {scores['fill_mask_acc'] * 100:.2f} / top-5 {scores['fill_mask_top5'] * 100:.2f} "
         f"(most-frequent-word baseline {scores['baseline_acc'] * 100:.2f} / {scores['baseline_top5'] * 100:.2f}) -> {args.output}"
     )
+
+
+def add_commands(sub: Any) -> None:
+    """Register this module's subcommands on the ``spacy-xlmrxl`` parser's subparsers."""
+    command = add_command(sub, "evaluate", cmd_evaluate, "evaluate a pipeline on .spacy file(s); all scores as JSON per file")
+    command.add_argument("model", help="pipeline directory or package name")
+    command.add_argument("data", nargs="+", type=Path, help=".spacy file(s), e.g. corpus/ner/test-*.spacy")
+    command.add_argument("--output-dir", type=Path, default=Path("metrics"))
+    command.add_argument("--prefix", default="", help="metrics file name prefix: <prefix><lang>.json for test-<lang>.spacy")
+    command.add_argument("--gold-preproc", action="store_true", help="use the gold tokenisation")
+    command.add_argument("--limit", type=int, default=0, help="evaluate the first N examples of each file (0: all)")
+    command.add_argument("--gpu-id", type=int, default=-1)
+
+    command = add_command(sub, "baseline-ner", cmd_baseline_ner, "majority-tag NER baseline (each word's most frequent training tag)")
+    command.add_argument("train", type=Path, help="training .spacy file")
+    command.add_argument("data", nargs="+", type=Path, help="evaluation .spacy file(s)")
+    command.add_argument("--output-dir", type=Path, default=Path("metrics"))
+    command.add_argument("--prefix", default="ner-baseline-")
+
+    command = add_command(sub, "evaluate-fill-mask", cmd_evaluate_fill_mask, "masked-word accuracy of a fill-mask pipeline, with a most-frequent-word baseline")
+    command.add_argument("model", help="pipeline directory with an xlmrxl_fill_mask component")
+    command.add_argument("data", type=Path, help=".spacy file of raw texts (one word of each is masked)")
+    command.add_argument("--train", type=Path, required=True, help=".spacy training texts (for the baseline)")
+    command.add_argument("--output", type=Path, required=True, help="metrics JSON")
+    command.add_argument("--seed", type=int, default=0, help="seed of the choice of masked words")
+    command.add_argument("--gpu-id", type=int, default=-1)

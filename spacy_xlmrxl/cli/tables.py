@@ -31,6 +31,7 @@ TASK_COLUMNS: Dict[str, List[Tuple[str, str]]] = {
         ("baseline_top5", "top-5"),
     ],
 }
+from .parsing import add_command
 
 
 def split_metrics_name(path: Path) -> Tuple[str, str]:
@@ -83,3 +84,11 @@ def cmd_metrics_table(args: argparse.Namespace) -> None:
         args.output.write_text(table + "\n", encoding="utf8")
         msg.good(f"table of {len(paths)} metrics files -> {args.output}")
     print(table)
+
+
+def add_commands(sub: Any) -> None:
+    """Register this module's subcommands on the ``spacy-xlmrxl`` parser's subparsers."""
+    command = add_command(sub, "metrics-table", cmd_metrics_table, "metrics JSON files -> Markdown tables")
+    command.add_argument("metrics", nargs="+", type=Path, help="<task>-<lang>.json files")
+    command.add_argument("--output", "-o", type=Path, default=None, help="also write the Markdown here")
+    command.add_argument("--meta", action="append", default=[], help="a line above the tables, e.g. 'preset: small'")
