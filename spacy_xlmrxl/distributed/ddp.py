@@ -190,7 +190,12 @@ def train_ddp(
     from spacy import util
     from spacy.schemas import ConfigSchemaTraining
     from spacy.training.initialize import init_nlp
-    from spacy.training.loop import create_evaluation_callback, create_train_batches, subdivide_batch, update_meta
+    from spacy.training.loop import (
+        create_evaluation_callback,
+        create_train_batches,
+        subdivide_batch,
+        update_meta,
+    )
     from spacy.util import registry, resolve_dot_names
 
     if strategy not in STRATEGIES:

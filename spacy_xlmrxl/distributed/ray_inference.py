@@ -22,13 +22,25 @@ Ids are always strings (a JSONL id ``7`` is written as ``"7"``); text files get 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
 import os
 import sys
 import time
 from pathlib import Path
-from typing import Any, Dict, FrozenSet, Iterator, List, Optional, Sequence, Tuple, Union
+from typing import (
+    Any,
+    Dict,
+    FrozenSet,
+    Iterator,
+    List,
+    Optional,
+    Sequence,
+    Set,
+    Tuple,
+    Union,
+)
 
 import numpy
 
@@ -232,6 +244,21 @@ class _Progress:
             self.last = now
 
 
+@contextlib.contextmanager
+def _order_preserved() -> Iterator[None]:
+    """Ray Data keeps input order for the Datasets created inside (a Dataset copies the current
+    context when it is created)."""
+    import ray.data
+
+    context = ray.data.DataContext.get_current()
+    previous_order = context.execution_options.preserve_order
+    context.execution_options.preserve_order = True
+    try:
+        yield
+    finally:
+        context.execution_options.preserve_order = previous_order
+
+
 def run_pipeline_on_ray(
     model_path: PathLike,
     inputs: Any,
@@ -279,19 +306,21 @@ def run_pipeline_on_ray(
         raise ValueError(f"{output} already holds duplicate ids; refusing to resume into it")
     if not ray.is_initialized():
         ray.init(address=address)
-    # the order of the output is the input's: a Dataset copies the current context when created
-    context = ray.data.DataContext.get_current()
-    previous_order = context.execution_options.preserve_order
-    context.execution_options.preserve_order = True
-    try:
+    with _order_preserved():  # the output's order is the input's
         ds = _build_dataset(inputs, model_path, text_field=text_field, id_field=id_field, done=frozenset(done),
                             batch_size=batch_size, num_actors=num_actors, num_gpus_per_actor=num_gpus_per_actor,
                             num_cpus_per_actor=num_cpus_per_actor, code_paths=code_paths, extensions=extensions,
                             max_restarts=max_restarts, max_task_retries=max_task_retries, chunk_rows=chunk_rows)
-    finally:
-        context.execution_options.preserve_order = previous_order
     ds.context.execution_options.preserve_order = True  # also for a Dataset given as input
     report = _Progress(enabled=progress, skipped=len(done))
+    _write_results(ds, sink, done, report)
+    return RunSummary(output=Path(output), written=report.written, skipped=len(written_ids),
+                      seconds=time.monotonic() - started)
+
+
+def _write_results(ds: Any, sink: Any, done: Set[str], report: "_Progress") -> None:
+    """Stream ``ds``'s records into ``sink`` in input order; an id seen twice (in the output
+    already or in the input) is an error."""
     try:
         for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
             ids = [str(i) for i in batch["id"]]
@@ -304,8 +333,6 @@ def run_pipeline_on_ray(
     finally:
         sink.close()
     report.update(0, final=True)
-    return RunSummary(output=Path(output), written=report.written, skipped=len(written_ids),
-                      seconds=time.monotonic() - started)
 
 
 def _build_dataset(inputs: Any, model_path: PathLike, *, text_field: str, id_field: str, done: FrozenSet[str],
