@@ -123,7 +123,7 @@ class PaddingLayout:
 
     Everything in an encoder layer except the attention product works position by position,
     so those parts can run on the R real positions alone, as an (R, H) matrix: the padding costs
-    nothing there (with length-mixed batches it is often 10-30 % of the positions). Only the
+    nothing there (with length-mixed batches a sizeable share of the positions). Only the
     attention product needs the (B, S) grid: `pad` scatters (R, X) rows into a zero-filled
     (B, S, X) tensor and `unpad` gathers them back. Both are differentiable.
 

@@ -195,9 +195,8 @@ def _one_thread() -> Iterator[None]:
     """Run the casts on the calling thread only.
 
     Casting out of a memory map is bound by page faults, not arithmetic, and each release
-    (``MADV_DONTNEED``) must flush the TLB of every CPU running a thread of the process: measured
-    here, torch's intra-op pool or a pool of casting threads cost 1.5-2x the CPU and wall time of
-    a single thread.
+    (``MADV_DONTNEED``) must flush the TLB of every CPU running a thread of the process, so more
+    threads cost more CPU and wall time than one (bench/xl_load.py measures it).
     """
     threads = torch.get_num_threads()
     torch.set_num_threads(1)

@@ -66,7 +66,7 @@ def _cpu_flags() -> Optional[set]:
 def native_bf16_matmul() -> bool:
     """Whether this CPU multiplies bf16 natively: AVX-512 BF16 or AMX-BF16 on x86 (``/proc/cpuinfo``
     flags ``avx512_bf16`` / ``amx_bf16``), the ``bf16`` feature on Arm. Without them torch's bf16
-    matmul is emulated (measured on an AVX2 Zen 3: 0.2 GFLOP/s against 44 in fp32). Where the
+    matmul is emulated, many times slower than fp32 (bench/backbone_forward.py). Where the
     flags cannot be read, torch's CPU capability decides (``AVX2``/``DEFAULT`` on x86: not native)
     and anything else counts as native (no warning when unsure)."""
     flags = _cpu_flags()

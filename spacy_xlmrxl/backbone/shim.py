@@ -41,12 +41,12 @@ class TorchModuleShim(Shim):
     returns and the forward passes run; the float weights stay in `float_module` and are what
     is saved, exported and copied, so a saved pipeline is a float HF checkpoint and loading it
     quantises again, identically. Inference only: a training forward raises `BackboneError`.
-    Memory: the int8 Linear weights (about 1 byte per Linear parameter: 2.8 GB for XL) on top of
+    Memory: the int8 Linear weights (one byte per Linear parameter) on top of
     the float weights, whose Linear pages are handed back to the kernel after quantisation
     (`quantize_linear_int8`): when they are memory-mapped (``spacy.load``, or ``initialize`` from
     a float32 checkpoint) they leave the resident set and cost page cache only; built in memory
-    (a preset, a dtype conversion) they stay resident. Quantising takes time at load (XL: minutes
-    on 2 cores).
+    (a preset, a dtype conversion) they stay resident. Quantising takes time at load (README:
+    bench/xl_load.py).
     """
 
     def __init__(self, module: Optional[torch.nn.Module] = None, *, mixed_precision: Union[str, bool, None] = None,
@@ -257,10 +257,10 @@ class TorchModuleShim(Shim):
 
 
 def freeze_word_embeddings(module: torch.nn.Module) -> None:
-    """Stop training the word-embedding matrix of ``module`` (vocab x hidden: 250k x 2560 = 0.64 B
-    parameters in XL). No gradient is computed for it and the optimizer keeps no state for it:
-    on a GPU that saves its fp32 gradient + Adam moments (7.7 GB for XL); on a CPU, the dense
-    gradient and optimizer update of 250k rows per step. Position embeddings, LayerNorms and every
+    """Stop training the word-embedding matrix of ``module`` (vocab x hidden, the largest single
+    matrix). No gradient is computed for it and the optimizer keeps no state for it: on a GPU that
+    saves its fp32 gradient and Adam moments; on a CPU, the dense gradient and optimizer update of
+    every vocabulary row per step. Position embeddings, LayerNorms and every
     layer still train."""
     get = getattr(module, "get_input_embeddings", None)
     if not callable(get):

@@ -38,9 +38,9 @@ master weights and Adam moments stay float32 — the "bf16" row of `memory_plan`
 (gloo) the default is float32. fp16 loss scaling is not supported with FSDP.
 
 Limits: every rank first builds (or loads) the full float32 backbone, which is then sharded
-(XXL: ~43 GB per rank for a moment, on the GPU with ``--gpu``); a 1-D mesh over all ranks (no
+(for a moment, on the GPU with ``--gpu``); a 1-D mesh over all ranks (no
 hybrid sharding across nodes); with one process nothing is sharded. The call counts mirror
-``spacy_xlmrxl.models._transformer_forward`` (its encoding and ``batch_windows`` plan): a
+``spacy_xlmrxl.ml.transformer.transformer_call_plan`` (its encoding and ``batch_windows`` plan): a
 change there must be made here too, or the ranks' collectives stop matching (a hang until the
 process group's timeout, or a RuntimeError after the update where the counts differ but the
 collectives happened to pair up).

@@ -3,13 +3,11 @@
 Owns ``spacy-xlmrxl.keep_freed_memory.v1``, a callback for ``[initialize] before_init``.
 
 Why: a training step frees and reallocates the same large buffers every time (above all the
-dense gradient of the word-embedding matrix: 250k x hidden floats, 256 MB for the ``small``
-preset, 2.6 GB for XL). glibc serves blocks of more than 32 MB with ``mmap`` and unmaps them when
-freed, so each step page-faults the whole buffer in again (zero-filled by the kernel). Measured on
-this project's 2-core CPU with the ``small`` preset: ~83k page faults and ~0.25 s of system time
-per 64 x 40-piece step; with this callback ~4k faults and ~0.02 s (run ``bench/`` as in the
-README). The cost: the process keeps its peak heap (it does not shrink after a large step),
-which is what a training process wants anyway.
+dense gradient of the word-embedding matrix, vocabulary x hidden floats). glibc serves large
+blocks with ``mmap`` and unmaps them when freed, so each step page-faults the whole buffer in
+again (zero-filled by the kernel); README gives the measured page faults and system time with
+and without this callback. The cost: the process keeps its peak heap (it does not shrink after a
+large step), which is what a training process wants anyway.
 
 It calls glibc's ``mallopt(M_MMAP_MAX, 0)`` (no mmap for large blocks: they come from the heap
 and are reused) and ``mallopt(M_TRIM_THRESHOLD, ...)`` (never trim the heap top). Same as
