@@ -104,11 +104,14 @@ def native_bf16() -> bool:
 
 def backbone_overrides(config: Mapping, **settings: object) -> Dict:
     """Config overrides (for ``spacy.load(path, config=...)``) that set ``settings`` (e.g.
-    ``quantize="int8"``, ``dtype="bfloat16"``) on every ``spacy-xlmrxl.Transformer.v1`` block of
-    a pipeline ``config``, whatever the components are called: what
-    ``--components.<name>.model[...].quantize int8`` does on the command line."""
+    ``quantize="int8"``, ``dtype="bfloat16"``) on every backbone settings block of a pipeline
+    ``config`` (``spacy-xlmrxl.Backbone.v1``, or a v1 architecture block of an older pipeline),
+    whatever the components are called: what ``--components.<name>.model[...].backbone.quantize
+    int8`` does on the command line."""
+    from spacy_xlmrxl.backbone.settings import is_backbone_block
+
     def visit(node: Mapping) -> Optional[Dict]:
-        if node.get("@architectures") == "spacy-xlmrxl.Transformer.v1":
+        if is_backbone_block(node):
             return dict(settings)
         found = {key: sub for key, child in node.items() if isinstance(child, Mapping)
                  for sub in [visit(child)] if sub}

@@ -112,7 +112,7 @@ def bench_pipeline(sentences: List[UnerSentence], rounds: int, bf16_mode: str, b
     texts = [s.text for s in sentences]
     if trained is not None:
         fp32 = spacy.load(trained)
-        # the config switches, as --components.<name>.model[...].quantize int8 would set them
+        # the config switches, as --components.<name>.model[...].backbone.quantize int8 would set them
         int8 = spacy.load(trained, config=backbone_overrides(fp32.config, quantize="int8"))
         bf16_factory: Callable[[], Any] = lambda: spacy.load(  # noqa: E731
             trained, config=backbone_overrides(fp32.config, dtype="bfloat16"))

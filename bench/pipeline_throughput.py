@@ -79,10 +79,10 @@ def build_ours(hf_dir: Path, texts: List[str], *, max_batch_pieces: int, dtype: 
     import spacy_xlmrxl  # noqa: F401  (registers the factories)
 
     nlp = spacy.blank("xx")
-    transformer = {"checkpoint": str(hf_dir), "preset": None,
-                   "tokenizer": str(TOKENIZER_DIR / "sentencepiece.bpe.model"),
-                   "max_batch_pieces": max_batch_pieces, "dtype": dtype, "quantize": quantize}
-    ner = nlp.add_pipe("xlmrxl_ner", config={"model": {"tok2vec": {"transformer": transformer}}})
+    backbone = {"checkpoint": str(hf_dir), "preset": None,
+                "tokenizer": str(TOKENIZER_DIR / "sentencepiece.bpe.model"),
+                "max_batch_pieces": max_batch_pieces, "dtype": dtype, "quantize": quantize}
+    ner = nlp.add_pipe("xlmrxl_ner", config={"model": {"tok2vec": {"transformer": {"backbone": backbone}}}})
     for label in LABELS:
         ner.add_label(label)
     nlp.initialize(examples_for_init(nlp, texts))

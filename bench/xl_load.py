@@ -127,8 +127,8 @@ def build_pipeline(checkpoint: Path, out: Path) -> None:
     from modeling.checkpoint import atomic_directory
 
     nlp = spacy.blank("xx")
-    nlp.add_pipe("xlmrxl_transformer", config={"model": {
-        "checkpoint": str(checkpoint), "preset": None, "tokenizer": str(TOKENIZER_DIR / "sentencepiece.bpe.model")}})
+    nlp.add_pipe("xlmrxl_transformer", config={"model": {"backbone": {
+        "checkpoint": str(checkpoint), "preset": None, "tokenizer": str(TOKENIZER_DIR / "sentencepiece.bpe.model")}}})
     nlp.add_pipe("xlmrxl_ner", config={"model": {"tok2vec": {
         "@architectures": "spacy-xlmrxl.Listener.v1", "upstream": "*", "pooling": "mean"}}})
     for label in ("LOC", "ORG", "PER"):

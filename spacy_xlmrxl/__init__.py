@@ -5,8 +5,14 @@ the package installed, spaCy also finds each through its entry points without th
 See README "Architecture" for what each subpackage owns.
 """
 
+from .backbone.settings import BackboneSettings
 from .backbone.source import BackboneError, BackboneSource
-from .export import export_fill_mask_to_hf, export_ner_to_hf, export_qa_to_hf, export_textcat_to_hf
+from .export import (
+           export_fill_mask_to_hf,
+           export_ner_to_hf,
+           export_qa_to_hf,
+           export_textcat_to_hf,
+)
 from .ml import heads, task_models, token_vectors, transformer, windows  # noqa: F401  (registrations)
 from .ml.doc_data import XLMRDocData
 from .pipeline import ner, textcat  # noqa: F401  (factories)
@@ -15,5 +21,5 @@ from .pipeline.fill_mask import component as fill_mask_component  # noqa: F401  
 from .pipeline.qa import component as qa_component  # noqa: F401  (factory)
 from .training import corpus, cpu_memory  # noqa: F401  (readers, callbacks)
 
-__all__ = ["BackboneError", "BackboneSource", "XLMRDocData", "export_fill_mask_to_hf", "export_ner_to_hf",
-           "export_qa_to_hf", "export_textcat_to_hf"]
+__all__ = ["BackboneError", "BackboneSettings", "BackboneSource", "XLMRDocData", "export_fill_mask_to_hf",
+           "export_ner_to_hf", "export_qa_to_hf", "export_textcat_to_hf"]

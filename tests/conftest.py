@@ -36,3 +36,36 @@ def tokenizer_json_path() -> Path:
     if not TOKENIZER_JSON.is_file():
         pytest.skip(SHARED_REASON)
     return TOKENIZER_JSON
+
+
+@pytest.fixture(scope="session")
+def tiny_corpora(tmp_path_factory, shared_data):
+    """A few real docs per task of configs/*.cfg, as .spacy files: {config name: (train, dev)}."""
+    from itertools import islice
+
+    import spacy
+
+    from spacy_xlmrxl.training.docbin import write_docbin
+    from spacy_xlmrxl.training.sib200 import read_labels, sib200_docs
+    from spacy_xlmrxl.training.squad import read_squad, squad_docs
+    from spacy_xlmrxl.training.text import text_docs
+    from spacy_xlmrxl.training.uner import uner_docs
+
+    out = tmp_path_factory.mktemp("corpora")
+    nlp = spacy.blank("xx")
+    data = shared_data
+    labels = read_labels(data / "textcat" / "sib200" / "labels.txt")
+    articles = read_squad(data / "qa" / "xquad" / "xquad.de.json")[:1]
+    sources = {
+        "ner": lambda: uner_docs(nlp.vocab, data / "ner" / "uner" / "da" / "dev.iob2"),
+        "textcat": lambda: sib200_docs(nlp, data / "textcat" / "sib200" / "swh_Latn" / "dev.tsv", labels),
+        "qa": lambda: squad_docs(nlp, articles),
+        "fill_mask": lambda: text_docs(nlp, data / "textcat" / "sib200" / "hin_Deva" / "dev.tsv", column="text"),
+    }
+    corpora = {}
+    for name, docs in sources.items():
+        train, dev = out / f"{name}-train.spacy", out / f"{name}-dev.spacy"
+        write_docbin(islice(docs(), 8), train)
+        write_docbin(islice(docs(), 8, 12), dev)
+        corpora[name] = (train, dev)
+    return corpora

@@ -2,7 +2,6 @@
 preset, a handful of real docs from ../shared/data) through spaCy's own `train`, so a broken
 config fails CI. The trained pipeline is loaded back and run."""
 
-from itertools import islice
 from pathlib import Path
 
 import pytest
@@ -10,11 +9,7 @@ import spacy
 from spacy.cli.train import train as spacy_train
 from spacy.schemas import ConfigSchemaTraining
 from spacy.util import load_config, load_model_from_config, registry
-from spacy_xlmrxl.training.docbin import write_docbin
-from spacy_xlmrxl.training.sib200 import read_labels, sib200_docs
-from spacy_xlmrxl.training.squad import read_squad, squad_docs
-from spacy_xlmrxl.training.text import text_docs
-from spacy_xlmrxl.training.uner import uner_docs
+from spacy_xlmrxl.training.sib200 import read_labels
 
 REPO = Path(__file__).resolve().parent.parent
 CONFIGS = ("ner", "textcat", "qa", "fill_mask")
@@ -36,29 +31,6 @@ def test_config_validates_like_debug_config(name):
     assert filled["paths"]["checkpoint"] is None and filled["paths"]["preset"] == "tiny"
     assert filled["paths"]["tokenizer"] == "assets/tokenizer/sentencepiece.bpe.model"
     assert filled["paths"]["train"].startswith("corpus/") and filled["paths"]["dev"].startswith("corpus/")
-
-
-@pytest.fixture(scope="module")
-def tiny_corpora(tmp_path_factory, shared_data):
-    """A few real docs per task, as .spacy files: {config name: (train, dev)}."""
-    out = tmp_path_factory.mktemp("corpora")
-    nlp = spacy.blank("xx")
-    data = shared_data
-    labels = read_labels(data / "textcat" / "sib200" / "labels.txt")
-    articles = read_squad(data / "qa" / "xquad" / "xquad.de.json")[:1]
-    sources = {
-        "ner": lambda: uner_docs(nlp.vocab, data / "ner" / "uner" / "da" / "dev.iob2"),
-        "textcat": lambda: sib200_docs(nlp, data / "textcat" / "sib200" / "swh_Latn" / "dev.tsv", labels),
-        "qa": lambda: squad_docs(nlp, articles),
-        "fill_mask": lambda: text_docs(nlp, data / "textcat" / "sib200" / "hin_Deva" / "dev.tsv", column="text"),
-    }
-    corpora = {}
-    for name, docs in sources.items():
-        train, dev = out / f"{name}-train.spacy", out / f"{name}-dev.spacy"
-        write_docbin(islice(docs(), 8), train)
-        write_docbin(islice(docs(), 8, 12), dev)
-        corpora[name] = (train, dev)
-    return corpora
 
 
 @pytest.mark.parametrize("name", CONFIGS)

@@ -6,7 +6,9 @@
 - `quantize`: int8 CPU inference;
 - `shim`: `TorchModuleShim`, the thinc shim that owns a torch module;
 - `weights`: a torch module as an HF checkpoint directory (and as bytes);
-- `nodes`: the one way to find, configure and install the backbones inside a thinc model.
+- `nodes`: the one way to find, configure and install the backbones inside a thinc model;
+- `settings`: `BackboneSettings`, every backbone setting with its default, registered as the
+  config block ``spacy-xlmrxl.Backbone.v1`` (``spacy.registry.misc``).
 
-Nothing here registers a spaCy function; `spacy_xlmrxl.ml` builds the architectures on it.
+`settings` registers the one spaCy function here; `spacy_xlmrxl.ml` builds the architectures on it.
 """

@@ -1,8 +1,9 @@
 """CPU inference quantisation (``quantize = "int8"``).
 
-Owns the setting's values and checks, and `quantize_linear_int8`: a dynamic-int8 copy of a
-module's ``nn.Linear`` layers that runs the forward passes while the float weights stay for
-saving, with the float Linear pages handed back to the kernel (`madvise(MADV_PAGEOUT)`).
+Owns the setting's values and its checks against ``dtype`` and ``mixed_precision``, and
+`quantize_linear_int8`: a dynamic-int8 copy of a module's ``nn.Linear`` layers that runs the
+forward passes while the float weights stay for saving, with the float Linear pages handed back
+to the kernel (`madvise(MADV_PAGEOUT)`).
 """
 
 from __future__ import annotations
@@ -39,6 +40,16 @@ def check_quantize_dtype(quantize: Union[str, bool, None], dtype: Optional[str])
     if setting is not None and torch_dtype(dtype) not in (None, torch.float32):
         raise BackboneError(f"quantize = {setting!r} needs float32 weights, but dtype = {dtype!r}: set dtype = null "
                             "(int8 Linear layers with float32 activations replace bf16/fp16 on the CPU)")
+
+
+def check_quantize_precision(quantize: Union[str, bool, None], mixed_precision: str) -> None:
+    """Config-time check: ``quantize = "int8"`` runs float32 activations, so no mixed precision
+    (``mixed_precision`` normalised: ``"none"``, ``"bf16"`` or ``"fp16"``)."""
+    setting = normalise_quantize(quantize)
+    if setting is not None and mixed_precision != "none":
+        raise BackboneError(f"quantize = {setting!r} cannot be combined with mixed_precision = "
+                            f"{mixed_precision!r}: quantised inference runs in float32 with int8 Linear layers; "
+                            "set mixed_precision = null")
 
 
 def quantize_linear_int8(module: torch.nn.Module, *, release_float_pages: bool = True) -> torch.nn.Module:

@@ -19,8 +19,13 @@ from thinc.shims import Shim
 from thinc.util import torch2xp, xp2torch
 
 from .devices import torch_device
-from .precision import LossScaler, autocast, normalise_mixed_precision, warn_if_bf16_emulated
-from .quantize import normalise_quantize, quantize_linear_int8
+from .precision import (
+    LossScaler,
+    autocast,
+    normalise_mixed_precision,
+    warn_if_bf16_emulated,
+)
+from .quantize import check_quantize_precision, normalise_quantize, quantize_linear_int8
 from .source import BackboneError
 from .weights import module_from_bytes, module_to_bytes
 
@@ -57,10 +62,7 @@ class TorchModuleShim(Shim):
         super().__init__(module, config={})
         self.precision = normalise_mixed_precision(mixed_precision)
         self.quantize = normalise_quantize(quantize)
-        if self.quantize is not None and self.precision != "none":
-            raise BackboneError(f"quantize = {self.quantize!r} cannot be combined with mixed_precision = "
-                                f"{self.precision!r}: quantised inference runs in float32 with int8 Linear layers; "
-                                "set mixed_precision = null")
+        check_quantize_precision(self.quantize, self.precision)
         self._runner: Optional[torch.nn.Module] = None  # the quantised copy, when quantize is set
         self.frozen = frozen
         self.freeze_word_embeddings = bool(freeze_word_embeddings)
@@ -134,7 +136,7 @@ class TorchModuleShim(Shim):
             raise BackboneError(
                 f"this backbone is set to quantize = {self.quantize!r}, which is for inference only: it cannot be "
                 "trained (update() was called). Set quantize = null to train or fine-tune (e.g. "
-                "--components.transformer.model.quantize null, or the component's own backbone block), "
+                "--components.transformer.model.backbone.quantize null, or the component's own backbone block), "
                 "and quantize the trained pipeline for inference"
             )
         grads = is_train and not self.frozen

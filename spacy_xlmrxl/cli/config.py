@@ -1,5 +1,6 @@
 """``merge-config``: a training config + a partial override file (``configs/xl_gpu.cfg``), with the
-override's ``[backbone]`` settings set on every backbone block.
+override's ``[backbone]`` settings set on every backbone block (``spacy-xlmrxl.Backbone.v1``, and
+the v1 architecture blocks of older configs: `spacy_xlmrxl.backbone.settings.backbone_blocks`).
 """
 
 from __future__ import annotations
@@ -10,8 +11,7 @@ from typing import Any, Dict
 
 from wasabi import msg
 
-# Architectures that own a backbone: `[backbone]` settings of an override file go to each of them.
-BACKBONE_ARCHITECTURES = ("spacy-xlmrxl.Transformer.v1", "spacy-xlmrxl.QAModel.v1", "spacy-xlmrxl.MaskedLM.v1")
+from ..backbone.settings import BACKBONE_SETTINGS, backbone_blocks
 from .parsing import add_command
 
 
@@ -31,27 +31,20 @@ def deep_update(target: Dict[str, Any], updates: Dict[str, Any]) -> None:
 
 def merge_config(base: Any, overrides: Any) -> Any:
     """`base` (a training config) updated by `overrides` (a partial config): every section but
-    ``[backbone]`` is merged by path; ``[backbone]`` keys are set on every backbone block
-    (`BACKBONE_ARCHITECTURES`), whatever the component is called. Variables stay uninterpolated."""
+    ``[backbone]`` is merged by path; ``[backbone]`` keys are set on every block of backbone
+    settings (`backbone_blocks`), whatever the component is called. Variables stay uninterpolated."""
     from thinc.api import Config
 
     updates = Config(overrides).copy()
     backbone = dict(updates.pop("backbone", {}))
     merged = Config(base).copy()
     deep_update(merged, updates)
-
-    def visit(node: Any) -> int:
-        found = 0
-        if isinstance(node, dict):
-            if node.get("@architectures") in BACKBONE_ARCHITECTURES:
-                node.update(backbone)
-                found += 1
-            for value in node.values():
-                found += visit(value)
-        return found
-
-    if backbone and not visit(merged):
-        raise ValueError(f"[backbone] settings given but the config has no block of {BACKBONE_ARCHITECTURES}")
+    blocks = backbone_blocks(merged) if backbone else []
+    if backbone and not blocks:
+        raise ValueError(f"[backbone] settings given but the config has no block of backbone settings "
+                         f"({BACKBONE_SETTINGS!r}, or a v1 architecture with them as arguments)")
+    for block in blocks:
+        block.update(backbone)
     return merged
 
 

@@ -22,7 +22,7 @@ writes ``train_log.jsonl`` and saves ``model-best`` / ``model-last`` with ``nlp.
 FSDP from the full weights gathered on rank 0). Backends: gloo on CPU, nccl with ``--gpu`` (one
 GPU per rank: ``cuda:LOCAL_RANK``, set before the process group is created). Not supported:
 ``patience`` (training runs to ``max_steps`` / ``max_epochs``), optimizer parameter averages for
-evaluation; FSDP shards ``Transformer.v1`` backbones only (ner, textcat), not QA / fill-mask.
+evaluation; FSDP shards ``Transformer`` (v2, v1) backbones only (ner, textcat), not QA / fill-mask.
 """
 
 from __future__ import annotations
@@ -183,7 +183,7 @@ def train_ddp(
 ) -> Dict[str, Any]:
     """Train the pipeline of ``config_path`` on this rank (see the module docstring).
 
-    ``strategy="fsdp"`` shards the trainable ``Transformer.v1`` backbones with FSDP2 (see
+    ``strategy="fsdp"`` shards the trainable ``Transformer`` (v2 or v1) backbones with FSDP2 (see
     `spacy_xlmrxl.distributed.fsdp`; ``fsdp_precision``: ``auto`` = bf16 on GPU, fp32 on CPU).
     Returns the last log entry (``step``, ``epoch``, ``losses``, ``score``).
     """

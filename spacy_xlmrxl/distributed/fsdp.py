@@ -1,8 +1,8 @@
 """FSDP (fully sharded data parallel) for the torch backbones of a spaCy pipeline under ``torchrun``.
 
 Owns `shard_backbones` (FSDP2 ``torch.distributed.fsdp.fully_shard`` over each transformer
-layer, the embeddings and the root of every trainable ``spacy-xlmrxl.Transformer.v1`` backbone),
-`ShardedModuleShim` (the thinc shim of a sharded backbone: a sharded optimizer step with
+layer, the embeddings and the root of every trainable ``spacy-xlmrxl.Transformer`` (v2, v1)
+backbone), `ShardedModuleShim` (the thinc shim of a sharded backbone: a sharded optimizer step with
 thinc's optimizer, and the "same number of backbone calls on every rank" rule), `CallBalancer`
 (what makes that rule hold while every rank trains on its own slice of the batch) and
 `full_backbones` (gathers the full weights on rank 0 so that ``nlp.to_disk`` writes a pipeline
@@ -275,11 +275,11 @@ def shard_shim(shim: Any, *, precision: str = "auto", grad_reduce: str = "sum", 
 
 def shard_backbones(nlp: Any, *, exclude: Sequence[str] = (), precision: str = "auto",
                     grad_reduce: str = "sum", reshard_after_forward: bool = True) -> List[Any]:
-    """Shard every trainable ``spacy-xlmrxl.Transformer.v1`` backbone of ``nlp`` in place.
+    """Shard every trainable ``spacy-xlmrxl.Transformer`` (v2 or v1) backbone of ``nlp`` in place.
 
     Rank 0's weights are broadcast first. Units: each transformer layer, the embeddings, and
     the root (final LayerNorm and anything left). Returns the sharded shims. A pipeline whose
-    trainable backbone is not a ``Transformer.v1`` (QA, fill-mask models) raises: their forward
+    trainable backbone is not a ``Transformer`` layer (QA, fill-mask models) raises: their forward
     calls are not counted yet.
     """
 
@@ -296,7 +296,7 @@ def shard_backbones(nlp: Any, *, exclude: Sequence[str] = (), precision: str = "
             seen.add(shim.id)
             if not is_transformer_layer(node):
                 raise NotImplementedError(
-                    f"--strategy fsdp shards spacy-xlmrxl.Transformer.v1 backbones (shared through listeners: "
+                    f"--strategy fsdp shards spacy-xlmrxl.Transformer backbones (shared through listeners: "
                     f"ner, textcat); {comp_name!r} has its own backbone ({node.name!r}): use --strategy ddp")
             if shim.precision == "fp16":
                 raise NotImplementedError("fp16 loss scaling is not supported with FSDP: use mixed_precision bf16")
@@ -389,7 +389,7 @@ def full_backbones(nlp: Any, *, rank: int) -> Iterator[None]:
     for shim in shims:
         state = gather_full_state(shim._model, keep=rank == 0)
         if rank == 0:
-            if shim.model_cls is None:  # pragma: no cover - Transformer.v1 always has one
+            if shim.model_cls is None:  # pragma: no cover - a Transformer layer always has one
                 raise ValueError("cannot rebuild the full backbone: the shim has no model class")
             config = shim._model.config
             with parameters_on_meta():

@@ -1,6 +1,6 @@
 """Thinc architectures (``spacy.registry.architectures``) and what they compute on.
 
-- `transformer`: ``spacy-xlmrxl.Transformer.v1``, a Doc batch through the backbone in windows;
+- `transformer`: ``spacy-xlmrxl.Transformer.v2`` (and v1), a Doc batch through the backbone in windows;
 - `token_vectors`, `listener`: token vectors from an own or a shared (listened-to) backbone;
 - `heads`: the NER and textcat heads on those vectors / ``<s>`` states;
 - `task_models`: the QA and masked-LM models that own a whole `modeling` head model;

@@ -1,7 +1,7 @@
 """What the backbone leaves on a Doc: `XLMRDocData` (``doc._.xlmrxl``) and its gradient `XLMRGrad`.
 
 Owns the ``Doc._.xlmrxl`` extension (registered on import), the per-doc output of
-``spacy-xlmrxl.Transformer.v1`` and the gradient that flows back into it from heads and
+``spacy-xlmrxl.Transformer.v2`` (and v1) and the gradient that flows back into it from heads and
 listeners (with in-place accumulation for several listeners), and the msgpack encoder/decoder
 that lets a Doc holding an `XLMRDocData` go through ``Doc.to_bytes`` (``nlp.pipe(n_process=2)``,
 ``DocBin(store_user_data=True)``).
@@ -36,7 +36,7 @@ class XLMRDocData:
         window ``(0, 0)``, i.e. ``<s></s>``);
     hidden: (n_pieces, H) last hidden states, overlapping windows averaged; always set in
         training (``begin_update``), and at inference only when piece states are asked for
-        (``Transformer.v1``'s own ``predict``, or the component's ``piece_states``), else None;
+        (the ``Transformer`` layer's own ``predict``, or the component's ``piece_states``), else None;
     cls: (n_windows, H) the ``<s>`` state of each window;
     tokvecs: inference only: pooling mode (``"mean"``/``"first"``) -> (n_tokens, H) token
         vectors, pooled window batch by window batch (bit-identical to pooling ``hidden``), for

@@ -38,7 +38,7 @@ def build_textcat_head(transformer: Model[List[Doc], List[XLMRDocData]], nO: Opt
     """Doc-level label probabilities (n_docs, nO) from the ``<s>`` state of each window:
     dropout -> dense (H x H) -> tanh -> dropout -> out_proj (nO x H) like HF's classification
     head, logits averaged over a doc's windows, then softmax (exclusive) or sigmoid.
-    ``transformer`` is ``spacy-xlmrxl.Transformer.v1`` or ``spacy-xlmrxl.DocDataListener.v1``."""
+    ``transformer`` is ``spacy-xlmrxl.Transformer.v2`` (or v1) or ``spacy-xlmrxl.DocDataListener.v1``."""
     dense = Linear()
     out_proj = Linear(nO=nO)
     classifier = chain(Dropout(dropout), dense, _tanh(), Dropout(dropout), out_proj)
@@ -110,7 +110,7 @@ def build_textcat_head_v2(tok2vec: Model[List[Doc], List[XLMRDocData]], nO: Opti
                           exclusive_classes: bool = True, dropout: float = 0.1) -> Model[List[Doc], Floats2d]:
     """``spacy-xlmrxl.TextcatHead.v1`` with the backbone under the name ``tok2vec`` (where spaCy's
     ``nlp.replace_listeners`` looks): ``tok2vec`` is ``spacy-xlmrxl.DocDataListener.v1`` (a
-    shared ``xlmrxl_transformer``) or ``spacy-xlmrxl.Transformer.v1`` (an own backbone). The
+    shared ``xlmrxl_transformer``) or ``spacy-xlmrxl.Transformer.v2`` (an own backbone). The
     model has both refs, ``tok2vec`` and ``transformer``, to the same layer."""
     model = build_textcat_head(tok2vec, nO=nO, exclusive_classes=exclusive_classes, dropout=dropout)
     model.set_ref("tok2vec", tok2vec)

@@ -1,25 +1,21 @@
 """Thinc architectures of the task models that own a whole `modeling` head model: QA and masked LM.
 
 Owns
-- ``spacy-xlmrxl.QAModel.v1``: Model[Sequence[WindowBatch], List[Floats3d]] around the torch
+- ``spacy-xlmrxl.QAModel.v2``: Model[Sequence[WindowBatch], List[Floats3d]] around the torch
   `XLMRobertaXLForQuestionAnswering`: for each padded batch of ``<s> Q </s></s> C </s>``
   sequences, the (rows, seq_len, 2) start (``[..., 0]``) and end (``[..., 1]``) logits;
-- ``spacy-xlmrxl.MaskedLM.v1``: Model[MLMInput, Floats2d] around the torch
+- ``spacy-xlmrxl.MaskedLM.v2``: Model[MLMInput, Floats2d] around the torch
   `XLMRobertaXLForMaskedLM`: runs the backbone on padded window batches and the LM head only at
   the requested positions, giving (n_positions, vocab_size) logits (the LM head is never applied
   to the other positions: with a 250k vocabulary that would dominate time and memory);
-- `MLMInput`, the masked-LM model's input, and `update_step`, the training step both
-  components share (their losses need the model input they built, not just the docs);
-- `check_finite_loss` / `NonFiniteLossError`: every component's guard against a NaN/inf loss,
-  raised before backprop (nothing is trained on such a batch) and naming the batch's docs;
-- `export_task_model`: such a component's torch model written as the HF directory it already
-  is (``XLMRobertaXLForQuestionAnswering`` / ``...ForMaskedLM``: config, safetensors,
-  tokenizer), loadable by HF transformers and by any component's ``checkpoint`` setting.
+- their v1 versions, which take the backbone settings as arguments (configs written before
+  ``spacy-xlmrxl.Backbone.v1``) and build the same layers;
+- `MLMInput`, the masked-LM model's input.
 
-Both are built like ``spacy-xlmrxl.Transformer.v1`` (`spacy_xlmrxl.models`): the backbone
-settings are arguments, the torch module is created (weights loaded) in the model's ``init``,
-i.e. in ``nlp.initialize``, and lives in a `TorchModuleShim`; the tokenizer model travels in the
-layer's attrs. Backprop takes the gradient w.r.t. the logits.
+Both are built like ``spacy-xlmrxl.Transformer.v2`` (`spacy_xlmrxl.ml.transformer`): the
+backbone settings are a `BackboneSettings` block, the torch module is created (weights loaded)
+in the model's ``init``, i.e. in ``nlp.initialize``, and lives in a `TorchModuleShim`; the
+tokenizer model travels in the layer's attrs. Backprop takes the gradient w.r.t. the logits.
 """
 
 from __future__ import annotations
@@ -35,30 +31,17 @@ from thinc.types import Floats2d, Floats3d
 
 from ..backbone.devices import to_torch, to_xp, torch_device
 from ..backbone.nodes import backbone_shim, install_backbone
-from ..backbone.quantize import check_quantize_dtype
-from ..backbone.shim import TorchModuleShim
+from ..backbone.settings import BackboneSettings
 from ..backbone.source import DEFAULT_CHECKPOINT, BackboneSource
 from .windows import WindowBatch, WindowMaker, make_strided_windows
 
 QA_MODEL_NAME = "xlmrxl-qa"
 MLM_MODEL_NAME = "xlmrxl-masked-lm"
 
-#: The backbone settings of both architectures, as a component's default config gives them.
-BACKBONE_DEFAULTS: Dict[str, Any] = {
-    "checkpoint": DEFAULT_CHECKPOINT, "preset": None, "tokenizer": None, "max_batch_pieces": 4096,
-    "dtype": None, "mixed_precision": None, "grad_checkpointing": False, "freeze": False, "seed": None,
-    "quantize": None, "freeze_word_embeddings": False,
-}
-
-
-def default_model_config(architecture: str, **settings: Any) -> Dict[str, Any]:
-    """The ``[components.<name>.model]`` block of ``architecture`` with the backbone defaults."""
-    return {"@architectures": architecture, **BACKBONE_DEFAULTS, **settings}
-
 
 @dataclass
 class MLMInput:
-    """Input of ``spacy-xlmrxl.MaskedLM.v1``.
+    """Input of ``spacy-xlmrxl.MaskedLM.v2`` (and v1).
 
     batches: padded ``input_ids`` / ``attention_mask`` (rows, seq_len) int64 batches (masked
     already, for training); positions: (n, 3) int64 ``(batch, row, column)`` of the positions
@@ -69,26 +52,16 @@ class MLMInput:
     positions: numpy.ndarray
 
 
-def _task_model(name: str, forward: Callable, model_cls_name: str, *, checkpoint: Optional[str],
-                preset: Optional[str], tokenizer: Optional[str], dtype: Optional[str], seed: Optional[int],
-                mixed_precision: Union[str, bool, None], grad_checkpointing: bool, freeze: bool,
-                max_batch_pieces: int, quantize: Optional[str] = None, freeze_word_embeddings: bool = False,
+def _task_model(name: str, forward: Callable, model_cls_name: str, backbone: BackboneSettings,
                 **attrs: Any) -> Model:
     """A thinc layer owning a `modeling.heads` model ``model_cls_name`` (built in ``init``)."""
-    if max_batch_pieces <= 0:
-        raise ValueError(f"max_batch_pieces must be positive, got {max_batch_pieces}")
-    source = BackboneSource(checkpoint=checkpoint, preset=preset, tokenizer=tokenizer, dtype=dtype, seed=seed).validate()
-    check_quantize_dtype(quantize, dtype)
-    shim = TorchModuleShim(None, mixed_precision=mixed_precision, frozen=freeze,
-                           grad_checkpointing=grad_checkpointing, model_cls=head_class(model_cls_name),
-                           quantize=quantize, freeze_word_embeddings=freeze_word_embeddings)
     return Model(
         name,
         forward,
         init=_task_init,
         dims={"nO": None},
-        shims=[shim],
-        attrs={"source": source, "model_cls": model_cls_name, "max_batch_pieces": int(max_batch_pieces),
+        shims=[backbone.shim(head_class(model_cls_name))],
+        attrs={"source": backbone.source(), "model_cls": model_cls_name, "max_batch_pieces": backbone.max_batch_pieces,
                "tokenizer": None, "tokenizer_model": None, **attrs},
     )
 
@@ -133,17 +106,20 @@ def build_qa_model(
     quantize: Optional[str] = None,
     freeze_word_embeddings: bool = False,
 ) -> Model[Sequence[WindowBatch], List[Floats3d]]:
+    """``QAModel.v2`` with the backbone settings as arguments (configs written before
+    ``spacy-xlmrxl.Backbone.v1``; these defaults are theirs): the same layer."""
+    return build_qa_model_v2(BackboneSettings.from_arguments(locals()))
+
+
+@registry.architectures("spacy-xlmrxl.QAModel.v2")
+def build_qa_model_v2(backbone: BackboneSettings) -> Model[Sequence[WindowBatch], List[Floats3d]]:
     """Extractive-QA start/end logits from `XLMRobertaXLForQuestionAnswering`.
 
-    Backbone settings as in ``spacy-xlmrxl.Transformer.v1`` (checkpoint or preset, tokenizer,
-    dtype, mixed_precision, grad_checkpointing, freeze, quantize, freeze_word_embeddings); ``seed``: random init of a preset;
-    ``max_batch_pieces`` bounds the padded positions
-    of one model call (the component packs the question/context features with it).
+    backbone: the ``spacy-xlmrxl.Backbone.v1`` settings (see `BackboneSettings`); its
+    ``max_batch_pieces`` bounds the padded positions of one model call (the component packs the
+    question/context features with it).
     """
-    return _task_model(QA_MODEL_NAME, _qa_forward, "XLMRobertaXLForQuestionAnswering", checkpoint=checkpoint,
-                       preset=preset, tokenizer=tokenizer, dtype=dtype, seed=seed, mixed_precision=mixed_precision,
-                       grad_checkpointing=grad_checkpointing, freeze=freeze, max_batch_pieces=max_batch_pieces,
-                       quantize=quantize, freeze_word_embeddings=freeze_word_embeddings)
+    return _task_model(QA_MODEL_NAME, _qa_forward, "XLMRobertaXLForQuestionAnswering", backbone)
 
 
 def _qa_forward(model: Model, batches: Sequence[WindowBatch], is_train: bool
@@ -182,16 +158,19 @@ def build_masked_lm(
     quantize: Optional[str] = None,
     freeze_word_embeddings: bool = False,
 ) -> Model[MLMInput, Floats2d]:
+    """``MaskedLM.v2`` with the backbone settings as arguments (configs written before
+    ``spacy-xlmrxl.Backbone.v1``; these defaults are theirs): the same layer."""
+    return build_masked_lm_v2(BackboneSettings.from_arguments(locals()), windows)
+
+
+@registry.architectures("spacy-xlmrxl.MaskedLM.v2")
+def build_masked_lm_v2(backbone: BackboneSettings, windows: Optional[WindowMaker] = None) -> Model[MLMInput, Floats2d]:
     """Vocabulary logits at chosen positions from `XLMRobertaXLForMaskedLM`.
 
-    Backbone settings as in ``spacy-xlmrxl.Transformer.v1`` (``seed`` as in ``QAModel.v1``); ``windows`` cuts long docs into
-    piece windows (``spacy-xlmrxl.strided_windows.v1``, default 510/384), ``max_batch_pieces``
-    bounds the padded positions of one model call.
+    backbone: the ``spacy-xlmrxl.Backbone.v1`` settings (see `BackboneSettings`); ``windows``
+    cuts long docs into piece windows (``spacy-xlmrxl.strided_windows.v1``, default 510/384).
     """
-    return _task_model(MLM_MODEL_NAME, _mlm_forward, "XLMRobertaXLForMaskedLM", checkpoint=checkpoint,
-                       preset=preset, tokenizer=tokenizer, dtype=dtype, seed=seed, mixed_precision=mixed_precision,
-                       grad_checkpointing=grad_checkpointing, freeze=freeze, max_batch_pieces=max_batch_pieces,
-                       quantize=quantize, freeze_word_embeddings=freeze_word_embeddings,
+    return _task_model(MLM_MODEL_NAME, _mlm_forward, "XLMRobertaXLForMaskedLM", backbone,
                        windows=windows if windows is not None else make_strided_windows())
 
 

@@ -1,11 +1,13 @@
-"""``spacy-xlmrxl.Transformer.v1``: Model[List[Doc], List[XLMRDocData]] around `XLMRobertaXLModel`.
+"""``spacy-xlmrxl.Transformer.v2``/``v1``: Model[List[Doc], List[XLMRDocData]] around `XLMRobertaXLModel`.
 
 Tokenises each doc, aligns pieces to tokens, cuts long docs into piece windows, runs
 length-sorted window batches (`spacy_xlmrxl.ml.windows`), recombines overlaps; backprop goes
 into torch. Inference (`predict_doc_data`) recombines and pools batch by batch, keeping per doc
 only the token vectors asked for (and the piece states only when asked). The torch module is
 built (and its weights loaded) in the model's ``init``, i.e. in ``nlp.initialize``, never at
-``add_pipe``. Also owns the default config block of the architecture (`transformer_config`).
+``add_pipe``. The backbone settings are a ``spacy-xlmrxl.Backbone.v1`` block
+(`spacy_xlmrxl.backbone.settings`); ``Transformer.v1`` takes them as arguments, as configs
+written before that block do. Also owns the default config block (`transformer_model_config`).
 """
 
 from __future__ import annotations
@@ -19,13 +21,24 @@ from thinc.api import Model
 
 from ..backbone.devices import to_torch, to_xp, torch_device
 from ..backbone.nodes import backbone_shim, get_tokenizer, install_backbone
-from ..backbone.quantize import check_quantize_dtype
-from ..backbone.shim import TorchModuleShim
+from ..backbone.settings import BackboneSettings, default_model_config
 from ..backbone.source import DEFAULT_CHECKPOINT, BackboneSource
-from .alignment import POOLING_MODES, StreamingPooler, align_tokens_to_pieces, pool_pieces
+from .alignment import (
+    POOLING_MODES,
+    StreamingPooler,
+    align_tokens_to_pieces,
+    pool_pieces,
+)
 from .doc_data import XLMRDocData, XLMRGrad
 from .encoding import encode_docs
-from .windows import StreamingRecombiner, WindowMaker, batch_windows, make_strided_windows, recombine
+from .windows import (
+    StreamingRecombiner,
+    WindowMaker,
+    batch_windows,
+    make_strided_windows,
+    recombine,
+    strided_windows_config,
+)
 
 TRANSFORMER_NAME = "xlmrxl-transformer"
 
@@ -45,28 +58,21 @@ def build_transformer(
     quantize: Optional[str] = None,
     freeze_word_embeddings: bool = False,
 ) -> Model[List[Doc], List[XLMRDocData]]:
+    """``Transformer.v2`` with the backbone settings as arguments (configs written before
+    ``spacy-xlmrxl.Backbone.v1``; these defaults are theirs): the same layer."""
+    return build_transformer_v2(BackboneSettings.from_arguments(locals()), windows)
+
+
+@registry.architectures("spacy-xlmrxl.Transformer.v2")
+def build_transformer_v2(backbone: BackboneSettings, windows: Optional[WindowMaker] = None
+                         ) -> Model[List[Doc], List[XLMRDocData]]:
     """The XLM-R-XL backbone as a thinc layer.
 
-    checkpoint: local HF/fairseq dir or file, or a hub name found in the local HF cache;
-    preset: random init with a named architecture (``tiny``, ``small``, ``xl``, ``xxl``) when
-        ``checkpoint`` is null; tokenizer: sentencepiece model path (default: the checkpoint's);
-    windows: ``(n_pieces) -> [(start, end)]`` piece windows (``spacy-xlmrxl.strided_windows.v1``);
-    max_batch_pieces: padded positions per model call; dtype: weights dtype (float32 for
-    training); mixed_precision: ``"bf16"``/``"fp16"``/null; grad_checkpointing; freeze: no
-    weight updates (inference mode even in ``update``); quantize: null or ``"int8"`` (CPU
-    inference only: dynamic int8 ``nn.Linear`` layers, applied after the weights are loaded;
-    the float weights are kept for saving; training raises); freeze_word_embeddings: train
-    everything but the vocab x hidden word-embedding matrix (no gradient, no optimizer state
-    for it: 7.7 GB less GPU memory for XL with Adam; much less work per step on a CPU).
+    backbone: the ``spacy-xlmrxl.Backbone.v1`` settings (checkpoint or preset, tokenizer,
+    max_batch_pieces, dtype, precision, freezing, quantize, seed; see `BackboneSettings`);
+    windows: ``(n_pieces) -> [(start, end)]`` piece windows (``spacy-xlmrxl.strided_windows.v1``).
     """
-    if max_batch_pieces <= 0:
-        raise ValueError(f"max_batch_pieces must be positive, got {max_batch_pieces}")
-    source = BackboneSource(checkpoint=checkpoint, preset=preset, tokenizer=tokenizer, dtype=dtype).validate()
-    check_quantize_dtype(quantize, dtype)
-    shim = TorchModuleShim(None, mixed_precision=mixed_precision, frozen=freeze,
-                           grad_checkpointing=grad_checkpointing, quantize=quantize,
-                           freeze_word_embeddings=freeze_word_embeddings,
-                           model_cls=backbone_class(), model_kwargs={"add_pooling_layer": False})
+    shim = backbone.shim(backbone_class(), model_kwargs={"add_pooling_layer": False})
     return Model(
         TRANSFORMER_NAME,
         _transformer_forward,
@@ -74,9 +80,9 @@ def build_transformer(
         dims={"nO": None},
         shims=[shim],
         attrs={
-            "source": source,
+            "source": backbone.source(),
             "windows": windows if windows is not None else make_strided_windows(),
-            "max_batch_pieces": int(max_batch_pieces),
+            "max_batch_pieces": backbone.max_batch_pieces,
             "tokenizer": None,
             "tokenizer_model": None,
             "replace_listener_cfg": _replace_listener_cfg,
@@ -93,28 +99,10 @@ def _replace_listener_cfg(transformer_cfg: Dict[str, Any], listener_cfg: Dict[st
     return transformer_cfg
 
 
-def transformer_config(section: str) -> str:
-    """The default ``spacy-xlmrxl.Transformer.v1`` block as config text under ``[section]``
-    (components put it under ``model``, ``model.tok2vec.transformer``, ...)."""
-    return f"""
-[{section}]
-@architectures = "spacy-xlmrxl.Transformer.v1"
-checkpoint = "{DEFAULT_CHECKPOINT}"
-preset = null
-tokenizer = null
-max_batch_pieces = 4096
-dtype = null
-mixed_precision = null
-grad_checkpointing = false
-freeze = false
-freeze_word_embeddings = false
-quantize = null
-
-[{section}.windows]
-@misc = "spacy-xlmrxl.strided_windows.v1"
-window = 510
-stride = 384
-"""
+def transformer_model_config() -> Dict[str, Any]:
+    """The default ``spacy-xlmrxl.Transformer.v2`` block (components put it under ``model``,
+    ``model.tok2vec.transformer``, ...)."""
+    return default_model_config("spacy-xlmrxl.Transformer.v2", windows=strided_windows_config())
 
 
 def backbone_class() -> Any:

@@ -1,8 +1,9 @@
 """Long documents: strided windows over a doc's piece sequence, batching them, recombining outputs.
 
 Owns the registered window maker ``"spacy-xlmrxl.strided_windows.v1"`` (in
-``spacy.registry.misc``), :func:`recombine` (averaging the outputs of overlapping windows back
-into one (n_pieces, H) array, with its backprop), :class:`StreamingRecombiner` (the same
+``spacy.registry.misc``) and its default block (`strided_windows_config`), :func:`recombine`
+(averaging the outputs of overlapping windows back into one (n_pieces, H) array, with its
+backprop), :class:`StreamingRecombiner` (the same
 average at inference, window by window, returning pieces as soon as they are final) and
 :func:`batch_windows` /
 :class:`WindowPlan` (framework-agnostic numpy: padded ``input_ids`` / ``attention_mask``
@@ -100,6 +101,11 @@ def make_strided_windows(
     if max_window is not None:
         windows.check_max_window(max_window)
     return windows
+
+
+def strided_windows_config() -> Dict[str, Any]:
+    """The default ``windows`` block of the architectures: 510-piece windows every 384 pieces."""
+    return {"@misc": "spacy-xlmrxl.strided_windows.v1", "window": 510, "stride": 384}
 
 
 def _check_windows(windows: Sequence[Window], n_pieces: int) -> np.ndarray:

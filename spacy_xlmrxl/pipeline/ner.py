@@ -19,25 +19,19 @@ from spacy.tokens import Doc, Span
 from spacy.training import Example, validate_examples
 from spacy.util import registry
 from spacy.vocab import Vocab
-from thinc.api import Config, Model
+from thinc.api import Model
 from thinc.types import Floats2d
 
-from ..ml.transformer import transformer_config
+from ..ml.transformer import transformer_model_config
 from .labelled_pipe import LabelledPipe
 from .update import check_finite_loss
 
 SCHEMES = ("BILUO", "IOB")
-NER_MODEL_CONFIG = """
-[model]
-@architectures = "spacy-xlmrxl.NerHead.v1"
-nO = null
-
-[model.tok2vec]
-@architectures = "spacy-xlmrxl.TokenVectors.v1"
-pooling = "mean"
-""" + transformer_config("model.tok2vec.transformer")
-
-DEFAULT_NER_MODEL = Config().from_str(NER_MODEL_CONFIG)["model"]
+DEFAULT_NER_MODEL = {
+    "@architectures": "spacy-xlmrxl.NerHead.v1", "nO": None,
+    "tok2vec": {"@architectures": "spacy-xlmrxl.TokenVectors.v1", "pooling": "mean",
+                "transformer": transformer_model_config()},
+}
 Entity = Tuple[int, int, str]
 
 

@@ -14,7 +14,7 @@ Also owns ``spacy-xlmrxl.TextcatHead.v2``: ``TextcatHead.v1`` with its backbone 
 (``Language.replace_listeners`` passes ``pipe_cfg["model"]["tok2vec"]`` to the transformer's
 ``replace_listener_cfg``), so with ``TextcatHead.v1`` (listener at ``model.transformer``) it
 fails with ``KeyError: 'tok2vec'``. After the replacement the textcat owns a copy of the
-backbone (config: the transformer's ``Transformer.v1`` block), saved and loaded with it.
+backbone (config: the transformer's ``Transformer.v2`` block), saved and loaded with it.
 """
 
 from __future__ import annotations
@@ -28,22 +28,15 @@ from spacy.tokens import Doc
 from spacy.training import Example, validate_examples
 from spacy.util import registry
 from spacy.vocab import Vocab
-from thinc.api import Config, Model
+from thinc.api import Model
 from thinc.types import Floats2d
 
-from ..ml.transformer import transformer_config
+from ..ml.transformer import transformer_model_config
 from .labelled_pipe import LabelledPipe
 from .update import check_finite_loss
 
-TEXTCAT_MODEL_CONFIG = """
-[model]
-@architectures = "spacy-xlmrxl.TextcatHead.v1"
-nO = null
-exclusive_classes = true
-dropout = 0.1
-""" + transformer_config("model.transformer")
-
-DEFAULT_TEXTCAT_MODEL = Config().from_str(TEXTCAT_MODEL_CONFIG)["model"]
+DEFAULT_TEXTCAT_MODEL = {"@architectures": "spacy-xlmrxl.TextcatHead.v1", "nO": None, "exclusive_classes": True,
+                         "dropout": 0.1, "transformer": transformer_model_config()}
 
 
 @Language.factory(

@@ -1,6 +1,6 @@
 """``xlmrxl_transformer``: one XLM-R-XL backbone run per batch, shared by listening components.
 
-Owns the `XLMRTransformer` pipe: ``predict`` runs ``spacy-xlmrxl.Transformer.v1`` and
+Owns the `XLMRTransformer` pipe: ``predict`` runs ``spacy-xlmrxl.Transformer.v2`` and
 ``set_annotations`` stores an `XLMRDocData` on ``doc._.xlmrxl``; ``update`` hands the batch
 output and a backprop callback to every `XLMRListener` found in downstream components (the
 last one backpropagates the summed gradient and steps the optimizer, as spaCy's ``tok2vec``
@@ -18,15 +18,15 @@ from spacy.pipeline import TrainablePipe
 from spacy.tokens import Doc
 from spacy.training import Example, validate_examples, validate_get_examples
 from spacy.vocab import Vocab
-from thinc.api import Config, Model, Optimizer, set_dropout_rate
+from thinc.api import Model, Optimizer, set_dropout_rate
 
 from ..backbone.nodes import set_backbone_source
 from ..ml.doc_data import GradAccumulator, XLMRDocData, XLMRGrad, set_doc_data
 from ..ml.listener import XLMRListener, find_xlmr_listeners
-from ..ml.transformer import predict_doc_data, transformer_config
+from ..ml.transformer import predict_doc_data, transformer_model_config
 from .backbone_pipe import BackbonePipe
 
-DEFAULT_TRANSFORMER_MODEL = Config().from_str(transformer_config("model"))["model"]
+DEFAULT_TRANSFORMER_MODEL = transformer_model_config()
 
 
 @Language.factory(

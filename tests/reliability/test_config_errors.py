@@ -20,10 +20,14 @@ from .conftest import seed_examples
 ERRORS = (ValueError, ConfigError, CheckpointError, BackboneError)
 
 
-def _ner_with(spm_model_path, **transformer):
+def _ner_with(spm_model_path, windows=None, **backbone):
+    """``xlmrxl_ner`` with a tiny backbone: ``windows`` replaces the windows block, ``backbone``
+    settings go into the ``Backbone.v1`` block."""
+    transformer = tiny_transformer_config(spm_model_path, **backbone)
+    if windows is not None:
+        transformer["windows"] = windows
     nlp = spacy.blank("xx")
-    nlp.add_pipe("xlmrxl_ner", config={"model": {"tok2vec": {"transformer": {
-        **tiny_transformer_config(spm_model_path), **transformer}}}})
+    nlp.add_pipe("xlmrxl_ner", config={"model": {"tok2vec": {"transformer": transformer}}})
     return nlp
 
 
@@ -104,7 +108,7 @@ def test_checkpoint_config_with_impossible_heads_fails_at_initialize(spm_model_p
     ("xlmrxl_ner", {"scheme": "BIO2"}, "scheme"),
 ])
 def test_bad_component_settings_fail_at_add_pipe(spm_model_path, factory, config, name):
-    model = {"checkpoint": None, "preset": "tiny", "tokenizer": str(spm_model_path)}
+    model = {"backbone": {"checkpoint": None, "preset": "tiny", "tokenizer": str(spm_model_path)}}
     if factory in ("xlmrxl_qa", "xlmrxl_fill_mask"):
         config = {"model": model, **config}
     with pytest.raises(ERRORS) as caught:

@@ -11,7 +11,8 @@ import srsly
 from spacy.tokens import DocBin
 from thinc.api import Config
 from spacy_xlmrxl.cli import main
-from spacy_xlmrxl.cli.config import BACKBONE_ARCHITECTURES, merge_config
+from spacy_xlmrxl.backbone.settings import backbone_blocks
+from spacy_xlmrxl.cli.config import merge_config
 from spacy_xlmrxl.cli.evaluate import majority_tag_baseline, mask_probe
 from spacy_xlmrxl.cli.tables import metrics_table
 from spacy_xlmrxl.training.docbin import write_docbin
@@ -206,7 +207,7 @@ def test_merge_config_applies_backbone_keys_everywhere(tmp_path):
         "[training.optimizer]\n\n[training.optimizer.learn_rate]\ninitial_rate = 0.00002\n"
     )
     merged = merge_config(base, overrides)
-    model = merged["components"]["transformer"]["model"]
+    model = merged["components"]["transformer"]["model"]["backbone"]
     assert model["mixed_precision"] == "bf16" and model["grad_checkpointing"] is True
     assert model["preset"] == "${paths.preset}"  # variables stay
     assert merged["training"]["max_steps"] == 7 and merged["training"]["eval_frequency"] == base["training"]["eval_frequency"]
@@ -223,8 +224,9 @@ def test_xl_gpu_overrides_merge_into_every_config(tmp_path):
         out = tmp_path / f"{name}-xl.cfg"
         main(["merge-config", str(REPO / "configs" / f"{name}.cfg"), str(REPO / "configs" / "xl_gpu.cfg"), "--output", str(out)])
         config = Config().from_disk(out)
-        blocks = [c["model"] for c in config["components"].values() if c["model"].get("@architectures") in BACKBONE_ARCHITECTURES]
-        assert blocks and all(b["mixed_precision"] == "bf16" and b["grad_checkpointing"] for b in blocks)
+        blocks = [c["model"]["backbone"] for c in config["components"].values() if "backbone" in c["model"]]
+        assert blocks and blocks == backbone_blocks(config)
+        assert all(b["mixed_precision"] == "bf16" and b["grad_checkpointing"] for b in blocks)
         load_model_from_config(config, auto_fill=True, validate=True)  # builds, loads no weights
 
 

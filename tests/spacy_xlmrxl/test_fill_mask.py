@@ -49,7 +49,7 @@ def test_best_window_prefers_centred_context():
 
 def fill_nlp(spm_model_path, lang="en", **model):
     nlp = spacy.blank(lang)
-    config = {"model": {"checkpoint": None, "preset": "tiny", "tokenizer": str(spm_model_path), "seed": 0,
+    config = {"model": {"backbone": {"checkpoint": None, "preset": "tiny", "tokenizer": str(spm_model_path), "seed": 0},
                         "windows": {"window": 16, "stride": 8}, **model}, "top_k": 4}
     nlp.add_pipe("xlmrxl_fill_mask", config=config)
     return nlp
@@ -138,7 +138,7 @@ def test_export_starts_other_components_from_the_adapted_backbone(trained, tmp_p
     assert (out / "config.json").is_file() and (out / "sentencepiece.bpe.model").is_file()
     adapted = backbone_shim(nlp.get_pipe("xlmrxl_fill_mask").model).module.state_dict()
     qa = spacy.blank("en")
-    qa.add_pipe("xlmrxl_qa", config={"model": {"checkpoint": str(out)}})
+    qa.add_pipe("xlmrxl_qa", config={"model": {"backbone": {"checkpoint": str(out)}}})
     qa.initialize()
     loaded = backbone_shim(qa.get_pipe("xlmrxl_qa").model).module.state_dict()
     roberta = [k for k in adapted if k.startswith("roberta.")]
@@ -147,7 +147,7 @@ def test_export_starts_other_components_from_the_adapted_backbone(trained, tmp_p
         assert torch.equal(adapted[key], loaded[key]), key
     # the whole masked LM round-trips too: same fillers from the exported checkpoint
     again = spacy.blank("xx")
-    again.add_pipe("xlmrxl_fill_mask", config={"model": {"checkpoint": str(out)}, "top_k": 4})
+    again.add_pipe("xlmrxl_fill_mask", config={"model": {"backbone": {"checkpoint": str(out)}}, "top_k": 4})
     again.initialize()
     assert [f["token_id"] for f in again(MASKED)._.fill_mask[0]] == [f["token_id"] for f in nlp(MASKED)._.fill_mask[0]]
 

@@ -38,7 +38,7 @@ def test_shim_copies_keep_the_setting():
 def test_ner_trains_everything_but_the_word_embeddings(tmp_path, spm_model_path, shared_data, freeze):
     nlp = blank()
     nlp.add_pipe("xlmrxl_ner", config={"model": {"tok2vec": {"transformer": {
-        "freeze_word_embeddings": freeze, "windows": {"@misc": "spacy-xlmrxl.strided_windows.v1", **WINDOW}}}}})
+        "backbone": {"freeze_word_embeddings": freeze}, "windows": {"@misc": "spacy-xlmrxl.strided_windows.v1", **WINDOW}}}}})
     examples = uner_examples(nlp, shared_data, 8)
     train(nlp, examples, 0, **{"xlmrxl_ner": backbone_settings(spm_model_path)})  # initialise only
     module = backbone_shim(backbone_nodes(nlp.get_pipe("xlmrxl_ner").model)[0]).module

@@ -89,7 +89,7 @@ def test_predictions_are_valid_entities_and_batch_equals_one_by_one(trained, sha
 
 def test_a_frozen_backbone_is_not_updated_and_the_head_still_learns(shared_data, spm_model_path):
     nlp = blank("da")
-    nlp.add_pipe("xlmrxl_ner", config={"model": {"tok2vec": {"transformer": {"windows": WINDOW, "freeze": True}}}})
+    nlp.add_pipe("xlmrxl_ner", config={"model": {"tok2vec": {"transformer": {"windows": WINDOW, "backbone": {"freeze": True}}}}})
     examples = uner_examples(nlp, shared_data, 3)
     train(nlp, examples, 15, learn_rate=0.05, xlmrxl_ner=backbone_settings(spm_model_path))
     assert nlp.evaluate(examples)["ents_f"] > 0.5
@@ -138,7 +138,7 @@ def test_missing_checkpoint_tells_what_to_pass(shared_data, tmp_path, monkeypatc
     with pytest.raises(BackboneError, match="never downloads.*preset"):
         nlp.initialize(lambda: examples)
     with pytest.raises(BackboneError, match="both checkpoint"):
-        nlp.add_pipe("xlmrxl_ner", name="ner2", config={"model": {"tok2vec": {"transformer": {"preset": "tiny"}}}})
+        nlp.add_pipe("xlmrxl_ner", name="ner2", config={"model": {"tok2vec": {"transformer": {"backbone": {"preset": "tiny"}}}}})
 
 
 def test_scorer_reports_entity_prf(trained):

@@ -18,7 +18,7 @@ WINDOW = {"max_length": 96, "doc_stride": 16, "max_question_length": 24}
 
 def qa_nlp(spm_model_path, **overrides):
     nlp = spacy.blank("en")
-    config = {"model": {"checkpoint": None, "preset": "tiny", "tokenizer": str(spm_model_path), "seed": 0},
+    config = {"model": {"backbone": {"checkpoint": None, "preset": "tiny", "tokenizer": str(spm_model_path), "seed": 0}},
               "top_k": 3, **WINDOW, **overrides}
     nlp.add_pipe("xlmrxl_qa", config=config)
     return nlp
@@ -160,7 +160,7 @@ def test_export_to_hf_dir_and_back(trained, tmp_path):
     out = export_qa_to_hf(nlp, tmp_path / "hf-qa")
     assert (out / "config.json").is_file() and (out / "sentencepiece.bpe.model").is_file()
     again = spacy.blank("en")
-    again.add_pipe("xlmrxl_qa", config={"model": {"checkpoint": str(out)}, "top_k": 3, **WINDOW})
+    again.add_pipe("xlmrxl_qa", config={"model": {"backbone": {"checkpoint": str(out)}}, "top_k": 3, **WINDOW})
     again.initialize()
     for eg in examples:
         a = nlp(ask(nlp, eg.reference.text, eg.reference._.question))._.answers
@@ -229,7 +229,8 @@ def test_checkpoint_with_other_num_labels_gives_a_start_end_head(spm_model_path,
     XLMRobertaXLForTokenClassification(XLMRobertaXLConfig.from_preset("tiny", num_labels=9)).save_pretrained(
         tmp_path / "ner")
     nlp = spacy.blank("en")
-    nlp.add_pipe("xlmrxl_qa", config={"model": {"checkpoint": str(tmp_path / "ner"), "tokenizer": str(spm_model_path)},
+    nlp.add_pipe("xlmrxl_qa", config={"model": {"backbone": {"checkpoint": str(tmp_path / "ner"),
+                                                             "tokenizer": str(spm_model_path)}},
                                       "top_k": 3, **WINDOW})
     nlp.initialize()
     module = backbone_shim(nlp.get_pipe("xlmrxl_qa").model).module

@@ -29,7 +29,7 @@ from spacy_xlmrxl.backbone import precision
 from spacy_xlmrxl.backbone.precision import native_bf16_matmul
 
 KWARGS = {"model_cls": XLMRobertaXLModel, "model_kwargs": {"add_pooling_layer": False}}
-QUANTIZED = {"model": {"tok2vec": {"transformer": {"quantize": "int8"}}}}
+QUANTIZED = {"model": {"tok2vec": {"transformer": {"backbone": {"quantize": "int8"}}}}}
 
 
 def _tiny(seed: int = 0) -> XLMRobertaXLModel:
@@ -116,7 +116,7 @@ def test_quantised_shim_runs_int8_keeps_float_weights_and_refuses_training():
 def test_bad_quantize_settings_fail_at_add_pipe(spm_model_path, settings, match):
     nlp = blank("da")
     with pytest.raises(BackboneError, match=match):
-        nlp.add_pipe("xlmrxl_ner", config={"model": {"tok2vec": {"transformer": settings}}})
+        nlp.add_pipe("xlmrxl_ner", config={"model": {"tok2vec": {"transformer": {"backbone": settings}}}})
 
 
 # --------------------------------------------------------------------------- pipelines
@@ -136,7 +136,7 @@ def trained(shared_data, spm_model_path, tmp_path_factory):
 def test_config_switch_quantises_a_loaded_pipeline_and_stays_close_to_fp32(trained):
     nlp, path, texts, _ = trained
     int8 = spacy.load(path, config={"components": {"xlmrxl_ner": QUANTIZED}})
-    assert int8.config["components"]["xlmrxl_ner"]["model"]["tok2vec"]["transformer"]["quantize"] == "int8"
+    assert int8.config["components"]["xlmrxl_ner"]["model"]["tok2vec"]["transformer"]["backbone"]["quantize"] == "int8"
     shim = _ner_shim(int8)
     assert is_quantized(shim.module) and not is_quantized(shim.float_module)
     assert not is_quantized(_ner_shim(nlp).module)
@@ -175,8 +175,8 @@ def test_quantised_pipeline_saves_float_weights_and_reloads_identically(trained,
 
 def test_update_on_a_quantised_backbone_raises_naming_the_setting(trained):
     _, path, _, examples = trained
-    # the dotted override form, as on the command line (--components.xlmrxl_ner.model....quantize int8)
-    int8 = spacy.load(path, config={"components.xlmrxl_ner.model.tok2vec.transformer.quantize": "int8"})
+    # the dotted override form, as on the command line (--components.xlmrxl_ner.model....backbone.quantize int8)
+    int8 = spacy.load(path, config={"components.xlmrxl_ner.model.tok2vec.transformer.backbone.quantize": "int8"})
     assert is_quantized(_ner_shim(int8).module)
     fresh = [Example(int8.make_doc(eg.reference.text), eg.reference) for eg in examples]
     with pytest.raises(BackboneError, match=r"quantize = 'int8'.*inference only"):
@@ -187,7 +187,7 @@ def test_dtype_override_at_load_converts_the_saved_float_weights(trained):
     nlp, path, texts, _ = trained
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", SlowBF16Warning)
-        bf16 = spacy.load(path, config={"components.xlmrxl_ner.model.tok2vec.transformer.dtype": "bfloat16"})
+        bf16 = spacy.load(path, config={"components.xlmrxl_ner.model.tok2vec.transformer.backbone.dtype": "bfloat16"})
     assert {p.dtype for p in _ner_shim(bf16).float_module.parameters()} == {torch.bfloat16}
     for ours, ref in zip(_token_vectors(bf16, texts[:2]), _token_vectors(nlp, texts[:2])):
         assert _cosine(ours, ref) > 0.99
@@ -195,7 +195,7 @@ def test_dtype_override_at_load_converts_the_saved_float_weights(trained):
 
 def test_quantize_at_initialize_for_shared_transformer_and_textcat(spm_model_path):
     nlp = blank("da")
-    transformer = {"checkpoint": None, "preset": "tiny", "tokenizer": str(spm_model_path), "quantize": "int8"}
+    transformer = {"backbone": {"checkpoint": None, "preset": "tiny", "tokenizer": str(spm_model_path), "quantize": "int8"}}
     nlp.add_pipe("xlmrxl_transformer", config={"model": transformer})
     nlp.add_pipe("xlmrxl_textcat", config={"model": {"transformer": dict(transformer, windows=WINDOW)}})
     docs = [nlp.make_doc("Mette Frederiksen besøgte Aarhus i går.")]
@@ -225,7 +225,8 @@ def test_bf16_weights_on_a_cpu_without_native_bf16_warn_once(no_native_bf16):
 
 def test_bf16_warning_through_the_component_setting(no_native_bf16, spm_model_path):
     nlp = blank("da")
-    nlp.add_pipe("xlmrxl_ner", config={"model": {"tok2vec": {"transformer": {"dtype": "bfloat16", "windows": WINDOW}}}})
+    nlp.add_pipe("xlmrxl_ner", config={"model": {"tok2vec": {"transformer": {"backbone": {"dtype": "bfloat16"},
+                                                                             "windows": WINDOW}}}})
     nlp.get_pipe("xlmrxl_ner").add_label("PER")
     nlp.config["initialize"]["components"]["xlmrxl_ner"] = backbone_settings(spm_model_path)
     doc = nlp.make_doc("Mette Frederiksen")

@@ -131,7 +131,7 @@ def test_replace_listeners_gives_the_textcat_its_own_backbone(shared_data, spm_m
     shared_ptrs = {p.data_ptr() for p in shared.parameters()}
     assert not shared_ptrs & {p.data_ptr() for p in own.parameters()}, "the copy shares no weights"
     block = nlp.config["components"]["xlmrxl_textcat"]["model"]["tok2vec"]
-    assert block["@architectures"] == "spacy-xlmrxl.Transformer.v1" and block["preset"] == "tiny"
+    assert block["@architectures"] == "spacy-xlmrxl.Transformer.v2" and block["backbone"]["preset"] == "tiny"
     numpy.testing.assert_allclose(cats(list(nlp.pipe(texts))), before, rtol=0, atol=1e-6)
 
     # training the textcat now changes its own copy only. The last joint step's gradient is still
@@ -155,7 +155,7 @@ def test_replace_listeners_gives_the_textcat_its_own_backbone(shared_data, spm_m
     loaded = spacy.load(tmp_path / "pipeline")
     assert loaded.get_pipe("xlmrxl_transformer").listener_map == {}
     assert loaded.config["components"]["xlmrxl_textcat"]["model"]["tok2vec"]["@architectures"] == \
-        "spacy-xlmrxl.Transformer.v1"
+        "spacy-xlmrxl.Transformer.v2"
     numpy.testing.assert_allclose(cats(list(loaded.pipe(texts))), trained, rtol=0, atol=1e-5)
 
 

@@ -29,11 +29,17 @@ def backbone_settings(spm_model_path: Path) -> Dict[str, Any]:
     return {"preset": "tiny", "tokenizer": str(spm_model_path)}
 
 
-def tiny_transformer_config(spm_model_path: Path, **extra: Any) -> Dict[str, Any]:
-    """A ``spacy-xlmrxl.Transformer.v1`` block for a config override (tiny, small windows)."""
-    return {"@architectures": "spacy-xlmrxl.Transformer.v1", "checkpoint": None, "preset": "tiny",
-            "tokenizer": str(spm_model_path),
-            "windows": {"@misc": "spacy-xlmrxl.strided_windows.v1", **WINDOW}, **extra}
+def tiny_backbone_config(spm_model_path: Path, **settings: Any) -> Dict[str, Any]:
+    """A ``spacy-xlmrxl.Backbone.v1`` block: the tiny preset, the real tokenizer, ``settings``."""
+    return {"@misc": "spacy-xlmrxl.Backbone.v1", "checkpoint": None, "preset": "tiny",
+            "tokenizer": str(spm_model_path), **settings}
+
+
+def tiny_transformer_config(spm_model_path: Path, **settings: Any) -> Dict[str, Any]:
+    """A ``spacy-xlmrxl.Transformer.v2`` block for a config override (tiny, small windows;
+    ``settings``: more backbone settings)."""
+    return {"@architectures": "spacy-xlmrxl.Transformer.v2", "backbone": tiny_backbone_config(spm_model_path, **settings),
+            "windows": {"@misc": "spacy-xlmrxl.strided_windows.v1", **WINDOW}}
 
 
 def uner_examples(nlp: Language, shared_data: Path, n: int, *, split: str = "train") -> List[Example]:

@@ -8,7 +8,7 @@ Owns
   its ``top_k`` fillers ``{"token", "token_id", "score", "piece"}`` in ``doc._.fill_mask`` (one
   list per mask, in text order; ``[]`` for a doc without mask) and, with ``fill_text``, the
   text with each mask replaced by its best filler in ``doc._.filled_text``. Long docs go through
-  the piece windows of ``spacy-xlmrxl.MaskedLM.v1``; a mask is predicted in the window where it
+  the piece windows of ``spacy-xlmrxl.MaskedLM.v2``; a mask is predicted in the window where it
   has the most context on both sides. ``nlp.update`` trains the masked-LM objective with fresh
   80/10/10 masking of 15 % of the pieces of the docs' raw text (`spacy_xlmrxl.masking`);
 - `export_fill_mask_to_hf`: the adapted backbone as an HF ``XLMRobertaXLForMaskedLM`` directory
@@ -33,16 +33,15 @@ from spacy.vocab import Vocab
 from thinc.api import Model, Optimizer
 
 from ...backbone.nodes import get_tokenizer, set_backbone_source
+from ...backbone.settings import default_model_config
 from ...export import export_fill_mask_to_hf
-from ...ml.task_models import MLMInput, default_model_config
-from ...ml.windows import WindowPlan, batch_windows
+from ...ml.task_models import MLMInput
+from ...ml.windows import WindowPlan, batch_windows, strided_windows_config
 from ..backbone_pipe import BackbonePipe
 from ..update import update_step
 from .masking import IGNORE_INDEX, MASK, MaskingConfig, mask_pieces
 
-DEFAULT_MASKED_LM_MODEL = default_model_config(
-    "spacy-xlmrxl.MaskedLM.v1", windows={"@misc": "spacy-xlmrxl.strided_windows.v1", "window": 510, "stride": 384}
-)
+DEFAULT_MASKED_LM_MODEL = default_model_config("spacy-xlmrxl.MaskedLM.v2", windows=strided_windows_config())
 
 Filler = Dict[str, Any]
 

@@ -3,7 +3,7 @@
 Owns the `XLMRQuestionAnswerer` pipe: it reads the question(s) of a doc from ``doc._.question``
 (a string or a list of strings), pairs each with the doc text as ``<s> Q </s></s> C </s>`` over
 overlapping context chunks (``max_length`` positions, ``doc_stride`` shared context pieces, like
-the HF QA pipeline), runs ``spacy-xlmrxl.QAModel.v1`` on length-sorted batches and writes, per
+the HF QA pipeline), runs ``spacy-xlmrxl.QAModel.v2`` on length-sorted batches and writes, per
 question, the n-best answers to ``doc._.answers`` and the best answer to
 ``doc.spans[spans_key]`` (see `spacy_xlmrxl.scorers_qa` for the Doc conventions). Training takes
 the gold answers of the reference doc (``doc._.answers`` or ``doc.spans["answers"]``, set by
@@ -27,14 +27,28 @@ from spacy.vocab import Vocab
 from thinc.api import Model, Optimizer
 
 from ...backbone.nodes import backbone_shim, get_tokenizer, set_backbone_source
-from ...ml.task_models import default_model_config
+from ...backbone.settings import default_model_config
 from ...ml.windows import WindowPlan, batch_windows
 from ..backbone_pipe import BackbonePipe
 from ..update import update_step
-from .annotation import ANSWERS_KEY, QUESTIONS_ATTR, SCORES_ATTR, gold_answers_of, questions_of, register_qa_extensions
-from .features import Answer, QAFeature, build_features, decode_answers, gold_positions, validate_window
+from .annotation import (
+    ANSWERS_KEY,
+    QUESTIONS_ATTR,
+    SCORES_ATTR,
+    gold_answers_of,
+    questions_of,
+    register_qa_extensions,
+)
+from .features import (
+    Answer,
+    QAFeature,
+    build_features,
+    decode_answers,
+    gold_positions,
+    validate_window,
+)
 
-DEFAULT_QA_MODEL = default_model_config("spacy-xlmrxl.QAModel.v1")
+DEFAULT_QA_MODEL = default_model_config("spacy-xlmrxl.QAModel.v2")
 
 register_qa_extensions()
 

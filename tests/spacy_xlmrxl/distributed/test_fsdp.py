@@ -39,7 +39,7 @@ def _run(root: Path, out: Path, spm: Path, nproc: int, strategy: str = "fsdp") -
             "--paths.train", str(root / "train.spacy"), "--paths.dev", str(root / "dev.spacy"),
             "--paths.preset", "tiny", "--paths.tokenizer", str(spm), "--training.max_steps", str(STEPS),
             "--training.eval_frequency", "2", "--training.dropout", "0.0",
-            "--training.batcher.size", "20", "--components.transformer.model.max_batch_pieces", "12"]
+            "--training.batcher.size", "20", "--components.transformer.model.backbone.max_batch_pieces", "12"]
     return run_training(args, out, nproc, timeout=240, env={"OMP_NUM_THREADS": "1"})
 
 

@@ -160,7 +160,7 @@ def ner_model(spm_model_path, tmp_path_factory) -> Path:
     docs.to_disk(root / "train.spacy")
     config = load_config(REPO_ROOT / "configs" / "ner.cfg", overrides={
         "paths.train": str(root / "train.spacy"), "paths.dev": str(root / "train.spacy"), "paths.preset": "tiny",
-        "paths.tokenizer": str(spm_model_path), "components.transformer.model.max_batch_pieces": 64,
+        "paths.tokenizer": str(spm_model_path), "components.transformer.model.backbone.max_batch_pieces": 64,
         "components.transformer.model.windows.window": 24, "components.transformer.model.windows.stride": 16,
     }, interpolate=False)
     nlp = init_nlp(config)
