@@ -30,7 +30,7 @@ class _UpcastLinear(torch.autograd.Function):
     @staticmethod
     def forward(ctx: Any, x: Tensor, weight: Tensor, bias: Optional[Tensor]) -> Tensor:
         ctx.save_for_backward(x if weight.requires_grad else None, weight)
-        ctx.x_dtype, ctx.has_bias = x.dtype, bias is not None
+        ctx.x_dtype, ctx.bias_dtype = x.dtype, None if bias is None else bias.dtype
         with torch.autocast(x.device.type, enabled=False):
             out = F.linear(x.float(), weight.float(), None if bias is None else bias.float())
         return out.to(x.dtype)
@@ -45,8 +45,8 @@ class _UpcastLinear(torch.autograd.Function):
         rows = grad32.reshape(-1, grad32.shape[-1])  # (N, out)
         if ctx.needs_input_grad[1]:
             grad_w = (rows.t() @ x.reshape(-1, x.shape[-1]).float()).to(weight.dtype)
-        if ctx.has_bias and ctx.needs_input_grad[2]:
-            grad_b = rows.sum(0)
+        if ctx.bias_dtype is not None and ctx.needs_input_grad[2]:
+            grad_b = rows.sum(0).to(ctx.bias_dtype)
         return grad_x, grad_w, grad_b
 
 
