@@ -73,8 +73,8 @@ def apply_lora(
 ) -> Dict[str, LoraLinear]:
     """Replace the Linear layers that ``config.targets`` name with `LoraLinear` layers, in place.
 
-    - ``model``: a `modeling` backbone (``XLMRobertaXLModel``) or task model; cast it to its base
-      dtype and device before, since a later ``model.to(dtype)`` would cast the adapters too.
+    - ``model``: a `modeling` backbone (``XLMRobertaXLModel``) or task model, in any dtype; a later
+      ``model.to(dtype)`` casts its base only (the adapters keep ``adapter_dtype``).
     - ``freeze_base``: ``requires_grad = False`` on every backbone Parameter (`backbone_of`:
       ``roberta`` of a task model, whose heads stay trainable); the adapters always train.
     - ``adapter_dtype``: dtype of A and B (float32, also over a bf16 base).

@@ -64,6 +64,8 @@ class LoraLinear(nn.Module):
     ``lora_B.weight`` (out, r) at zero, both float32 by default, so a fresh layer computes what the
     Linear did. ``upcast``: multiply a bf16 / fp16 base in float32 (True), in its own dtype (False)
     or decide per call (None: float32 for a bf16 weight on a CPU without native bf16 matmuls).
+    Casting the model (``model.to(torch.bfloat16)``) casts the base only: the adapters stay in
+    ``adapter_dtype``.
     """
 
     def __init__(self, base: nn.Linear, *, r: int, alpha: float, dropout: float = 0.0,
@@ -75,11 +77,24 @@ class LoraLinear(nn.Module):
         self.bias = base.bias
         self.r, self.alpha, self.scaling = r, alpha, alpha / r
         self.upcast = upcast
+        self.adapter_dtype = adapter_dtype
         device = base.weight.device
         self.lora_dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
         self.lora_A = nn.Linear(self.in_features, r, bias=False, device=device, dtype=adapter_dtype)
         self.lora_B = nn.Linear(r, self.out_features, bias=False, device=device, dtype=adapter_dtype)
         self.reset_adapter(generator=generator)
+
+    def _apply(self, fn: Any, recurse: bool = True) -> "LoraLinear":
+        # ``model.to(torch.bfloat16)`` / ``.half()`` cast the base; the adapters keep
+        # ``adapter_dtype`` (device moves still apply to them)
+        super()._apply(fn, recurse)
+        for adapter in (self.lora_A, self.lora_B):
+            weight = adapter.weight
+            if weight.is_floating_point() and weight.dtype != self.adapter_dtype:
+                weight.data = weight.data.to(self.adapter_dtype)
+                if weight.grad is not None:
+                    weight.grad = weight.grad.to(self.adapter_dtype)
+        return self
 
     @torch.no_grad()
     def reset_adapter(self, *, generator: Optional[torch.Generator] = None) -> None:

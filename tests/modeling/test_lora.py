@@ -420,6 +420,18 @@ def test_bf16_base_with_float32_adapters_trains(upcast: bool) -> None:
     assert all(torch.equal(p, frozen[name]) for name, p in model.named_parameters() if not p.requires_grad)
 
 
+def test_casting_the_model_keeps_float32_adapters() -> None:
+    model = XLMRobertaXLModel(tiny_config())
+    apply_lora(model, SETTINGS, seed=0)
+    randomise_adapters(model)
+    weighted_sum([model(**padded_inputs()).last_hidden_state]).backward()
+    model.to(torch.bfloat16)
+    assert model.encoder.layer[0].attention.self.query.weight.dtype == torch.bfloat16
+    for name, param in lora_parameters(model):
+        assert param.dtype == torch.float32 and param.grad.dtype == torch.float32, name
+    assert model(**padded_inputs()).last_hidden_state.dtype == torch.bfloat16
+
+
 def test_bf16_base_is_upcast_only_where_the_cpu_emulates_bf16(monkeypatch: pytest.MonkeyPatch) -> None:
     calls = []
     real = lora_layer_module.upcast_linear
