@@ -3,7 +3,10 @@
 Owns `lora_parameter_count` (the adapters' size for a model config and LoRA settings) and
 `lora_training_bytes` (`LoraMemory`: the frozen base's weights, and the adapters' float32
 weights, gradients and Adam moments). Activations are the planner's
-(`spacy_xlmrxl.distributed.memory_plan`).
+(`spacy_xlmrxl.distributed.memory_plan`); what LoRA changes there, per adapted Linear of input
+width I for T tokens: a frozen base saves nothing for its own weight gradient, while the adapter
+branch saves its input in the adapter dtype (T·I·4 bytes: a new tensor when the base computes in
+bf16 or the adapter dropout is on, else the base's own input) and A's output (T·r·4 bytes).
 """
 
 from __future__ import annotations
