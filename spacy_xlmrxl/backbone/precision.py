@@ -2,19 +2,20 @@
 
 Owns the ``mixed_precision`` setting (bf16 / fp16 autocast), `LossScaler` (fp16 loss scaling
 with the scale kept as a Python float: thinc's grad scaler keeps a device tensor and crashes in
-``torch._amp_update_scale_``, spaCy issue 13512), and the detection of CPUs without native bf16
-matmuls (`native_bf16_matmul`) with the `SlowBF16Warning` given when bf16 is asked for there.
+``torch._amp_update_scale_``, spaCy issue 13512), and the `SlowBF16Warning` given when bf16 is
+asked for on a CPU without native bf16 matmuls (detected by `modeling.cpu_features.native_bf16_matmul`,
+re-exported here).
 """
 
 from __future__ import annotations
 
 import contextlib
-import functools
-import platform
 import warnings
 from typing import Optional, Sequence, Union
 
 import torch
+
+from modeling.cpu_features import native_bf16_matmul
 
 from .source import BackboneError
 
@@ -47,35 +48,6 @@ def autocast(mode: str, device: torch.device) -> contextlib.AbstractContextManag
 # --------------------------------------------------------------------------- bf16 on CPUs
 class SlowBF16Warning(UserWarning):
     """bf16 was asked for on a CPU whose bf16 matmul torch emulates (many times slower than fp32)."""
-
-
-def _cpu_flags() -> Optional[set]:
-    """The CPU feature flags of ``/proc/cpuinfo`` (x86 ``flags``, Arm ``Features``); None if unknown."""
-    try:
-        with open("/proc/cpuinfo", encoding="utf8") as handle:
-            for line in handle:
-                key, _, value = line.partition(":")
-                if key.strip() in ("flags", "Features"):
-                    return set(value.split())
-    except OSError:
-        pass
-    return None
-
-
-@functools.lru_cache(maxsize=1)
-def native_bf16_matmul() -> bool:
-    """Whether this CPU multiplies bf16 natively: AVX-512 BF16 or AMX-BF16 on x86 (``/proc/cpuinfo``
-    flags ``avx512_bf16`` / ``amx_bf16``), the ``bf16`` feature on Arm. Without them torch's bf16
-    matmul is emulated, many times slower than fp32 (bench/backbone_forward.py). Where the
-    flags cannot be read, torch's CPU capability decides (``AVX2``/``DEFAULT`` on x86: not native)
-    and anything else counts as native (no warning when unsure)."""
-    flags = _cpu_flags()
-    if flags is not None:
-        return bool({"avx512_bf16", "amx_bf16", "bf16"} & flags)
-    machine = platform.machine().lower()
-    if machine in ("x86_64", "amd64", "i386", "i686"):
-        return torch.backends.cpu.get_cpu_capability() not in ("DEFAULT", "NO AVX", "AVX2")
-    return True
 
 
 def warn_if_bf16_emulated(device: torch.device, *, dtype: Optional[torch.dtype], mixed_precision: str) -> bool:

@@ -26,7 +26,6 @@ from spacy_xlmrxl.backbone.nodes import backbone_nodes, backbone_shim
 
 from .xlmr_helpers import WINDOW, backbone_settings, blank, entities, long_text, train, uner_examples
 from spacy_xlmrxl.backbone import precision
-from spacy_xlmrxl.backbone.precision import native_bf16_matmul
 
 KWARGS = {"model_cls": XLMRobertaXLModel, "model_kwargs": {"add_pooling_layer": False}}
 QUANTIZED = {"model": {"tok2vec": {"transformer": {"backbone": {"quantize": "int8"}}}}}
@@ -241,23 +240,3 @@ def test_no_bf16_warning_with_native_bf16_or_float32(monkeypatch):
         TorchModuleShim(_tiny().to(torch.bfloat16), **KWARGS)
         monkeypatch.setattr(precision, "native_bf16_matmul", lambda: False)
         TorchModuleShim(_tiny(), **KWARGS)  # float32: nothing to warn about
-
-
-@pytest.mark.parametrize("flags,capability,machine,expected", [
-    ({"avx2", "fma"}, "AVX2", "x86_64", False),             # Zen 3: emulated
-    ({"avx512f", "avx512bw"}, "AVX512", "x86_64", False),   # AVX-512 without BF16
-    ({"avx512f", "avx512_bf16"}, "AVX512", "x86_64", True),
-    ({"avx512f", "amx_bf16", "amx_tile"}, "AVX512", "x86_64", True),
-    ({"fp", "asimd", "bf16"}, "DEFAULT", "aarch64", True),
-    (None, "AVX2", "x86_64", False),                         # no /proc/cpuinfo: torch's capability
-    (None, "AVX512", "x86_64", True),
-])
-def test_native_bf16_detection(monkeypatch, flags, capability, machine, expected):
-    monkeypatch.setattr(precision, "_cpu_flags", lambda: flags)
-    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: capability)
-    monkeypatch.setattr(precision.platform, "machine", lambda: machine)
-    native_bf16_matmul.cache_clear()
-    try:
-        assert native_bf16_matmul() is expected
-    finally:
-        native_bf16_matmul.cache_clear()

@@ -1,0 +1,29 @@
+"""Tests of modeling/cpu_features.py: detecting native bf16 matmuls from the CPU's flags."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from modeling import cpu_features
+from modeling.cpu_features import native_bf16_matmul
+
+
+@pytest.mark.parametrize("flags,capability,machine,expected", [
+    ({"avx2", "fma"}, "AVX2", "x86_64", False),             # Zen 3: emulated
+    ({"avx512f", "avx512bw"}, "AVX512", "x86_64", False),   # AVX-512 without BF16
+    ({"avx512f", "avx512_bf16"}, "AVX512", "x86_64", True),
+    ({"avx512f", "amx_bf16", "amx_tile"}, "AVX512", "x86_64", True),
+    ({"fp", "asimd", "bf16"}, "DEFAULT", "aarch64", True),
+    (None, "AVX2", "x86_64", False),                         # no /proc/cpuinfo: torch's capability
+    (None, "AVX512", "x86_64", True),
+])
+def test_native_bf16_detection(monkeypatch, flags, capability, machine, expected):
+    monkeypatch.setattr(cpu_features, "_cpu_flags", lambda: flags)
+    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: capability)
+    monkeypatch.setattr(cpu_features.platform, "machine", lambda: machine)
+    native_bf16_matmul.cache_clear()
+    try:
+        assert native_bf16_matmul() is expected
+    finally:
+        native_bf16_matmul.cache_clear()
