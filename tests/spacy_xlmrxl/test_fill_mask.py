@@ -7,7 +7,7 @@ from spacy.training import Example
 from spacy.util import fix_random_seed
 from thinc.api import Adam
 
-from spacy_xlmrxl.pipeline.fill_mask.component import _best_window, add_mask_special_case, fill_text
+from spacy_xlmrxl.pipeline.fill_mask.component import add_mask_special_case, fill_text
 from spacy_xlmrxl.export import export_fill_mask_to_hf
 from spacy_xlmrxl.backbone.nodes import backbone_shim
 
@@ -38,13 +38,6 @@ def test_fill_text():
     assert fill_text("<mask> and<mask>", ["\u2581A", "\u2581B"]) == "A and B"
     assert fill_text("walk <mask> now", ["ing"]) == "walking now"
     assert fill_text("no mask", []) == "no mask"
-
-
-def test_best_window_prefers_centred_context():
-    windows = [(0, 16), (8, 24), (16, 32)]
-    assert _best_window(windows, 2) == (0, (0, 16))
-    assert _best_window(windows, 15) == (1, (8, 24))
-    assert _best_window(windows, 31) == (2, (16, 32))
 
 
 def fill_nlp(spm_model_path, lang="en", **model):

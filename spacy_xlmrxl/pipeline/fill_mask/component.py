@@ -28,7 +28,7 @@ from spacy.language import Language
 from spacy.pipeline import TrainablePipe
 from spacy.tokenizer import Tokenizer
 from spacy.tokens import Doc
-from spacy.training import Example, validate_examples, validate_get_examples
+from spacy.training import Example, validate_get_examples
 from spacy.vocab import Vocab
 from thinc.api import Model, Optimizer
 
@@ -37,7 +37,7 @@ from ...export import export_fill_mask_to_hf
 from ...ml.task_models import MLMInput, default_model_config
 from ...ml.windows import WindowPlan, batch_windows
 from ..backbone_pipe import BackbonePipe
-from ..update import update_step
+from ..update import Prepared, update_built_input
 from .masking import IGNORE_INDEX, MASK, MaskingConfig, mask_pieces
 
 DEFAULT_MASKED_LM_MODEL = default_model_config(
@@ -127,13 +127,10 @@ class XLMRFillMask(BackbonePipe, TrainablePipe):
             return [[] for _ in docs]
         tokenizer = get_tokenizer(self.model)
         encodings, plan = self._plan([doc.text for doc in docs])
-        where = _window_rows(plan)
         positions, owners = [], []  # owners: the doc of each mask
         for d, enc in enumerate(encodings):
             for p in numpy.flatnonzero(numpy.asarray(enc.ids, dtype="int64") == tokenizer.mask_id):
-                w, (start, end) = _best_window(plan.doc_windows[d], int(p))
-                b, row = where[(d, w)]
-                positions.append((b, row, 1 + int(p) - start))
+                positions.append(plan.piece_slot(d, int(p)))
                 owners.append(d)
         results: List[List[List[Filler]]] = [[] for _ in docs]
         if not positions:
@@ -190,15 +187,13 @@ class XLMRFillMask(BackbonePipe, TrainablePipe):
     def update(self, examples: Iterable[Example], *, drop: float = 0.0, sgd: Optional[Optimizer] = None,
                losses: Optional[Dict[str, float]] = None) -> Dict[str, float]:
         """One masked-LM step on the examples' text (their annotations are not used)."""
-        losses = {} if losses is None else losses
-        losses.setdefault(self.name, 0.0)
-        examples = list(examples)
-        validate_examples(examples, "XLMRFillMask.update")
+        return update_built_input(self, examples, self._prepare_update, drop=drop, sgd=sgd, losses=losses)
+
+    def _prepare_update(self, examples: Sequence[Example]) -> Prepared:
         inputs, targets = self._masked_input(examples)
-        if len(targets):
-            losses[self.name] += update_step(self, inputs, lambda logits: self._loss(logits, targets), drop=drop, sgd=sgd,
-                                             examples=examples)
-        return losses
+        if not len(targets):
+            return None
+        return inputs, lambda logits: self._loss(logits, targets)
 
     def get_loss(self, examples: Iterable[Example], scores: Any) -> Tuple[float, Any]:
         raise NotImplementedError(
@@ -263,24 +258,3 @@ def _first_ordinary_id(tokenizer: Any) -> int:
     specials = set(tokenizer.all_special_ids)
     return next(i for i in range(len(tokenizer)) if i not in specials)
 
-
-def _window_rows(plan: WindowPlan) -> Dict[Tuple[int, int], Tuple[int, int]]:
-    """(doc, window index within the doc) -> (batch, row) of a plan."""
-    index_in_doc: Dict[int, int] = {}
-    order = []
-    for span in plan.windows:
-        order.append(index_in_doc.get(span.doc, 0))
-        index_in_doc[span.doc] = order[-1] + 1
-    where = {}
-    for b, batch in enumerate(plan.batches):
-        for row, position in enumerate(batch.positions):
-            span = plan.windows[int(position)]
-            where[(span.doc, order[int(position)])] = (b, row)
-    return where
-
-
-def _best_window(windows: Sequence[Tuple[int, int]], piece: int) -> Tuple[int, Tuple[int, int]]:
-    """The window holding ``piece`` with the most context on its shorter side."""
-    holding = [(min(piece - s, e - 1 - piece), -w, w, (s, e)) for w, (s, e) in enumerate(windows) if s <= piece < e]
-    _, _, w, span = max(holding)
-    return w, span

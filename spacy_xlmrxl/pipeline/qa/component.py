@@ -28,9 +28,9 @@ from thinc.api import Model, Optimizer
 
 from ...backbone.nodes import backbone_shim, get_tokenizer, set_backbone_source
 from ...ml.task_models import default_model_config
-from ...ml.windows import WindowPlan, batch_windows
+from ...ml.windows import WindowPlan, batch_windows, whole_sequence
 from ..backbone_pipe import BackbonePipe
-from ..update import update_step
+from ..update import Prepared, update_built_input
 from .annotation import ANSWERS_KEY, QUESTIONS_ATTR, SCORES_ATTR, gold_answers_of, questions_of, register_qa_extensions
 from .features import Answer, QAFeature, build_features, decode_answers, gold_positions, validate_window
 
@@ -76,8 +76,7 @@ class _Batch:
 
     features: List[QAFeature]
     owners: List[Tuple[int, int]]  # (doc index, question index) per feature
-    plan: WindowPlan
-    where: List[Tuple[int, int]]  # (batch, row) per feature
+    plan: WindowPlan  # feature i is the plan's doc i, one window: its (batch, row) is plan.locate(i)
 
 
 class XLMRQuestionAnswerer(BackbonePipe, TrainablePipe):
@@ -122,20 +121,17 @@ class XLMRQuestionAnswerer(BackbonePipe, TrainablePipe):
                     features.append(feature)
                     owners.append((d, q))
         # a feature is one "window" covering its sequence minus the outer <s> ... </s>
-        plan = batch_windows([f.input_ids[1:-1] for f in features], whole_doc_span, bos_id=tokenizer.bos_id,
+        plan = batch_windows([f.input_ids[1:-1] for f in features], whole_sequence, bos_id=tokenizer.bos_id,
                              eos_id=tokenizer.eos_id, pad_id=tokenizer.pad_id,
                              max_batch_pieces=self.model.attrs["max_batch_pieces"])
-        where = [(0, 0)] * len(features)
-        for b, batch in enumerate(plan.batches):
-            for row, span in enumerate(batch.rows):
-                where[span.doc] = (b, row)
-        return _Batch(features, owners, plan, where)
+        return _Batch(features, owners, plan)
 
     def _feature_logits(self, batch: _Batch, logits: List[Any]) -> List[Tuple[numpy.ndarray, numpy.ndarray]]:
         """(start, end) logits of each feature, padding cut off, as numpy float32."""
         host = [self.model.ops.to_numpy(x) for x in logits]
         out = []
-        for feature, (b, row) in zip(batch.features, batch.where):
+        for i, feature in enumerate(batch.features):
+            b, row = batch.plan.locate(i)
             seq = host[b][row, : len(feature.input_ids)]
             out.append((seq[:, 0], seq[:, 1]))
         return out
@@ -196,15 +192,13 @@ class XLMRQuestionAnswerer(BackbonePipe, TrainablePipe):
 
     def update(self, examples: Iterable[Example], *, drop: float = 0.0, sgd: Optional[Optimizer] = None,
                losses: Optional[Dict[str, float]] = None) -> Dict[str, float]:
-        losses = {} if losses is None else losses
-        losses.setdefault(self.name, 0.0)
-        examples = list(examples)
-        validate_examples(examples, "XLMRQuestionAnswerer.update")
+        return update_built_input(self, examples, self._prepare_update, drop=drop, sgd=sgd, losses=losses)
+
+    def _prepare_update(self, examples: Sequence[Example]) -> Prepared:
         batch, targets = self._training_batch(examples)
-        if batch.features:
-            losses[self.name] += update_step(self, batch.plan.batches, lambda logits: self._loss(batch, targets, logits),
-                                             drop=drop, sgd=sgd, examples=examples)
-        return losses
+        if not batch.features:
+            return None
+        return batch.plan.batches, lambda logits: self._loss(batch, targets, logits)
 
     def get_loss(self, examples: Iterable[Example], scores: List[Any]) -> Tuple[float, List[Any]]:
         """Loss and gradient for ``scores = model(features of the examples' reference docs)``."""
@@ -220,7 +214,8 @@ class XLMRQuestionAnswerer(BackbonePipe, TrainablePipe):
         grads = [numpy.zeros_like(x) for x in host]
         n = len(batch.features)
         loss = 0.0
-        for feature, (b, row), target in zip(batch.features, batch.where, targets):
+        for i, (feature, target) in enumerate(zip(batch.features, targets)):
+            b, row = batch.plan.locate(i)
             length = len(feature.input_ids)
             for k in (0, 1):
                 scores = host[b][row, :length, k].astype("float64")
@@ -253,7 +248,3 @@ class XLMRQuestionAnswerer(BackbonePipe, TrainablePipe):
     def add_label(self, label: str) -> int:
         raise NotImplementedError("xlmrxl_qa has no labels")
 
-
-def whole_doc_span(n_pieces: int) -> List[Tuple[int, int]]:
-    """One window over the whole sequence (a QA feature is already a model input)."""
-    return [(0, n_pieces)]
