@@ -24,7 +24,6 @@ from ..backbone.shim import TorchModuleShim
 from ..backbone.source import DEFAULT_CHECKPOINT, BackboneSource
 from .alignment import POOLING_MODES, StreamingPooler, align_tokens_to_pieces, pool_pieces
 from .doc_data import XLMRDocData, XLMRGrad
-from .encoding import encode_docs
 from .windows import (AtLeastOneWindow, StreamingRecombiner, WindowMaker, WindowPlan, batch_windows,
                       make_strided_windows, recombine)
 
@@ -232,7 +231,8 @@ def transformer_call_plan(model: Model, docs: Sequence[Doc], *, lazy: bool = Fal
     call per ``plan.batches`` entry (FSDP ranks use it to agree on the count). ``lazy``: the
     batches' inputs are built one at a time by ``plan.inputs(b)`` (inference)."""
     tokenizer = get_tokenizer(model)
-    piece_ids, offsets = encode_docs(tokenizer, list(docs))
+    pieces = tokenizer.encode_arrays([doc.text for doc in docs])  # int32 arrays, memory bounded per chunk
+    piece_ids, offsets = [ids for ids, _ in pieces], [spans for _, spans in pieces]
     plan = batch_windows(piece_ids, AtLeastOneWindow(model.attrs["windows"]),
                          max_batch_pieces=model.attrs["max_batch_pieces"],
                          bos_id=tokenizer.bos_id, eos_id=tokenizer.eos_id, pad_id=tokenizer.pad_id, lazy=lazy)

@@ -110,14 +110,14 @@ class XLMRFillMask(BackbonePipe, TrainablePipe):
         self.generator = torch.Generator().manual_seed(int(seed))
 
     # -- shared
-    def _plan(self, texts: Sequence[str]) -> Tuple[List[Any], WindowPlan]:
-        """Piece encodings of ``texts`` and their windows packed into model batches."""
+    def _plan(self, texts: Sequence[str]) -> Tuple[List[numpy.ndarray], WindowPlan]:
+        """Piece ids (int32 arrays) of ``texts`` and their windows packed into model batches."""
         tokenizer = get_tokenizer(self.model)
-        encodings = tokenizer.encode_pieces_batch(list(texts))
-        plan = batch_windows([enc.ids for enc in encodings], self.model.attrs["windows"],
+        piece_ids = [ids for ids, _ in tokenizer.encode_arrays(list(texts))]
+        plan = batch_windows(piece_ids, self.model.attrs["windows"],
                              max_batch_pieces=self.model.attrs["max_batch_pieces"], bos_id=tokenizer.bos_id,
                              eos_id=tokenizer.eos_id, pad_id=tokenizer.pad_id)
-        return encodings, plan
+        return piece_ids, plan
 
     # -- prediction
     def predict(self, docs: Iterable[Doc]) -> List[List[List[Filler]]]:
@@ -126,10 +126,10 @@ class XLMRFillMask(BackbonePipe, TrainablePipe):
         if not any(MASK in doc.text for doc in docs):
             return [[] for _ in docs]
         tokenizer = get_tokenizer(self.model)
-        encodings, plan = self._plan([doc.text for doc in docs])
+        piece_ids, plan = self._plan([doc.text for doc in docs])
         positions, owners = [], []  # owners: the doc of each mask
-        for d, enc in enumerate(encodings):
-            for p in numpy.flatnonzero(numpy.asarray(enc.ids, dtype="int64") == tokenizer.mask_id):
+        for d, ids in enumerate(piece_ids):
+            for p in numpy.flatnonzero(ids == tokenizer.mask_id):
                 positions.append(plan.piece_slot(d, int(p)))
                 owners.append(d)
         results: List[List[List[Filler]]] = [[] for _ in docs]
