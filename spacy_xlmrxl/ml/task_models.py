@@ -8,15 +8,11 @@ Owns
   `XLMRobertaXLForMaskedLM`: runs the backbone on padded window batches and the LM head only at
   the requested positions, giving (n_positions, vocab_size) logits (the LM head is never applied
   to the other positions: with a 250k vocabulary that would dominate time and memory);
-- `MLMInput`, the masked-LM model's input, and `update_step`, the training step both
-  components share (their losses need the model input they built, not just the docs);
-- `check_finite_loss` / `NonFiniteLossError`: every component's guard against a NaN/inf loss,
-  raised before backprop (nothing is trained on such a batch) and naming the batch's docs;
-- `export_task_model`: such a component's torch model written as the HF directory it already
-  is (``XLMRobertaXLForQuestionAnswering`` / ``...ForMaskedLM``: config, safetensors,
-  tokenizer), loadable by HF transformers and by any component's ``checkpoint`` setting.
+- `predict_masked_lm`: the masked-LM inference with memory bounded by a chunk of positions
+  (`LOGIT_CHUNK` rows of vocabulary logits at a time, handed to a callback), for fill-mask;
+- `MLMInput`, the masked-LM model's input.
 
-Both are built like ``spacy-xlmrxl.Transformer.v1`` (`spacy_xlmrxl.models`): the backbone
+Both are built like ``spacy-xlmrxl.Transformer.v1`` (`spacy_xlmrxl.ml.transformer`): the backbone
 settings are arguments, the torch module is created (weights loaded) in the model's ``init``,
 i.e. in ``nlp.initialize``, and lives in a `TorchModuleShim`; the tokenizer model travels in the
 layer's attrs. Backprop takes the gradient w.r.t. the logits.
@@ -42,6 +38,10 @@ from .windows import WindowBatch, WindowMaker, make_strided_windows
 
 QA_MODEL_NAME = "xlmrxl-qa"
 MLM_MODEL_NAME = "xlmrxl-masked-lm"
+
+#: Positions whose vocabulary logits `predict_masked_lm` computes at once: 64 x 250,880 float32
+#: = 64 MB for XLM-R, whatever the number of masks.
+LOGIT_CHUNK = 64
 
 #: The backbone settings of both architectures, as a component's default config gives them.
 BACKBONE_DEFAULTS: Dict[str, Any] = {
@@ -224,3 +224,31 @@ def _mlm_forward(model: Model, X: MLMInput, is_train: bool) -> Tuple[Floats2d, C
         return X
 
     return array, backprop
+
+
+def predict_masked_lm(model: Model, X: MLMInput, consume: Callable[[numpy.ndarray, numpy.ndarray], None]) -> None:
+    """Inference of a ``MaskedLM.v1`` layer with memory bounded by a chunk of positions.
+
+    Calls ``consume(rows, logits)`` with ``logits`` the (len(rows), vocab_size) float32 numpy
+    logits of ``X.positions[rows]``, at most `LOGIT_CHUNK` rows at a time; every position comes
+    once. The backbone runs one batch at a time (only the batches holding a position), the LM
+    head on that batch's positions chunk by chunk, so what exists at once is one batch's hidden
+    states and one chunk's logits, whatever the number of positions (``model.predict`` gives the
+    (n_positions, vocab_size) logits of all at once). Values as ``model.predict`` gives them, up
+    to the float32 rounding of the LM head's matrix product over fewer rows.
+    """
+    shim = backbone_shim(model)
+    positions = numpy.asarray(X.positions, dtype="int64").reshape(-1, 3)
+    device = shim.device
+    with shim.run(False):
+        module = shim.module
+        for b in sorted(set(positions[:, 0].tolist())):
+            rows = numpy.flatnonzero(positions[:, 0] == b)
+            input_ids, attention_mask = _torch_inputs(X.batches[b], device)
+            hidden = module.roberta(input_ids=input_ids, attention_mask=attention_mask, skip_padding=True).last_hidden_state
+            gathered = hidden[torch.from_numpy(positions[rows, 1]).to(device), torch.from_numpy(positions[rows, 2]).to(device)]
+            del hidden, input_ids, attention_mask
+            for start in range(0, len(rows), LOGIT_CHUNK):
+                logits = module.lm_head(gathered[start : start + LOGIT_CHUNK])
+                consume(rows[start : start + LOGIT_CHUNK], model.ops.to_numpy(to_xp(logits, model.ops)))
+                del logits

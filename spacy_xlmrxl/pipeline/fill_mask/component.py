@@ -34,11 +34,12 @@ from thinc.api import Model, Optimizer
 
 from ...backbone.nodes import get_tokenizer, set_backbone_source
 from ...export import export_fill_mask_to_hf
-from ...ml.task_models import MLMInput, default_model_config
+from ...ml.task_models import MLMInput, default_model_config, predict_masked_lm
 from ...ml.windows import WindowPlan, batch_windows
 from ..backbone_pipe import BackbonePipe
 from ..update import Prepared, update_built_input
 from .masking import IGNORE_INDEX, MASK, MaskingConfig, mask_pieces
+from .top_k import TopK
 
 DEFAULT_MASKED_LM_MODEL = default_model_config(
     "spacy-xlmrxl.MaskedLM.v1", windows={"@misc": "spacy-xlmrxl.strided_windows.v1", "window": 510, "stride": 384}
@@ -135,29 +136,21 @@ class XLMRFillMask(BackbonePipe, TrainablePipe):
         results: List[List[List[Filler]]] = [[] for _ in docs]
         if not positions:
             return results
-        logits = self.model.ops.to_numpy(self.model.predict(MLMInput(plan.batches, numpy.asarray(positions))))
-        for d, row in zip(owners, self._top_k(logits)):
+        for d, row in zip(owners, self._fillers(MLMInput(plan.batches, numpy.asarray(positions)))):
             results[d].append(row)
         return results
 
-    def _top_k(self, logits: numpy.ndarray) -> List[List[Filler]]:
-        """Softmax over the ordinary pieces (no specials, no padding rows of the vocabulary)."""
+    def _fillers(self, inputs: MLMInput) -> List[List[Filler]]:
+        """The ``top_k`` fillers of each position of ``inputs``, best first: the model runs
+        `predict_masked_lm` (a chunk of positions' vocabulary logits at a time) and only the
+        (n_positions, top_k) ids and probabilities are kept."""
         tokenizer = get_tokenizer(self.model)
-        allowed = numpy.zeros((logits.shape[1],), dtype=bool)
-        allowed[: len(tokenizer)] = True
-        allowed[[i for i in tokenizer.all_special_ids if i < logits.shape[1]]] = False
-        scores = numpy.where(allowed, logits.astype("float64"), -numpy.inf)
-        scores = numpy.exp(scores - scores.max(axis=1, keepdims=True))
-        scores /= scores.sum(axis=1, keepdims=True)
-        k = min(int(self.cfg["top_k"]), int(allowed.sum()))
-        rows = []
-        for probs in scores:
-            best = numpy.argpartition(-probs, k - 1)[:k]
-            best = best[numpy.argsort(-probs[best], kind="stable")]
-            rows.append([{"token": tokenizer.decode([int(i)]).strip(), "token_id": int(i),
-                          "score": float(probs[i]), "piece": tokenizer.convert_ids_to_tokens(int(i))}
-                         for i in best])
-        return rows
+        best = TopK(len(inputs.positions), top_k=int(self.cfg["top_k"]), n_allowed=len(tokenizer),
+                    excluded=tokenizer.all_special_ids)
+        predict_masked_lm(self.model, inputs, best.add)
+        return [[{"token": tokenizer.decode([i]).strip(), "token_id": i, "score": score,
+                  "piece": tokenizer.convert_ids_to_tokens(i)} for i, score in zip(ids, scores)]
+                for ids, scores in zip(best.ids.tolist(), best.scores.tolist())]
 
     def set_annotations(self, docs: Iterable[Doc], predictions: Sequence[List[List[Filler]]]) -> None:
         for doc, fillers in zip(docs, predictions):
