@@ -16,7 +16,7 @@ model call. `export_qa_to_hf` writes the trained model as an HF directory.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
 
 import numpy
 from spacy.language import Language
@@ -32,9 +32,12 @@ from ...ml.windows import WindowPlan, batch_windows, whole_sequence
 from ..backbone_pipe import BackbonePipe
 from ..update import Prepared, update_built_input
 from .annotation import ANSWERS_KEY, QUESTIONS_ATTR, SCORES_ATTR, gold_answers_of, questions_of, register_qa_extensions
-from .features import Answer, QAFeature, build_features, decode_answers, gold_positions, validate_window
+from .features import Answer, AnswerDecoder, QAFeature, gold_positions, iter_features, validate_window
 
 DEFAULT_QA_MODEL = default_model_config("spacy-xlmrxl.QAModel.v1")
+
+#: Inference runs the features in rounds of at most this many model batches' worth of positions.
+ROUND_BATCHES = 8
 
 register_qa_extensions()
 
@@ -101,30 +104,54 @@ class XLMRQuestionAnswerer(BackbonePipe, TrainablePipe):
         }
 
     # -- features
-    def _features(self, texts: Sequence[str], questions: Sequence[List[str]]) -> _Batch:
-        """Features of every non-blank question of every non-empty text, packed into batches."""
+    def _iter_features(self, texts: Sequence[str], questions: Sequence[List[str]]
+                       ) -> Iterator[Tuple[Tuple[int, int], QAFeature]]:
+        """``((doc, question), feature)`` of every non-blank question of every non-empty text, one
+        at a time (a doc's context is encoded as int32 arrays once for all its questions)."""
         tokenizer = get_tokenizer(self.model)
-        features: List[QAFeature] = []
-        owners: List[Tuple[int, int]] = []
         for d, (text, doc_questions) in enumerate(zip(texts, questions)):
             asked = [(q, question) for q, question in enumerate(doc_questions) if question.strip()]
             if not text.strip() or not asked:
                 continue
-            context = tokenizer.encode_pieces(text)
+            (context_ids, context_offsets), = tokenizer.encode_arrays([text])
             for q, question in asked:
-                for feature in build_features(
-                    tokenizer.encode_pieces(question).ids, context.ids, context.offsets,
+                for feature in iter_features(
+                    tokenizer.encode_pieces(question).ids, context_ids, context_offsets,
                     max_length=self.cfg["max_length"], doc_stride=self.cfg["doc_stride"],
                     max_question_length=self.cfg["max_question_length"], question_index=q,
                     bos_id=tokenizer.bos_id, eos_id=tokenizer.eos_id,
                 ):
-                    features.append(feature)
-                    owners.append((d, q))
+                    yield (d, q), feature
+
+    def _pack(self, owned: Sequence[Tuple[Tuple[int, int], QAFeature]]) -> _Batch:
+        """The features packed into model batches (each feature is one window of the plan)."""
+        tokenizer = get_tokenizer(self.model)
+        features = [feature for _, feature in owned]
         # a feature is one "window" covering its sequence minus the outer <s> ... </s>
         plan = batch_windows([f.input_ids[1:-1] for f in features], whole_sequence, bos_id=tokenizer.bos_id,
                              eos_id=tokenizer.eos_id, pad_id=tokenizer.pad_id,
                              max_batch_pieces=self.model.attrs["max_batch_pieces"])
-        return _Batch(features, owners, plan)
+        return _Batch(features, [owner for owner, _ in owned], plan)
+
+    def _features(self, texts: Sequence[str], questions: Sequence[List[str]]) -> _Batch:
+        """All the features of the texts in one `_Batch` (training: one update)."""
+        return self._pack(list(self._iter_features(texts, questions)))
+
+    def _rounds(self, texts: Sequence[str], questions: Sequence[List[str]]) -> Iterator[_Batch]:
+        """The features of the texts in `_Batch` es of at most `ROUND_BATCHES` model batches'
+        worth of positions (a longer feature alone), so that inference holds the features, inputs
+        and logits of one round at a time whatever the number of questions and chunks."""
+        budget = ROUND_BATCHES * self.model.attrs["max_batch_pieces"]
+        owned: List[Tuple[Tuple[int, int], QAFeature]] = []
+        size = 0
+        for owner, feature in self._iter_features(texts, questions):
+            if owned and size + len(feature.input_ids) > budget:
+                yield self._pack(owned)
+                owned, size = [], 0
+            owned.append((owner, feature))
+            size += len(feature.input_ids)
+        if owned:
+            yield self._pack(owned)
 
     def _feature_logits(self, batch: _Batch, logits: List[Any]) -> List[Tuple[numpy.ndarray, numpy.ndarray]]:
         """(start, end) logits of each feature, padding cut off, as numpy float32."""
@@ -138,25 +165,25 @@ class XLMRQuestionAnswerer(BackbonePipe, TrainablePipe):
 
     # -- prediction
     def predict(self, docs: Iterable[Doc]) -> List[List[List[Answer]]]:
-        """Per doc, per question, the n-best answers (``[]``: no question or no answer)."""
+        """Per doc, per question, the n-best answers (``[]``: no question or no answer).
+
+        The features run round by round (`_rounds`); each question's answers are decoded chunk by
+        chunk (`AnswerDecoder`), so what is held besides one round is O(``top_k``) per question."""
         docs = list(docs)
         questions = [questions_of(doc) for doc in docs]
         results: List[List[List[Answer]]] = [[[] for _ in qs] for qs in questions]
-        if not any(questions):
-            return results
-        batch = self._features([doc.text for doc in docs], questions)
-        if not batch.features:
-            return results
-        logits = self._feature_logits(batch, self.model.predict(batch.plan.batches))
-        grouped: Dict[Tuple[int, int], List[int]] = {}
-        for i, owner in enumerate(batch.owners):
-            grouped.setdefault(owner, []).append(i)
-        for (d, q), indices in grouped.items():
-            results[d][q] = decode_answers(
-                [logits[i] for i in indices], [batch.features[i] for i in indices], docs[d].text,
-                top_k=self.cfg["top_k"], max_answer_length=self.cfg["max_answer_length"],
-                no_answer_threshold=self.cfg["no_answer_threshold"],
-            )
+        decoders: Dict[Tuple[int, int], AnswerDecoder] = {}
+        for batch in self._rounds([doc.text for doc in docs], questions):
+            logits = self._feature_logits(batch, self.model.predict(batch.plan.batches))
+            for (d, q), feature, feature_logits in zip(batch.owners, batch.features, logits):
+                if (d, q) not in decoders:
+                    decoders[(d, q)] = AnswerDecoder(docs[d].text, top_k=self.cfg["top_k"],
+                                                     max_answer_length=self.cfg["max_answer_length"],
+                                                     no_answer_threshold=self.cfg["no_answer_threshold"])
+                decoders[(d, q)].add(feature_logits, feature)
+            del batch, logits
+        for (d, q), decoder in decoders.items():
+            results[d][q] = decoder.answers()
         return results
 
     def set_annotations(self, docs: Iterable[Doc], predictions: Sequence[List[List[Answer]]]) -> None:
