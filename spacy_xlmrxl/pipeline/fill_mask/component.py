@@ -9,7 +9,8 @@ Owns
   list per mask, in text order; ``[]`` for a doc without mask) and, with ``fill_text``, the
   text with each mask replaced by its best filler in ``doc._.filled_text``. Long docs go through
   the piece windows of ``spacy-xlmrxl.MaskedLM.v1``; a mask is predicted in the window where it
-  has the most context on both sides. ``nlp.update`` trains the masked-LM objective with fresh
+  has the most context on both sides, and the vocabulary logits exist for a chunk of masks at a
+  time (`predict_masked_lm`, `TopK`), so memory does not grow with the number of masks. ``nlp.update`` trains the masked-LM objective with fresh
   80/10/10 masking of 15 % of the pieces of the docs' raw text (`spacy_xlmrxl.masking`);
 - `export_fill_mask_to_hf`: the adapted backbone as an HF ``XLMRobertaXLForMaskedLM`` directory
   (config, safetensors, tokenizer) that any component's ``checkpoint`` setting can point to.

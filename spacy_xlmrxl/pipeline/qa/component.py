@@ -3,7 +3,8 @@
 Owns the `XLMRQuestionAnswerer` pipe: it reads the question(s) of a doc from ``doc._.question``
 (a string or a list of strings), pairs each with the doc text as ``<s> Q </s></s> C </s>`` over
 overlapping context chunks (``max_length`` positions, ``doc_stride`` shared context pieces, like
-the HF QA pipeline), runs ``spacy-xlmrxl.QAModel.v1`` on length-sorted batches and writes, per
+the HF QA pipeline), runs ``spacy-xlmrxl.QAModel.v1`` on length-sorted batches, a bounded round
+of features at a time (`ROUND_BATCHES`, answers decoded chunk by chunk), and writes, per
 question, the n-best answers to ``doc._.answers`` and the best answer to
 ``doc.spans[spans_key]`` (see `spacy_xlmrxl.scorers_qa` for the Doc conventions). Training takes
 the gold answers of the reference doc (``doc._.answers`` or ``doc.spans["answers"]``, set by
