@@ -261,4 +261,3 @@ class XLMRobertaTokenizer:
 
     def batch_decode(self, batch: Iterable[Iterable[int]], skip_special_tokens: bool = True) -> List[str]:
         return [self.decode(ids, skip_special_tokens=skip_special_tokens) for ids in batch]
-

@@ -483,4 +483,3 @@ def _make_batch(
         input_ids[row, 1 + length] = eos_id
         attention_mask[row, : length + 2] = 1
     return WindowBatch(rows, np.asarray(group, dtype=np.int64), input_ids, attention_mask)
-

@@ -10,8 +10,9 @@ Owns
   text with each mask replaced by its best filler in ``doc._.filled_text``. Long docs go through
   the piece windows of ``spacy-xlmrxl.MaskedLM.v1``; a mask is predicted in the window where it
   has the most context on both sides, and the vocabulary logits exist for a chunk of masks at a
-  time (`predict_masked_lm`, `TopK`), so memory does not grow with the number of masks. ``nlp.update`` trains the masked-LM objective with fresh
-  80/10/10 masking of 15 % of the pieces of the docs' raw text (`spacy_xlmrxl.masking`);
+  time (`predict_masked_lm`, `TopK`), so memory does not grow with the number of masks.
+  ``nlp.update`` trains the masked-LM objective with fresh 80/10/10 masking of 15 % of the
+  pieces of the docs' raw text (`spacy_xlmrxl.masking`);
 - `export_fill_mask_to_hf`: the adapted backbone as an HF ``XLMRobertaXLForMaskedLM`` directory
   (config, safetensors, tokenizer) that any component's ``checkpoint`` setting can point to.
 """
@@ -251,4 +252,3 @@ def _first_ordinary_id(tokenizer: Any) -> int:
     """The lowest id that is not a special (random replacements are drawn from there on)."""
     specials = set(tokenizer.all_special_ids)
     return next(i for i in range(len(tokenizer)) if i not in specials)
-

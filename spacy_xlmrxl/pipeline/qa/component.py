@@ -275,4 +275,3 @@ class XLMRQuestionAnswerer(BackbonePipe, TrainablePipe):
 
     def add_label(self, label: str) -> int:
         raise NotImplementedError("xlmrxl_qa has no labels")
-
