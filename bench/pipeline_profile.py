@@ -335,8 +335,9 @@ def instrument_ours(nlp: Any, timers: StageTimers) -> None:
     from spacy_xlmrxl.ml.alignment import StreamingPooler
     from spacy_xlmrxl.pipeline import ner as ner_module
     from spacy_xlmrxl.ml.windows import StreamingRecombiner
+    from modeling.tokenizer import XLMRobertaTokenizer
 
-    timers.wrap(models, "encode_docs", "sentencepiece encode (encode_docs)")
+    timers.wrap(XLMRobertaTokenizer, "encode_arrays", "sentencepiece encode (encode_arrays)")
     timers.wrap(models, "align_tokens_to_pieces", "alignment (align_tokens_to_pieces)")
     timers.wrap(models, "batch_windows", "windows + batches (batch_windows)")
     timers.wrap(models, "to_xp", "torch -> numpy (to_xp)")
@@ -355,7 +356,7 @@ def instrument_ours(nlp: Any, timers: StageTimers) -> None:
 def breakdown(timers: StageTimers, forward_wall: float, total: float) -> List[Tuple[str, float]]:
     """(stage, seconds) with nested stages made exclusive; sums to ``total``."""
     t = dict(timers.totals)
-    inner = ["sentencepiece encode (_encode_docs)", "alignment (align_tokens_to_pieces)",
+    inner = ["sentencepiece encode (encode_arrays)", "alignment (align_tokens_to_pieces)",
              "windows + batches (batch_windows)", "torch -> numpy (to_xp)", "recombine (StreamingRecombiner)",
              "pool (StreamingPooler)"]
     pdd = t.get("_predict_doc_data", 0.0)

@@ -14,9 +14,11 @@ import numpy
 from spacy.tokens import Doc
 from spacy.util import registry
 from thinc.api import Dropout, Linear, Model, Softmax_v2, chain, reduce_mean, with_array
+from thinc.layers.chain import forward as _chain_forward
 from thinc.types import Floats2d, Ragged
 
 from .doc_data import XLMRDocData, XLMRGrad
+from .transformer import is_transformer_layer, no_doc_grads, predict_doc_data
 
 
 # --------------------------------------------------------------------------- heads
@@ -44,12 +46,26 @@ def build_textcat_head(transformer: Model[List[Doc], List[XLMRDocData]], nO: Opt
     classifier = chain(Dropout(dropout), dense, _tanh(), Dropout(dropout), out_proj)
     model = chain(transformer, _cls_states(), with_array(classifier), reduce_mean(),
                   _activation(exclusive_classes))
+    model._func = _textcat_forward  # the chain, but inference keeps no piece state (see there)
     model.init = _textcat_init
     model.set_ref("transformer", transformer)
     model.set_ref("dense", dense)
     model.set_ref("output_layer", out_proj)
     model.attrs["exclusive_classes"] = exclusive_classes
     return model
+
+
+def _textcat_forward(model: Model, docs: List[Doc], is_train: bool) -> Tuple[Floats2d, Callable[[Floats2d], Any]]:
+    """The chain's forward; at inference with an own ``Transformer.v1``, the transformer keeps
+    only the ``<s>`` states the head reads (`predict_doc_data` with ``piece_states=False``), not
+    every piece's state of every doc of the batch."""
+    transformer = model.layers[0]
+    if is_train or not is_transformer_layer(transformer):
+        return _chain_forward(model, docs, is_train)
+    X: Any = predict_doc_data(transformer, docs, piece_states=False)
+    for layer in model.layers[1:]:
+        X = layer.predict(X)
+    return X, no_doc_grads
 
 
 def _textcat_init(model: Model, X: Optional[List[Doc]] = None, Y: Any = None) -> None:

@@ -10,6 +10,8 @@ Owns
   to the other positions: with a 250k vocabulary that would dominate time and memory);
 - their v1 versions, which take the backbone settings as arguments (configs written before
   ``spacy-xlmrxl.Backbone.v1``) and build the same layers;
+- `predict_masked_lm`: the masked-LM inference with memory bounded by a chunk of positions
+  (`LOGIT_CHUNK` rows of vocabulary logits at a time, handed to a callback), for fill-mask;
 - `MLMInput`, the masked-LM model's input.
 
 Both are built like ``spacy-xlmrxl.Transformer.v2`` (`spacy_xlmrxl.ml.transformer`): the
@@ -37,6 +39,10 @@ from .windows import WindowBatch, WindowMaker, make_strided_windows
 
 QA_MODEL_NAME = "xlmrxl-qa"
 MLM_MODEL_NAME = "xlmrxl-masked-lm"
+
+#: Positions whose vocabulary logits `predict_masked_lm` computes at once, whatever the
+#: number of masks.
+LOGIT_CHUNK = 64
 
 
 @dataclass
@@ -203,3 +209,31 @@ def _mlm_forward(model: Model, X: MLMInput, is_train: bool) -> Tuple[Floats2d, C
         return X
 
     return array, backprop
+
+
+def predict_masked_lm(model: Model, X: MLMInput, consume: Callable[[numpy.ndarray, numpy.ndarray], None]) -> None:
+    """Inference of a ``MaskedLM.v1`` layer with memory bounded by a chunk of positions.
+
+    Calls ``consume(rows, logits)`` with ``logits`` the (len(rows), vocab_size) float32 numpy
+    logits of ``X.positions[rows]``, at most `LOGIT_CHUNK` rows at a time; every position comes
+    once. The backbone runs one batch at a time (only the batches holding a position), the LM
+    head on that batch's positions chunk by chunk, so what exists at once is one batch's hidden
+    states and one chunk's logits, whatever the number of positions (``model.predict`` gives the
+    (n_positions, vocab_size) logits of all at once). Values as ``model.predict`` gives them, up
+    to the float32 rounding of the LM head's matrix product over fewer rows.
+    """
+    shim = backbone_shim(model)
+    positions = numpy.asarray(X.positions, dtype="int64").reshape(-1, 3)
+    device = shim.device
+    with shim.run(False):
+        module = shim.module
+        for b in sorted(set(positions[:, 0].tolist())):
+            rows = numpy.flatnonzero(positions[:, 0] == b)
+            input_ids, attention_mask = _torch_inputs(X.batches[b], device)
+            hidden = module.roberta(input_ids=input_ids, attention_mask=attention_mask, skip_padding=True).last_hidden_state
+            gathered = hidden[torch.from_numpy(positions[rows, 1]).to(device), torch.from_numpy(positions[rows, 2]).to(device)]
+            del hidden, input_ids, attention_mask
+            for start in range(0, len(rows), LOGIT_CHUNK):
+                logits = module.lm_head(gathered[start : start + LOGIT_CHUNK])
+                consume(rows[start : start + LOGIT_CHUNK], model.ops.to_numpy(to_xp(logits, model.ops)))
+                del logits

@@ -30,15 +30,8 @@ from .alignment import (
     pool_pieces,
 )
 from .doc_data import XLMRDocData, XLMRGrad
-from .encoding import encode_docs
-from .windows import (
-    StreamingRecombiner,
-    WindowMaker,
-    batch_windows,
-    make_strided_windows,
-    recombine,
-    strided_windows_config,
-)
+from .windows import (AtLeastOneWindow, StreamingRecombiner, WindowMaker, WindowPlan, batch_windows,
+                      make_strided_windows, recombine, strided_windows_config)
 
 TRANSFORMER_NAME = "xlmrxl-transformer"
 
@@ -119,17 +112,6 @@ def _transformer_init(model: Model, X: Optional[List[Doc]] = None, Y: Any = None
     install_backbone(model, module, tokenizer_path.read_bytes())
 
 
-class AtLeastOneWindow:
-    """Window maker that gives a doc without pieces the window ``(0, 0)`` (``<s></s>``), so
-    every doc has an ``<s>`` state (what HF gives for the empty text)."""
-
-    def __init__(self, make_windows: WindowMaker) -> None:
-        self.make_windows = make_windows
-
-    def __call__(self, n_pieces: int) -> List[Tuple[int, int]]:
-        return list(self.make_windows(n_pieces)) or [(0, 0)]
-
-
 def is_transformer_layer(model: Model) -> bool:
     """Whether ``model`` is a ``spacy-xlmrxl.Transformer.v1`` layer (see `predict_doc_data`)."""
     return getattr(model, "_func", None) is _transformer_forward
@@ -151,24 +133,12 @@ def predict_doc_data(model: Model, docs: Sequence[Doc], *, pooling: Sequence[str
         if mode not in POOLING_MODES:
             raise ValueError(f"pooling must be one of {POOLING_MODES}, got {mode!r}")
     if not is_transformer_layer(model):
-        outputs = model.predict(docs)
-        for data in outputs:
-            if data.hidden is not None:
-                data.tokvecs.update({m: pool_pieces(model.ops, data.hidden, data.align, mode=m)[0] for m in pooling})
-                if not piece_states:
-                    data.hidden = None
-        return outputs
+        return _predict_other_layer(model, docs, pooling=pooling, piece_states=piece_states)
     shim = backbone_shim(model)
-    ops = model.ops
     piece_ids, offsets, plan = transformer_call_plan(model, docs, lazy=True)
     aligns = [align_tokens_to_pieces(doc, spans) for doc, spans in zip(docs, offsets)]
-    width = model.get_dim("nO")
-    window_index = plan.index_in_doc()
-    recombiners = [StreamingRecombiner(plan.doc_windows[d], plan.n_pieces[d]) for d in range(len(docs))]
-    poolers = [StreamingPooler(ops, aligns[d], plan.n_pieces[d], width, pooling) if pooling else None
-               for d in range(len(docs))]
-    hiddens = [ops.alloc2f(plan.n_pieces[d], width) if piece_states else None for d in range(len(docs))]
-    cls_states = [ops.alloc2f(len(w), width) for w in plan.doc_windows]
+    streams = _DocStreams(model.ops, plan, aligns, width=model.get_dim("nO"), pooling=pooling,
+                          piece_states=piece_states)
     device = shim.device
     with shim.run(False):
         for b, batch in enumerate(plan.batches):
@@ -177,38 +147,73 @@ def predict_doc_data(model: Model, docs: Sequence[Doc], *, pooling: Sequence[str
                               attention_mask=torch.from_numpy(attention_mask).to(device),
                               skip_padding=True).last_hidden_state
             del input_ids, attention_mask
-            array = to_xp(out, ops)
-            for row, (span, position) in enumerate(zip(batch.rows, batch.positions)):
-                d = span.doc
-                cls_states[d][window_index[int(position)]] = array[row, 0]
-                block = recombiners[d].add(window_index[int(position)], array[row, 1 : 1 + span.end - span.start])
-                if block is not None:
-                    start, rows = block
-                    if hiddens[d] is not None:
-                        hiddens[d][start : start + rows.shape[0]] = rows
-                    if poolers[d] is not None:
-                        poolers[d].add(start, rows)
-            del out, array, block
-    results = []
-    for d in range(len(docs)):
-        assert recombiners[d].finished and (poolers[d] is None or poolers[d].finished)
-        results.append(XLMRDocData(piece_ids=piece_ids[d], offsets=offsets[d], align=aligns[d],
-                                   windows=list(plan.doc_windows[d]), hidden=hiddens[d],
-                                   cls=cls_states[d],
-                                   tokvecs=poolers[d].outputs if poolers[d] is not None else {}))
-    return results
+            streams.add(batch, to_xp(out, model.ops))
+            del out
+    return streams.results(piece_ids, offsets)
+
+
+def _predict_other_layer(model: Model, docs: List[Doc], *, pooling: Sequence[str],
+                         piece_states: bool) -> List[XLMRDocData]:
+    """`predict_doc_data` of a layer that is not a ``Transformer.v1``: its ``predict``, pooled."""
+    outputs = model.predict(docs)
+    for data in outputs:
+        if data.hidden is not None:
+            data.tokvecs.update({m: pool_pieces(model.ops, data.hidden, data.align, mode=m)[0] for m in pooling})
+            if not piece_states:
+                data.hidden = None
+    return outputs
+
+
+class _DocStreams:
+    """What `predict_doc_data` builds per doc while the window batches come: the recombiner,
+    the pooler, the piece states (only with ``piece_states``) and the ``<s>`` state per window."""
+
+    def __init__(self, ops: Any, plan: WindowPlan, aligns: List[Any], *, width: int, pooling: Sequence[str],
+                 piece_states: bool) -> None:
+        self.plan = plan
+        self.aligns = aligns
+        n_docs = len(plan.n_pieces)
+        self.recombiners = [StreamingRecombiner(plan.doc_windows[d], plan.n_pieces[d]) for d in range(n_docs)]
+        self.poolers = [StreamingPooler(ops, aligns[d], plan.n_pieces[d], width, pooling) if pooling else None
+                        for d in range(n_docs)]
+        self.hiddens = [ops.alloc2f(plan.n_pieces[d], width) if piece_states else None for d in range(n_docs)]
+        self.cls_states = [ops.alloc2f(len(w), width) for w in plan.doc_windows]
+
+    def add(self, batch: Any, array: Any) -> None:
+        """Take the (n_rows, seq_len, H) output of one of the plan's batches."""
+        for row, (span, position) in enumerate(zip(batch.rows, batch.positions)):
+            d, window = span.doc, int(self.plan.window_index[position])
+            self.cls_states[d][window] = array[row, 0]
+            block = self.recombiners[d].add(window, array[row, 1 : 1 + span.end - span.start])
+            if block is None:
+                continue
+            start, rows = block
+            if self.hiddens[d] is not None:
+                self.hiddens[d][start : start + rows.shape[0]] = rows
+            if self.poolers[d] is not None:
+                self.poolers[d].add(start, rows)
+
+    def results(self, piece_ids: List[Any], offsets: List[Any]) -> List[XLMRDocData]:
+        results = []
+        for d, pooler in enumerate(self.poolers):
+            assert self.recombiners[d].finished and (pooler is None or pooler.finished)
+            results.append(XLMRDocData(piece_ids=piece_ids[d], offsets=offsets[d], align=self.aligns[d],
+                                       windows=list(self.plan.doc_windows[d]), hidden=self.hiddens[d],
+                                       cls=self.cls_states[d], tokvecs=pooler.outputs if pooler is not None else {}))
+        return results
 
 
 def no_doc_grads(d_outputs: List[XLMRGrad]) -> List[Doc]:
     return []
 
 
-def transformer_call_plan(model: Model, docs: Sequence[Doc], *, lazy: bool = False) -> Tuple[List[Any], List[Any], Any]:
+def transformer_call_plan(model: Model, docs: Sequence[Doc], *, lazy: bool = False) -> Tuple[List[Any], List[Any], WindowPlan]:
     """``(piece_ids, offsets, plan)`` of a forward of this ``Transformer.v1`` layer: one backbone
     call per ``plan.batches`` entry (FSDP ranks use it to agree on the count). ``lazy``: the
     batches' inputs are built one at a time by ``plan.inputs(b)`` (inference)."""
     tokenizer = get_tokenizer(model)
-    piece_ids, offsets = encode_docs(tokenizer, list(docs))
+    pieces = tokenizer.encode_arrays([doc.text for doc in docs])  # int32 arrays, memory bounded per chunk
+    piece_ids, offsets = [ids for ids, _ in pieces], [spans for _, spans in pieces]
     plan = batch_windows(piece_ids, AtLeastOneWindow(model.attrs["windows"]),
                          max_batch_pieces=model.attrs["max_batch_pieces"],
                          bos_id=tokenizer.bos_id, eos_id=tokenizer.eos_id, pad_id=tokenizer.pad_id, lazy=lazy)
@@ -260,24 +265,14 @@ def _transformer_forward(model: Model, docs: List[Doc], is_train: bool
     return results, backprop
 
 
-def _cls_rows(plan: Any, arrays: Sequence[Any]) -> List[List[Any]]:
+def _cls_rows(plan: WindowPlan, arrays: Sequence[Any]) -> List[List[Any]]:
     """Per doc, the ``<s>`` state of each of its windows, in window order."""
-    flat: List[Any] = [None] * len(plan.windows)
-    for batch, array in zip(plan.batches, arrays):
-        for row, position in enumerate(batch.positions):
-            flat[int(position)] = array[row, 0]
-    grouped: List[List[Any]] = [[] for _ in plan.n_pieces]
-    for span, row in zip(plan.windows, flat):
-        grouped[span.doc].append(row)
-    return grouped
+    return [[arrays[b][row, 0] for b, row in plan.doc_slots(d).tolist()] for d in range(len(plan.n_pieces))]
 
 
-def _add_cls_grads(plan: Any, merged: List[Any], d_cls: Sequence[Optional[Any]]) -> None:
+def _add_cls_grads(plan: WindowPlan, merged: List[Any], d_cls: Sequence[Optional[Any]]) -> None:
     """Add each doc's (n_windows, H) ``<s>`` gradient at position 0 of its windows' rows."""
-    window_index = plan.index_in_doc()
-    for batch, grad in zip(plan.batches, merged):
-        for row, position in enumerate(batch.positions):
-            span = plan.windows[int(position)]
-            cls_grad = d_cls[span.doc]
-            if cls_grad is not None:
-                grad[row, 0] += cls_grad[window_index[int(position)]]
+    for d, cls_grad in enumerate(d_cls):
+        if cls_grad is not None:
+            for window, (b, row) in enumerate(plan.doc_slots(d).tolist()):
+                merged[b][row, 0] += cls_grad[window]

@@ -1,13 +1,14 @@
-"""Long documents: strided windows over a doc's piece sequence, batching them, recombining outputs.
+"""Long documents: windows over a sequence of pieces, the one planner that batches them, recombining.
 
-Owns the registered window maker ``"spacy-xlmrxl.strided_windows.v1"`` (in
-``spacy.registry.misc``) and its default block (`strided_windows_config`), :func:`recombine`
-(averaging the outputs of overlapping windows back into one (n_pieces, H) array, with its
-backprop), :class:`StreamingRecombiner` (the same
-average at inference, window by window, returning pieces as soon as they are final) and
-:func:`batch_windows` /
-:class:`WindowPlan` (framework-agnostic numpy: padded ``input_ids`` / ``attention_mask``
-batches under a size budget, and the way back from batch outputs to per-doc window outputs).
+Owns the window makers (the registered ``"spacy-xlmrxl.strided_windows.v1"`` in
+``spacy.registry.misc``, with its default block `strided_windows_config`; `AtLeastOneWindow`, `whole_sequence`), the window planner
+:func:`batch_windows` / :class:`WindowPlan` that the transformer, QA and fill-mask all use
+(framework-agnostic numpy: padded ``input_ids`` / ``attention_mask`` batches under a size
+budget, and every lookup between windows and batches: a window's index in its doc, (doc,
+window) -> (batch, row), the best window of a piece, batch outputs <-> per-doc window outputs),
+:func:`recombine` (averaging the outputs of overlapping windows back into one (n_pieces, H)
+array, with its backprop) and :class:`StreamingRecombiner` (the same average at inference,
+window by window, returning pieces as soon as they are final).
 
 Windows are spans ``(start, end)`` over the piece indices of ONE doc, specials excluded, so a
 window of ``w`` pieces becomes ``<s> piece[start:end] </s>``, ``w + 2`` model positions. That
@@ -26,6 +27,7 @@ from thinc.api import Ops, get_array_module
 from thinc.types import Floats2d
 
 Window = Tuple[int, int]
+WindowMaker = Callable[[int], List[Window]]
 
 #: Longest window the released XLM-R checkpoints take: 512 positions minus ``<s>`` and ``</s>``.
 RELEASED_MAX_WINDOW = 510
@@ -250,12 +252,17 @@ class WindowBatch:
 
 @dataclass
 class WindowPlan:
-    """All windows of a batch of docs, how they are batched, and the way back.
+    """All windows of a batch of docs, how they are batched, and every way between the two.
 
     windows: every window, grouped by doc and in window order within a doc;
     doc_windows[d]: doc ``d``'s ``(start, end)`` list (for :func:`recombine`);
     n_pieces[d]: the number of pieces of doc ``d``; batches: model inputs, longest windows first
     (with ``lazy=True``, their ``input_ids`` / ``attention_mask`` are None: use :meth:`inputs`).
+    The lookups, computed once from ``windows`` and ``batches``: ``window_index[k]``, the index of
+    ``windows[k]`` among its doc's windows; ``doc_start[d]``, the position in ``windows`` of doc
+    ``d``'s first window (``doc_start[-1] == len(windows)``); ``slots[k]``, the ``(batch, row)``
+    of ``windows[k]``. :meth:`locate`, :meth:`doc_slots`, :meth:`best_window` and
+    :meth:`piece_slot` answer from them.
     """
 
     windows: List[WindowSpan]
@@ -263,6 +270,21 @@ class WindowPlan:
     n_pieces: List[int]
     batches: List[WindowBatch]
     source: Optional[Tuple[Any, ...]] = field(default=None, repr=False)  # what lazy batches are built from
+    window_index: np.ndarray = field(init=False, repr=False)
+    doc_start: np.ndarray = field(init=False, repr=False)
+    slots: np.ndarray = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        docs = np.fromiter((span.doc for span in self.windows), dtype=np.int64, count=len(self.windows))
+        counts = np.fromiter((len(w) for w in self.doc_windows), dtype=np.int64, count=len(self.doc_windows))
+        if len(docs) != counts.sum() or (np.diff(docs) < 0).any():
+            raise ValueError("WindowPlan.windows must list every doc's windows, grouped by doc in doc order")
+        self.doc_start = np.concatenate([np.zeros(1, dtype=np.int64), np.cumsum(counts)])
+        self.window_index = np.arange(len(docs), dtype=np.int64) - self.doc_start[docs]
+        self.slots = np.full((len(docs), 2), -1, dtype=np.int64)
+        for b, batch in enumerate(self.batches):
+            self.slots[batch.positions] = np.stack(
+                [np.full(len(batch.positions), b), np.arange(len(batch.positions))], axis=1)
 
     def inputs(self, b: int) -> Tuple[np.ndarray, np.ndarray]:
         """``(input_ids, attention_mask)`` of ``batches[b]``; a lazy plan builds them now, so
@@ -273,14 +295,29 @@ class WindowPlan:
         built = _make_batch([int(p) for p in batch.positions], self.windows, *self.source)
         return built.input_ids, built.attention_mask
 
-    def index_in_doc(self) -> List[int]:
-        """For each entry of ``windows``, its index among its doc's windows."""
-        seen = [0] * len(self.n_pieces)
-        indices = []
-        for span in self.windows:
-            indices.append(seen[span.doc])
-            seen[span.doc] += 1
-        return indices
+    def locate(self, doc: int, window: int = 0) -> Tuple[int, int]:
+        """``(batch, row)`` of window ``window`` (index among doc ``doc``'s windows)."""
+        n_windows = int(self.doc_start[doc + 1] - self.doc_start[doc])
+        if not 0 <= window < n_windows:
+            raise IndexError(f"doc {doc} has {n_windows} window(s): there is no window {window}")
+        b, row = self.slots[self.doc_start[doc] + window]
+        return int(b), int(row)
+
+    def doc_slots(self, doc: int) -> np.ndarray:
+        """(n_windows, 2) ``(batch, row)`` of doc ``doc``'s windows, in window order."""
+        return self.slots[self.doc_start[doc] : self.doc_start[doc + 1]]
+
+    def best_window(self, doc: int, piece: int) -> int:
+        """Index (among doc ``doc``'s windows) of the window that gives ``piece`` the most
+        context on its shorter side; see :func:`best_window`."""
+        return best_window(self.doc_windows[doc], piece)
+
+    def piece_slot(self, doc: int, piece: int) -> Tuple[int, int, int]:
+        """``(batch, row, column)`` of piece ``piece`` of doc ``doc`` in the model outputs of its
+        best window (:meth:`best_window`): ``column`` counts the ``<s>`` before the pieces."""
+        window = self.best_window(doc, piece)
+        b, row = self.locate(doc, window)
+        return b, row, 1 + piece - self.doc_windows[doc][window][0]
 
     def split_outputs(self, batch_outputs: Sequence[Any]) -> List[List[Any]]:
         """Per-doc lists of per-window piece outputs from per-batch model outputs.
@@ -292,11 +329,8 @@ class WindowPlan:
         """
         if len(batch_outputs) != len(self.batches):
             raise ValueError(f"{len(batch_outputs)} outputs for {len(self.batches)} batches")
-        flat: List[Any] = [None] * len(self.windows)
-        for batch, output in zip(self.batches, batch_outputs):
-            for row, (span, position) in enumerate(zip(batch.rows, batch.positions)):
-                flat[position] = output[row, 1 : 1 + span.end - span.start]
-        return self._group_by_doc(flat)
+        return [[batch_outputs[b][row, 1 : 1 + end - start] for (b, row), (start, end) in
+                 zip(self.doc_slots(d).tolist(), self.doc_windows[d])] for d in range(len(self.n_pieces))]
 
     def merge_gradients(self, doc_window_grads: Sequence[Sequence[Any]]) -> List[Any]:
         """Inverse of :meth:`split_outputs` for numpy/cupy gradients: per-doc per-window
@@ -309,19 +343,39 @@ class WindowPlan:
             return []
         xp = get_array_module(flat[0])
         width, dtype = flat[0].shape[1], flat[0].dtype
-        merged = []
-        for batch in self.batches:
-            grad = xp.zeros(batch.input_ids.shape + (width,), dtype=dtype)
-            for row, (span, position) in enumerate(zip(batch.rows, batch.positions)):
-                grad[row, 1 : 1 + span.end - span.start] = flat[position]
-            merged.append(grad)
+        merged = [xp.zeros(batch.input_ids.shape + (width,), dtype=dtype) for batch in self.batches]
+        for (b, row), span, grad in zip(self.slots.tolist(), self.windows, flat):
+            merged[b][row, 1 : 1 + span.end - span.start] = grad
         return merged
 
-    def _group_by_doc(self, flat: List[Any]) -> List[List[Any]]:
-        grouped: List[List[Any]] = [[] for _ in self.n_pieces]
-        for span, item in zip(self.windows, flat):
-            grouped[span.doc].append(item)
-        return grouped
+
+def best_window(windows: Sequence[Window], piece: int) -> int:
+    """Index of the window of ``windows`` holding ``piece`` with the most context on its shorter
+    side (``min(piece - start, end - 1 - piece)``); the first such window on ties. Raises
+    ``ValueError`` when no window holds ``piece``."""
+    spans = np.asarray(windows, dtype=np.int64).reshape(-1, 2)
+    holding = (spans[:, 0] <= piece) & (piece < spans[:, 1])
+    if not holding.any():
+        raise ValueError(f"piece {piece} is in none of the windows {list(map(tuple, spans.tolist()))[:4]}...")
+    context = np.minimum(piece - spans[:, 0], spans[:, 1] - 1 - piece)
+    return int(np.argmax(np.where(holding, context, -1)))
+
+
+def whole_sequence(n_pieces: int) -> List[Window]:
+    """Window maker of one window over the whole sequence (for sequences that are model inputs
+    already, such as QA features); an empty sequence gets ``(0, 0)``."""
+    return [(0, n_pieces)]
+
+
+class AtLeastOneWindow:
+    """Window maker that gives a doc without pieces the window ``(0, 0)`` (``<s></s>``), so
+    every doc has an ``<s>`` state (what HF gives for the empty text)."""
+
+    def __init__(self, make_windows: WindowMaker) -> None:
+        self.make_windows = make_windows
+
+    def __call__(self, n_pieces: int) -> List[Window]:
+        return list(self.make_windows(n_pieces)) or [(0, 0)]
 
 
 def _pad_length(length: int, multiple: Optional[int]) -> int:
@@ -342,24 +396,14 @@ def batch_windows(
     min_batch_pieces: int = 2048,
     lazy: bool = False,
 ) -> WindowPlan:
-    """Cut each doc's pieces into windows and pack the windows into padded model batches.
+    """The window planner: cut each doc's pieces into windows, pack them into padded model batches.
 
-    doc_piece_ids[d]: doc ``d``'s piece ids (no specials). Windows are sorted by length
-    (longest first, ties in document order) and packed greedily so that each batch's padded
-    size ``n_rows * seq_len`` (``seq_len`` = longest window + 2 specials, rounded up to
-    ``pad_to_multiple_of``) stays within ``max_batch_pieces``, and it has at most
-    ``max_batch_windows`` rows; a window too big for the budget alone gets a batch of its own.
-    A batch also closes when the next window would make its padding exceed ``max_padding`` of
-    its real positions, once it holds ``min_batch_pieces`` padded positions: smaller batches
-    multiply too inefficiently to be worth splitting (measured on a 2-core AVX2 CPU, a 768-wide
-    ``F.linear`` runs at 27 GFLOP/s on 256 rows, 48 on 1024 and 55 on 2048; 2048 instead of 256
-    made ``xlmrxl_ner``'s ``nlp.pipe`` 6-29 % faster on UNER sentences, ``bench/pipeline_profile.py``).
-    The components run these batches with ``skip_padding``, so padding costs only the attention
-    product there; the rule still measured fastest (944 words/s vs 867 / 848 / 666 with no padding
-    limit and 4096 / 8192 / 16384 pieces: larger padded batches gain nothing in the matrix
-    products and pay in attention and memory traffic).
-    Returns a :class:`WindowPlan`; docs with no piece have no window. ``lazy``: build each
-    batch's ``input_ids`` / ``attention_mask`` only when :meth:`WindowPlan.inputs` asks for it.
+    doc_piece_ids[d]: doc ``d``'s piece ids (no specials); ``make_windows(n_pieces)`` gives a
+    doc's ``(start, end)`` windows. Windows go into batches longest first (see `_pack_windows`
+    for the size budget ``max_batch_pieces`` / ``max_batch_windows`` and the padding rule
+    ``max_padding`` / ``min_batch_pieces``). Returns a :class:`WindowPlan` with its lookups;
+    docs with no piece have no window. ``lazy``: build each batch's ``input_ids`` /
+    ``attention_mask`` only when :meth:`WindowPlan.inputs` asks for it.
     """
     if max_batch_pieces <= 0:
         raise ValueError(f"max_batch_pieces must be positive, got {max_batch_pieces}")
@@ -368,15 +412,44 @@ def batch_windows(
     ids = [_as_ids(piece_ids) for piece_ids in doc_piece_ids]
     doc_windows = [list(make_windows(len(piece_ids))) for piece_ids in ids]
     windows = [WindowSpan(d, s, e) for d, spans in enumerate(doc_windows) for s, e in spans]
-    order = sorted(range(len(windows)), key=lambda i: windows[i].start - windows[i].end)
+    groups = _pack_windows([end - start for _, start, end in windows], max_batch_pieces=max_batch_pieces,
+                           max_batch_windows=max_batch_windows, pad_to_multiple_of=pad_to_multiple_of,
+                           max_padding=max_padding, min_batch_pieces=min_batch_pieces)
+    source = (ids, pad_to_multiple_of, bos_id, eos_id, pad_id)
+    if lazy:
+        batches = [WindowBatch([windows[p] for p in group], np.asarray(group, dtype=np.int64), None, None)
+                   for group in groups]
+    else:
+        batches = [_make_batch(group, windows, *source) for group in groups]
+    return WindowPlan(windows, doc_windows, [len(piece_ids) for piece_ids in ids], batches,
+                      source if lazy else None)
+
+
+def _pack_windows(lengths: Sequence[int], *, max_batch_pieces: int, max_batch_windows: Optional[int],
+                  pad_to_multiple_of: Optional[int], max_padding: float, min_batch_pieces: int) -> List[List[int]]:
+    """Windows (by their piece counts) packed into batches: lists of window positions.
+
+    Windows are sorted by length (longest first, ties in document order) and packed greedily so
+    that each batch's padded size ``n_rows * seq_len`` (``seq_len`` = longest window + 2
+    specials, rounded up to ``pad_to_multiple_of``) stays within ``max_batch_pieces``, and it
+    has at most ``max_batch_windows`` rows; a window too big for the budget alone gets a batch
+    of its own. A batch also closes when the next window would make its padding exceed
+    ``max_padding`` of its real positions, once it holds ``min_batch_pieces`` padded positions:
+    smaller batches multiply too inefficiently to be worth splitting (measured on a 2-core AVX2
+    CPU, a 768-wide ``F.linear`` runs at 27 GFLOP/s on 256 rows, 48 on 1024 and 55 on 2048;
+    2048 instead of 256 made ``xlmrxl_ner``'s ``nlp.pipe`` 6-29 % faster on UNER sentences,
+    ``bench/pipeline_profile.py``). The components run these batches with ``skip_padding``, so
+    padding costs only the attention product there; the rule still measured fastest (944
+    words/s vs 867 / 848 / 666 with no padding limit and 4096 / 8192 / 16384 pieces: larger
+    padded batches gain nothing in the matrix products and pay in attention and memory traffic).
+    """
+    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
     groups: List[List[int]] = []
     real = 0  # real (unpadded) positions of the last group, specials included
     for position in order:
-        # Longest first: a group's first window fixes its padded length.
-        length = windows[position].end - windows[position].start + 2
+        length = lengths[position] + 2  # longest first: a group's first window fixes its padded length
         if groups:
-            first = windows[groups[-1][0]]
-            seq_len = _pad_length(first.end - first.start + 2, pad_to_multiple_of)
+            seq_len = _pad_length(lengths[groups[-1][0]] + 2, pad_to_multiple_of)
             n_rows = len(groups[-1]) + 1
             wasteful = (n_rows * seq_len > (1 + max_padding) * (real + length)
                         and (n_rows - 1) * seq_len >= min_batch_pieces)
@@ -386,14 +459,7 @@ def batch_windows(
                 continue
         groups.append([position])
         real = length
-    source = (ids, pad_to_multiple_of, bos_id, eos_id, pad_id)
-    if lazy:
-        batches = [WindowBatch([windows[p] for p in group], np.asarray(group, dtype=np.int64), None, None)
-                   for group in groups]
-    else:
-        batches = [_make_batch(group, windows, *source) for group in groups]
-    return WindowPlan(windows, doc_windows, [len(piece_ids) for piece_ids in ids], batches,
-                      source if lazy else None)
+    return groups
 
 
 def _as_ids(piece_ids: Any) -> np.ndarray:
@@ -422,6 +488,3 @@ def _make_batch(
         input_ids[row, 1 + length] = eos_id
         attention_mask[row, : length + 2] = 1
     return WindowBatch(rows, np.asarray(group, dtype=np.int64), input_ids, attention_mask)
-
-
-WindowMaker = Callable[[int], List[Tuple[int, int]]]

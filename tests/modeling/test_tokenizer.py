@@ -351,8 +351,8 @@ def test_offsets_without_offset_mapping(tiny: XLMRobertaTokenizer, tiny_dir: Pat
             return protos
 
     fallback = XLMRobertaTokenizer.from_pretrained(tiny_dir)
-    fallback._sp = ProtoOnly(normaliser(tiny))
-    fallback._raw_encode = fallback._encode_with_proto
+    fallback._pieces._sp = ProtoOnly(normaliser(tiny))
+    fallback._pieces._raw_encode = fallback._pieces._encode_with_proto
     texts = TRAINING_LINES + TRICKY + ["Hello <mask> wörld 中文"]
     assert fallback.encode_pieces_batch(texts) == tiny.encode_pieces_batch(texts)
 

@@ -1,6 +1,8 @@
 """Tests of the ``xlmrxl_qa`` component on the tiny preset, the real tokenizer and XQuAD data."""
 
+import gc
 import json
+import tracemalloc
 
 import pytest
 import spacy
@@ -9,6 +11,7 @@ from spacy.util import fix_random_seed
 from thinc.api import Adam
 
 from spacy_xlmrxl.backbone.source import BackboneError
+from spacy_xlmrxl.pipeline.qa import component as qa_component
 from spacy_xlmrxl.pipeline.qa.component import XLMRQuestionAnswerer
 from spacy_xlmrxl.export import export_qa_to_hf
 from spacy_xlmrxl.pipeline.qa.annotation import set_qa_annotation
@@ -140,6 +143,50 @@ def test_pipe_batch_equals_one_by_one(trained):
                [[(x["start"], x["end"]) for x in q] for q in b._.answers]
         for qa, qb in zip(a._.answers, b._.answers):
             assert [x["score"] for x in qa] == pytest.approx([x["score"] for x in qb], rel=1e-4)
+
+
+def _answers(docs):
+    return [[(x["start"], x["end"], x["score"]) for x in q] for doc in docs for q in doc._.answers]
+
+
+def test_rounds_give_the_answers_of_one_round(trained, monkeypatch):
+    """Features in rounds of one model batch (and decoded chunk by chunk) answer as one round:
+    the same spans, scores up to float32 rounding (other rows share a model call)."""
+    nlp, examples, _ = trained
+    def docs():
+        return [ask(nlp, eg.reference.text, [eg.reference._.question, "Who?", "When was it?"]) for eg in examples]
+    whole = list(nlp.pipe(docs()))
+    qa = nlp.get_pipe("xlmrxl_qa")
+    assert len(list(qa._rounds([d.text for d in docs()], [d._.question for d in docs()]))) == 1
+    monkeypatch.setattr(qa_component, "ROUND_BATCHES", 0)  # every feature alone
+    assert len(list(qa._rounds([d.text for d in docs()], [d._.question for d in docs()]))) > 6
+    rounds = list(nlp.pipe(docs()))
+    assert [[a[:2] for a in q] for q in _answers(rounds)] == [[a[:2] for a in q] for q in _answers(whole)]
+    assert [a[2] for q in _answers(rounds) for a in q] == pytest.approx([a[2] for q in _answers(whole) for a in q], rel=1e-4)
+
+
+def test_qa_memory_does_not_grow_with_the_questions(trained, monkeypatch):
+    """What predict holds at once is one round of features (and O(top_k) per question), not the
+    features of every question x context chunk: 8x the questions, about the same traced peak
+    (before: ~8x, the features, inputs and logits of all questions at once)."""
+    nlp, examples, _ = trained
+    qa = nlp.get_pipe("xlmrxl_qa")
+    monkeypatch.setattr(qa_component, "ROUND_BATCHES", 1)
+    context = " ".join(eg.reference.text for eg in examples) * 3
+    peaks = []
+    for n_questions in (4, 32):
+        doc = ask(nlp, context, [f"What is number {i}?" for i in range(n_questions)])
+        qa.predict([doc])  # warm up
+        gc.collect()
+        tracemalloc.start()
+        try:
+            answers = qa.predict([doc])
+            kept, peak = tracemalloc.get_traced_memory()
+        finally:
+            tracemalloc.stop()
+        assert len(answers[0]) == n_questions and all(answers[0])
+        peaks.append(peak - kept)
+    assert peaks[1] < 1.5 * peaks[0], peaks
 
 
 def test_to_disk_from_disk_same_predictions(trained, tmp_path):

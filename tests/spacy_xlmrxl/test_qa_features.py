@@ -7,7 +7,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from spacy_xlmrxl.pipeline.qa.features import N_PAIR_SPECIALS, build_features, chunk_spans, decode_answers, feature_candidates, gold_positions, validate_window
+from spacy_xlmrxl.pipeline.qa.features import (N_PAIR_SPECIALS, AnswerDecoder, _strip, build_features, chunk_spans, decode_answers,
+                                              feature_candidates, gold_positions, iter_features, validate_window)
 
 
 def word_pieces(text):
@@ -188,3 +189,47 @@ def test_real_tokenizer_offsets_round_trip(spm_model_path, shared_data):
     assert answer["text"] in text
     logits = [_logits_for(f, first, last) if f is holders[0] else _logits_for(f, 0, 0, 0.0) for f in features]
     assert decode_answers(logits, features, context)[0].text.strip() == text.strip()
+
+
+def _all_spans_answers(logits, features, context, *, top_k, max_answer_length):
+    """The n-best over every chunk without dropping any span (decode_answers before AnswerDecoder)."""
+    best = {}
+    for (start_logits, end_logits), feature in zip(logits, features):
+        _, spans = feature_candidates(start_logits, end_logits, feature, top_k=top_k, max_answer_length=max_answer_length)
+        for score, first, last in spans:
+            start, end = _strip(context, feature.offsets[first][0], feature.offsets[last][1])
+            if start < end:
+                best[(start, end)] = max(score, best.get((start, end), -numpy.inf))
+    ranked = sorted(best.items(), key=lambda item: (-item[1], item[0]))[:top_k]
+    return [(s, e, float(numpy.exp(score))) for (s, e), score in ranked]
+
+
+@given(seed=st.integers(0, 2**32 - 1), top_k=st.integers(1, 4), n_words=st.integers(1, 120))
+@settings(max_examples=60, deadline=None)
+def test_answer_decoder_keeps_top_k_spans_and_the_answers_of_all(seed, top_k, n_words):
+    """Chunk by chunk with only O(top_k) spans held, the answers of all the chunks' spans
+    (scores rounded to a few values so that ties and repeated spans across chunks happen)."""
+    rng = numpy.random.default_rng(seed)
+    context = " ".join(f"w{i}" for i in range(n_words))
+    ids, offsets = word_pieces(context)
+    features = build_features([5], ids, offsets, max_length=12, doc_stride=3, max_question_length=2)
+    logits = [(numpy.round(rng.normal(size=len(f.input_ids)), 1).astype("float32"),
+               numpy.round(rng.normal(size=len(f.input_ids)), 1).astype("float32")) for f in features]
+    decoder = AnswerDecoder(context, top_k=top_k, max_answer_length=4)
+    most = 0
+    for feature_logits, feature in zip(logits, features):
+        decoder.add(feature_logits, feature)
+        most = max(most, len(decoder.best))
+    assert most <= 4 * top_k + top_k
+    got = [(a.start, a.end, a.score) for a in decoder.answers()]
+    assert got == _all_spans_answers(logits, features, context, top_k=top_k, max_answer_length=4)
+
+
+def test_iter_features_from_arrays_equal_build_features_from_lists():
+    context = " ".join(f"w{i}" for i in range(40))
+    ids, offsets = word_pieces(context)
+    settings_ = dict(max_length=14, doc_stride=3, max_question_length=3, question_index=2)
+    from_lists = build_features([5, 6], ids, offsets, **settings_)
+    from_arrays = list(iter_features([5, 6], numpy.asarray(ids, dtype="int32"), numpy.asarray(offsets, dtype="int32"), **settings_))
+    assert from_arrays == from_lists and len(from_lists) > 3
+    assert all(type(i) is int for f in from_arrays for i in f.input_ids + sum(f.offsets, ()))

@@ -14,7 +14,8 @@ from spacy.util import registry
 from thinc.api import Config, NumpyOps
 
 from spacy_xlmrxl.ml.alignment import align_tokens_to_pieces, pool_pieces
-from spacy_xlmrxl.ml.windows import StreamingRecombiner, StridedWindows, batch_windows, check_max_window, make_strided_windows, recombine
+from spacy_xlmrxl.ml.windows import (AtLeastOneWindow, StreamingRecombiner, StridedWindows, WindowPlan, batch_windows, best_window,
+                                     check_max_window, make_strided_windows, recombine, whole_sequence)
 
 OPS = NumpyOps()
 SETTINGS = settings(max_examples=80, deadline=None)
@@ -220,6 +221,63 @@ def test_batch_windows_bad_budget():
         batch_windows([[5, 6]], StridedWindows(window=4, stride=2), max_batch_pieces=0)
     with pytest.raises(ValueError, match="max_batch_windows"):
         batch_windows([[5, 6]], StridedWindows(window=4, stride=2), max_batch_windows=0)
+
+
+# --- the planner's lookups ----------------------------------------------------------------------
+
+
+@SETTINGS
+@given(doc_lengths=st.lists(st.integers(0, 70), min_size=0, max_size=7), budget=st.integers(1, 200),
+       window=st.integers(1, 20), stride_fraction=st.floats(0.05, 1.0), lazy=st.booleans())
+def test_plan_lookups_agree_with_the_batches(doc_lengths, budget, window, stride_fraction, lazy):
+    """window_index / doc_start / locate / doc_slots / piece_slot say where each window and piece
+    is, checked against the batches' own rows and input ids (each piece id names its piece)."""
+    docs = [np.arange(1000 * (d + 1), 1000 * (d + 1) + n) for d, n in enumerate(doc_lengths)]
+    make = StridedWindows(window=window, stride=max(1, int(window * stride_fraction)))
+    plan = batch_windows(docs, make, max_batch_pieces=budget, lazy=lazy)
+    assert plan.doc_start.tolist() == np.cumsum([0] + [len(w) for w in plan.doc_windows]).tolist()
+    for d, windows in enumerate(plan.doc_windows):
+        assert windows == make(len(docs[d]))
+        slots = plan.doc_slots(d)
+        assert slots.shape == (len(windows), 2)
+        for w, (start, end) in enumerate(windows):
+            position = plan.doc_start[d] + w
+            assert plan.window_index[position] == w and plan.windows[position] == (d, start, end)
+            b, row = plan.locate(d, w)
+            assert (b, row) == tuple(slots[w]) and plan.batches[b].rows[row] == (d, start, end)
+            assert plan.batches[b].positions[row] == position
+        for piece in range(len(docs[d])):
+            b, row, column = plan.piece_slot(d, piece)
+            assert plan.inputs(b)[0][row, column] == docs[d][piece]
+            start, end = windows[plan.best_window(d, piece)]
+            assert 1 <= column <= end - start and start <= piece < end
+        with pytest.raises(IndexError, match=f"doc {d} has {len(windows)} window"):
+            plan.locate(d, len(windows))
+
+
+def test_best_window_prefers_centred_context_then_the_first():
+    windows = [(0, 16), (8, 24), (16, 32)]
+    assert [best_window(windows, p) for p in (2, 15, 31)] == [0, 1, 2]
+    assert best_window(windows, 11) == 0  # 3 pieces of context in (0, 16) and in (8, 24): the first
+    assert best_window(windows, 12) == 1  # 3 in (0, 16), 4 in (8, 24)
+    assert best_window([(0, 4), (0, 4)], 1) == 0
+    with pytest.raises(ValueError, match="piece 40"):
+        best_window(windows, 40)
+
+
+def test_whole_sequence_and_at_least_one_window_makers():
+    assert whole_sequence(0) == [(0, 0)] and whole_sequence(7) == [(0, 7)]
+    make = AtLeastOneWindow(StridedWindows(window=4, stride=2))
+    assert make(0) == [(0, 0)] and make(6) == [(0, 4), (2, 6)]
+    plan = batch_windows([[5, 6, 7], [], [8]], whole_sequence, max_batch_pieces=4)  # QA features: one row each
+    assert [plan.locate(d) for d in range(3)] == [(0, 0), (2, 0), (1, 0)]  # longest first
+    assert plan.batches[2].input_ids.tolist() == [[0, 2]]
+
+
+def test_plan_refuses_windows_out_of_doc_order():
+    plan = batch_windows([[5, 6], [7]], whole_sequence)
+    with pytest.raises(ValueError, match="grouped by doc"):
+        WindowPlan(plan.windows[::-1], plan.doc_windows, plan.n_pieces, plan.batches)
 
 
 # --- a 100k-token document end to end ------------------------------------------------------------

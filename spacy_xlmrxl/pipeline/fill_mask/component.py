@@ -9,8 +9,10 @@ Owns
   list per mask, in text order; ``[]`` for a doc without mask) and, with ``fill_text``, the
   text with each mask replaced by its best filler in ``doc._.filled_text``. Long docs go through
   the piece windows of ``spacy-xlmrxl.MaskedLM.v2``; a mask is predicted in the window where it
-  has the most context on both sides. ``nlp.update`` trains the masked-LM objective with fresh
-  80/10/10 masking of 15 % of the pieces of the docs' raw text (`spacy_xlmrxl.masking`);
+  has the most context on both sides, and the vocabulary logits exist for a chunk of masks at a
+  time (`predict_masked_lm`, `TopK`), so memory does not grow with the number of masks.
+  ``nlp.update`` trains the masked-LM objective with fresh 80/10/10 masking of 15 % of the
+  pieces of the docs' raw text (`spacy_xlmrxl.masking`);
 - `export_fill_mask_to_hf`: the adapted backbone as an HF ``XLMRobertaXLForMaskedLM`` directory
   (config, safetensors, tokenizer) that any component's ``checkpoint`` setting can point to.
 """
@@ -28,18 +30,19 @@ from spacy.language import Language
 from spacy.pipeline import TrainablePipe
 from spacy.tokenizer import Tokenizer
 from spacy.tokens import Doc
-from spacy.training import Example, validate_examples, validate_get_examples
+from spacy.training import Example, validate_get_examples
 from spacy.vocab import Vocab
 from thinc.api import Model, Optimizer
 
 from ...backbone.nodes import get_tokenizer, set_backbone_source
 from ...backbone.settings import default_model_config
 from ...export import export_fill_mask_to_hf
-from ...ml.task_models import MLMInput
+from ...ml.task_models import MLMInput, predict_masked_lm
 from ...ml.windows import WindowPlan, batch_windows, strided_windows_config
 from ..backbone_pipe import BackbonePipe
-from ..update import update_step
+from ..update import Prepared, update_built_input
 from .masking import IGNORE_INDEX, MASK, MaskingConfig, mask_pieces
+from .top_k import TopK
 
 DEFAULT_MASKED_LM_MODEL = default_model_config("spacy-xlmrxl.MaskedLM.v2", windows=strided_windows_config())
 
@@ -109,14 +112,14 @@ class XLMRFillMask(BackbonePipe, TrainablePipe):
         self.generator = torch.Generator().manual_seed(int(seed))
 
     # -- shared
-    def _plan(self, texts: Sequence[str]) -> Tuple[List[Any], WindowPlan]:
-        """Piece encodings of ``texts`` and their windows packed into model batches."""
+    def _plan(self, texts: Sequence[str]) -> Tuple[List[numpy.ndarray], WindowPlan]:
+        """Piece ids (int32 arrays) of ``texts`` and their windows packed into model batches."""
         tokenizer = get_tokenizer(self.model)
-        encodings = tokenizer.encode_pieces_batch(list(texts))
-        plan = batch_windows([enc.ids for enc in encodings], self.model.attrs["windows"],
+        piece_ids = [ids for ids, _ in tokenizer.encode_arrays(list(texts))]
+        plan = batch_windows(piece_ids, self.model.attrs["windows"],
                              max_batch_pieces=self.model.attrs["max_batch_pieces"], bos_id=tokenizer.bos_id,
                              eos_id=tokenizer.eos_id, pad_id=tokenizer.pad_id)
-        return encodings, plan
+        return piece_ids, plan
 
     # -- prediction
     def predict(self, docs: Iterable[Doc]) -> List[List[List[Filler]]]:
@@ -125,41 +128,30 @@ class XLMRFillMask(BackbonePipe, TrainablePipe):
         if not any(MASK in doc.text for doc in docs):
             return [[] for _ in docs]
         tokenizer = get_tokenizer(self.model)
-        encodings, plan = self._plan([doc.text for doc in docs])
-        where = _window_rows(plan)
+        piece_ids, plan = self._plan([doc.text for doc in docs])
         positions, owners = [], []  # owners: the doc of each mask
-        for d, enc in enumerate(encodings):
-            for p in numpy.flatnonzero(numpy.asarray(enc.ids, dtype="int64") == tokenizer.mask_id):
-                w, (start, end) = _best_window(plan.doc_windows[d], int(p))
-                b, row = where[(d, w)]
-                positions.append((b, row, 1 + int(p) - start))
+        for d, ids in enumerate(piece_ids):
+            for p in numpy.flatnonzero(ids == tokenizer.mask_id):
+                positions.append(plan.piece_slot(d, int(p)))
                 owners.append(d)
         results: List[List[List[Filler]]] = [[] for _ in docs]
         if not positions:
             return results
-        logits = self.model.ops.to_numpy(self.model.predict(MLMInput(plan.batches, numpy.asarray(positions))))
-        for d, row in zip(owners, self._top_k(logits)):
+        for d, row in zip(owners, self._fillers(MLMInput(plan.batches, numpy.asarray(positions)))):
             results[d].append(row)
         return results
 
-    def _top_k(self, logits: numpy.ndarray) -> List[List[Filler]]:
-        """Softmax over the ordinary pieces (no specials, no padding rows of the vocabulary)."""
+    def _fillers(self, inputs: MLMInput) -> List[List[Filler]]:
+        """The ``top_k`` fillers of each position of ``inputs``, best first: the model runs
+        `predict_masked_lm` (a chunk of positions' vocabulary logits at a time) and only the
+        (n_positions, top_k) ids and probabilities are kept."""
         tokenizer = get_tokenizer(self.model)
-        allowed = numpy.zeros((logits.shape[1],), dtype=bool)
-        allowed[: len(tokenizer)] = True
-        allowed[[i for i in tokenizer.all_special_ids if i < logits.shape[1]]] = False
-        scores = numpy.where(allowed, logits.astype("float64"), -numpy.inf)
-        scores = numpy.exp(scores - scores.max(axis=1, keepdims=True))
-        scores /= scores.sum(axis=1, keepdims=True)
-        k = min(int(self.cfg["top_k"]), int(allowed.sum()))
-        rows = []
-        for probs in scores:
-            best = numpy.argpartition(-probs, k - 1)[:k]
-            best = best[numpy.argsort(-probs[best], kind="stable")]
-            rows.append([{"token": tokenizer.decode([int(i)]).strip(), "token_id": int(i),
-                          "score": float(probs[i]), "piece": tokenizer.convert_ids_to_tokens(int(i))}
-                         for i in best])
-        return rows
+        best = TopK(len(inputs.positions), top_k=int(self.cfg["top_k"]), n_allowed=len(tokenizer),
+                    excluded=tokenizer.all_special_ids)
+        predict_masked_lm(self.model, inputs, best.add)
+        return [[{"token": tokenizer.decode([i]).strip(), "token_id": i, "score": score,
+                  "piece": tokenizer.convert_ids_to_tokens(i)} for i, score in zip(ids, scores)]
+                for ids, scores in zip(best.ids.tolist(), best.scores.tolist())]
 
     def set_annotations(self, docs: Iterable[Doc], predictions: Sequence[List[List[Filler]]]) -> None:
         for doc, fillers in zip(docs, predictions):
@@ -189,15 +181,13 @@ class XLMRFillMask(BackbonePipe, TrainablePipe):
     def update(self, examples: Iterable[Example], *, drop: float = 0.0, sgd: Optional[Optimizer] = None,
                losses: Optional[Dict[str, float]] = None) -> Dict[str, float]:
         """One masked-LM step on the examples' text (their annotations are not used)."""
-        losses = {} if losses is None else losses
-        losses.setdefault(self.name, 0.0)
-        examples = list(examples)
-        validate_examples(examples, "XLMRFillMask.update")
+        return update_built_input(self, examples, self._prepare_update, drop=drop, sgd=sgd, losses=losses)
+
+    def _prepare_update(self, examples: Sequence[Example]) -> Prepared:
         inputs, targets = self._masked_input(examples)
-        if len(targets):
-            losses[self.name] += update_step(self, inputs, lambda logits: self._loss(logits, targets), drop=drop, sgd=sgd,
-                                             examples=examples)
-        return losses
+        if not len(targets):
+            return None
+        return inputs, lambda logits: self._loss(logits, targets)
 
     def get_loss(self, examples: Iterable[Example], scores: Any) -> Tuple[float, Any]:
         raise NotImplementedError(
@@ -261,25 +251,3 @@ def _first_ordinary_id(tokenizer: Any) -> int:
     """The lowest id that is not a special (random replacements are drawn from there on)."""
     specials = set(tokenizer.all_special_ids)
     return next(i for i in range(len(tokenizer)) if i not in specials)
-
-
-def _window_rows(plan: WindowPlan) -> Dict[Tuple[int, int], Tuple[int, int]]:
-    """(doc, window index within the doc) -> (batch, row) of a plan."""
-    index_in_doc: Dict[int, int] = {}
-    order = []
-    for span in plan.windows:
-        order.append(index_in_doc.get(span.doc, 0))
-        index_in_doc[span.doc] = order[-1] + 1
-    where = {}
-    for b, batch in enumerate(plan.batches):
-        for row, position in enumerate(batch.positions):
-            span = plan.windows[int(position)]
-            where[(span.doc, order[int(position)])] = (b, row)
-    return where
-
-
-def _best_window(windows: Sequence[Tuple[int, int]], piece: int) -> Tuple[int, Tuple[int, int]]:
-    """The window holding ``piece`` with the most context on its shorter side."""
-    holding = [(min(piece - s, e - 1 - piece), -w, w, (s, e)) for w, (s, e) in enumerate(windows) if s <= piece < e]
-    _, _, w, span = max(holding)
-    return w, span

@@ -3,7 +3,8 @@
 Owns the `XLMRQuestionAnswerer` pipe: it reads the question(s) of a doc from ``doc._.question``
 (a string or a list of strings), pairs each with the doc text as ``<s> Q </s></s> C </s>`` over
 overlapping context chunks (``max_length`` positions, ``doc_stride`` shared context pieces, like
-the HF QA pipeline), runs ``spacy-xlmrxl.QAModel.v2`` on length-sorted batches and writes, per
+the HF QA pipeline), runs ``spacy-xlmrxl.QAModel.v2`` on length-sorted batches, a bounded round
+of features at a time (`ROUND_BATCHES`, answers decoded chunk by chunk), and writes, per
 question, the n-best answers to ``doc._.answers`` and the best answer to
 ``doc.spans[spans_key]`` (see `spacy_xlmrxl.scorers_qa` for the Doc conventions). Training takes
 the gold answers of the reference doc (``doc._.answers`` or ``doc.spans["answers"]``, set by
@@ -16,7 +17,7 @@ model call. `export_qa_to_hf` writes the trained model as an HF directory.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
 
 import numpy
 from spacy.language import Language
@@ -28,27 +29,16 @@ from thinc.api import Model, Optimizer
 
 from ...backbone.nodes import backbone_shim, get_tokenizer, set_backbone_source
 from ...backbone.settings import default_model_config
-from ...ml.windows import WindowPlan, batch_windows
+from ...ml.windows import WindowPlan, batch_windows, whole_sequence
 from ..backbone_pipe import BackbonePipe
-from ..update import update_step
-from .annotation import (
-    ANSWERS_KEY,
-    QUESTIONS_ATTR,
-    SCORES_ATTR,
-    gold_answers_of,
-    questions_of,
-    register_qa_extensions,
-)
-from .features import (
-    Answer,
-    QAFeature,
-    build_features,
-    decode_answers,
-    gold_positions,
-    validate_window,
-)
+from ..update import Prepared, update_built_input
+from .annotation import ANSWERS_KEY, QUESTIONS_ATTR, SCORES_ATTR, gold_answers_of, questions_of, register_qa_extensions
+from .features import Answer, AnswerDecoder, QAFeature, gold_positions, iter_features, validate_window
 
 DEFAULT_QA_MODEL = default_model_config("spacy-xlmrxl.QAModel.v2")
+
+#: Inference runs the features in rounds of at most this many model batches' worth of positions.
+ROUND_BATCHES = 8
 
 register_qa_extensions()
 
@@ -90,8 +80,7 @@ class _Batch:
 
     features: List[QAFeature]
     owners: List[Tuple[int, int]]  # (doc index, question index) per feature
-    plan: WindowPlan
-    where: List[Tuple[int, int]]  # (batch, row) per feature
+    plan: WindowPlan  # feature i is the plan's doc i, one window: its (batch, row) is plan.locate(i)
 
 
 class XLMRQuestionAnswerer(BackbonePipe, TrainablePipe):
@@ -116,65 +105,86 @@ class XLMRQuestionAnswerer(BackbonePipe, TrainablePipe):
         }
 
     # -- features
-    def _features(self, texts: Sequence[str], questions: Sequence[List[str]]) -> _Batch:
-        """Features of every non-blank question of every non-empty text, packed into batches."""
+    def _iter_features(self, texts: Sequence[str], questions: Sequence[List[str]]
+                       ) -> Iterator[Tuple[Tuple[int, int], QAFeature]]:
+        """``((doc, question), feature)`` of every non-blank question of every non-empty text, one
+        at a time (a doc's context is encoded as int32 arrays once for all its questions)."""
         tokenizer = get_tokenizer(self.model)
-        features: List[QAFeature] = []
-        owners: List[Tuple[int, int]] = []
         for d, (text, doc_questions) in enumerate(zip(texts, questions)):
             asked = [(q, question) for q, question in enumerate(doc_questions) if question.strip()]
             if not text.strip() or not asked:
                 continue
-            context = tokenizer.encode_pieces(text)
+            (context_ids, context_offsets), = tokenizer.encode_arrays([text])
             for q, question in asked:
-                for feature in build_features(
-                    tokenizer.encode_pieces(question).ids, context.ids, context.offsets,
+                for feature in iter_features(
+                    tokenizer.encode_pieces(question).ids, context_ids, context_offsets,
                     max_length=self.cfg["max_length"], doc_stride=self.cfg["doc_stride"],
                     max_question_length=self.cfg["max_question_length"], question_index=q,
                     bos_id=tokenizer.bos_id, eos_id=tokenizer.eos_id,
                 ):
-                    features.append(feature)
-                    owners.append((d, q))
+                    yield (d, q), feature
+
+    def _pack(self, owned: Sequence[Tuple[Tuple[int, int], QAFeature]]) -> _Batch:
+        """The features packed into model batches (each feature is one window of the plan)."""
+        tokenizer = get_tokenizer(self.model)
+        features = [feature for _, feature in owned]
         # a feature is one "window" covering its sequence minus the outer <s> ... </s>
-        plan = batch_windows([f.input_ids[1:-1] for f in features], whole_doc_span, bos_id=tokenizer.bos_id,
+        plan = batch_windows([f.input_ids[1:-1] for f in features], whole_sequence, bos_id=tokenizer.bos_id,
                              eos_id=tokenizer.eos_id, pad_id=tokenizer.pad_id,
                              max_batch_pieces=self.model.attrs["max_batch_pieces"])
-        where = [(0, 0)] * len(features)
-        for b, batch in enumerate(plan.batches):
-            for row, span in enumerate(batch.rows):
-                where[span.doc] = (b, row)
-        return _Batch(features, owners, plan, where)
+        return _Batch(features, [owner for owner, _ in owned], plan)
+
+    def _features(self, texts: Sequence[str], questions: Sequence[List[str]]) -> _Batch:
+        """All the features of the texts in one `_Batch` (training: one update)."""
+        return self._pack(list(self._iter_features(texts, questions)))
+
+    def _rounds(self, texts: Sequence[str], questions: Sequence[List[str]]) -> Iterator[_Batch]:
+        """The features of the texts in `_Batch` es of at most `ROUND_BATCHES` model batches'
+        worth of positions (a longer feature alone), so that inference holds the features, inputs
+        and logits of one round at a time whatever the number of questions and chunks."""
+        budget = ROUND_BATCHES * self.model.attrs["max_batch_pieces"]
+        owned: List[Tuple[Tuple[int, int], QAFeature]] = []
+        size = 0
+        for owner, feature in self._iter_features(texts, questions):
+            if owned and size + len(feature.input_ids) > budget:
+                yield self._pack(owned)
+                owned, size = [], 0
+            owned.append((owner, feature))
+            size += len(feature.input_ids)
+        if owned:
+            yield self._pack(owned)
 
     def _feature_logits(self, batch: _Batch, logits: List[Any]) -> List[Tuple[numpy.ndarray, numpy.ndarray]]:
         """(start, end) logits of each feature, padding cut off, as numpy float32."""
         host = [self.model.ops.to_numpy(x) for x in logits]
         out = []
-        for feature, (b, row) in zip(batch.features, batch.where):
+        for i, feature in enumerate(batch.features):
+            b, row = batch.plan.locate(i)
             seq = host[b][row, : len(feature.input_ids)]
             out.append((seq[:, 0], seq[:, 1]))
         return out
 
     # -- prediction
     def predict(self, docs: Iterable[Doc]) -> List[List[List[Answer]]]:
-        """Per doc, per question, the n-best answers (``[]``: no question or no answer)."""
+        """Per doc, per question, the n-best answers (``[]``: no question or no answer).
+
+        The features run round by round (`_rounds`); each question's answers are decoded chunk by
+        chunk (`AnswerDecoder`), so what is held besides one round is O(``top_k``) per question."""
         docs = list(docs)
         questions = [questions_of(doc) for doc in docs]
         results: List[List[List[Answer]]] = [[[] for _ in qs] for qs in questions]
-        if not any(questions):
-            return results
-        batch = self._features([doc.text for doc in docs], questions)
-        if not batch.features:
-            return results
-        logits = self._feature_logits(batch, self.model.predict(batch.plan.batches))
-        grouped: Dict[Tuple[int, int], List[int]] = {}
-        for i, owner in enumerate(batch.owners):
-            grouped.setdefault(owner, []).append(i)
-        for (d, q), indices in grouped.items():
-            results[d][q] = decode_answers(
-                [logits[i] for i in indices], [batch.features[i] for i in indices], docs[d].text,
-                top_k=self.cfg["top_k"], max_answer_length=self.cfg["max_answer_length"],
-                no_answer_threshold=self.cfg["no_answer_threshold"],
-            )
+        decoders: Dict[Tuple[int, int], AnswerDecoder] = {}
+        for batch in self._rounds([doc.text for doc in docs], questions):
+            logits = self._feature_logits(batch, self.model.predict(batch.plan.batches))
+            for (d, q), feature, feature_logits in zip(batch.owners, batch.features, logits):
+                if (d, q) not in decoders:
+                    decoders[(d, q)] = AnswerDecoder(docs[d].text, top_k=self.cfg["top_k"],
+                                                     max_answer_length=self.cfg["max_answer_length"],
+                                                     no_answer_threshold=self.cfg["no_answer_threshold"])
+                decoders[(d, q)].add(feature_logits, feature)
+            del batch, logits
+        for (d, q), decoder in decoders.items():
+            results[d][q] = decoder.answers()
         return results
 
     def set_annotations(self, docs: Iterable[Doc], predictions: Sequence[List[List[Answer]]]) -> None:
@@ -210,15 +220,13 @@ class XLMRQuestionAnswerer(BackbonePipe, TrainablePipe):
 
     def update(self, examples: Iterable[Example], *, drop: float = 0.0, sgd: Optional[Optimizer] = None,
                losses: Optional[Dict[str, float]] = None) -> Dict[str, float]:
-        losses = {} if losses is None else losses
-        losses.setdefault(self.name, 0.0)
-        examples = list(examples)
-        validate_examples(examples, "XLMRQuestionAnswerer.update")
+        return update_built_input(self, examples, self._prepare_update, drop=drop, sgd=sgd, losses=losses)
+
+    def _prepare_update(self, examples: Sequence[Example]) -> Prepared:
         batch, targets = self._training_batch(examples)
-        if batch.features:
-            losses[self.name] += update_step(self, batch.plan.batches, lambda logits: self._loss(batch, targets, logits),
-                                             drop=drop, sgd=sgd, examples=examples)
-        return losses
+        if not batch.features:
+            return None
+        return batch.plan.batches, lambda logits: self._loss(batch, targets, logits)
 
     def get_loss(self, examples: Iterable[Example], scores: List[Any]) -> Tuple[float, List[Any]]:
         """Loss and gradient for ``scores = model(features of the examples' reference docs)``."""
@@ -234,7 +242,8 @@ class XLMRQuestionAnswerer(BackbonePipe, TrainablePipe):
         grads = [numpy.zeros_like(x) for x in host]
         n = len(batch.features)
         loss = 0.0
-        for feature, (b, row), target in zip(batch.features, batch.where, targets):
+        for i, (feature, target) in enumerate(zip(batch.features, targets)):
+            b, row = batch.plan.locate(i)
             length = len(feature.input_ids)
             for k in (0, 1):
                 scores = host[b][row, :length, k].astype("float64")
@@ -266,8 +275,3 @@ class XLMRQuestionAnswerer(BackbonePipe, TrainablePipe):
 
     def add_label(self, label: str) -> int:
         raise NotImplementedError("xlmrxl_qa has no labels")
-
-
-def whole_doc_span(n_pieces: int) -> List[Tuple[int, int]]:
-    """One window over the whole sequence (a QA feature is already a model input)."""
-    return [(0, n_pieces)]

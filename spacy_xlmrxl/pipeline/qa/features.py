@@ -6,13 +6,14 @@ pieces two consecutive chunks share, as in the HF question-answering pipeline), 
 answer's pieces in a chunk (position 0, the ``<s>`` "null" span, when the chunk does not hold it,
 as HF does), and turning start/end logits of all chunks back into n-best answers with character
 offsets in the context, a maximum answer length (in pieces) and a SQuAD2-style no-answer
-threshold. Pure Python + numpy; no torch, spaCy or thinc.
+threshold (`decode_answers`; `AnswerDecoder` does it chunk by chunk with O(top_k) memory). Pure
+Python + numpy; no torch, spaCy or thinc.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import numpy
 
@@ -94,7 +95,13 @@ def chunk_spans(n_context: int, chunk_length: int, doc_stride: int) -> List[Tupl
         start = end - doc_stride
 
 
-def build_features(
+def build_features(question_ids: Sequence[int], context_ids: Sequence[int], context_offsets: Sequence[Offset],
+                   **settings: Any) -> List[QAFeature]:
+    """The list of `iter_features` (same arguments)."""
+    return list(iter_features(question_ids, context_ids, context_offsets, **settings))
+
+
+def iter_features(
     question_ids: Sequence[int],
     context_ids: Sequence[int],
     context_offsets: Sequence[Offset],
@@ -105,26 +112,29 @@ def build_features(
     question_index: int = 0,
     bos_id: int = BOS_ID,
     eos_id: int = EOS_ID,
-) -> List[QAFeature]:
-    """Pair the question (truncated to ``max_question_length`` pieces) with each context chunk."""
+) -> Iterator[QAFeature]:
+    """Pair the question (truncated to ``max_question_length`` pieces) with each context chunk,
+    one feature at a time. ``context_ids`` / ``context_offsets`` may be lists or numpy arrays
+    ((n,) ids, (n, 2) offsets); the features hold Python ints."""
     if len(context_ids) != len(context_offsets):
         raise ValueError("context_ids and context_offsets differ in length")
     question = list(question_ids[:max_question_length])
     room = max_length - N_PAIR_SPECIALS - len(question)
     overlap = min(doc_stride, room - 1)
     prefix = [bos_id, *question, eos_id, eos_id]
-    features = []
     for chunk_index, (start, end) in enumerate(chunk_spans(len(context_ids), room, overlap)):
-        features.append(
-            QAFeature(
-                input_ids=tuple(prefix + list(context_ids[start:end]) + [eos_id]),
-                context_start=len(prefix),
-                offsets=tuple(tuple(o) for o in context_offsets[start:end]),
-                question_index=question_index,
-                chunk_index=chunk_index,
-            )
+        yield QAFeature(
+            input_ids=tuple(prefix + _as_list(context_ids[start:end]) + [eos_id]),
+            context_start=len(prefix),
+            offsets=tuple(tuple(o) for o in _as_list(context_offsets[start:end])),
+            question_index=question_index,
+            chunk_index=chunk_index,
         )
-    return features
+
+
+def _as_list(values: Any) -> List[Any]:
+    """A slice of a list or a numpy array as a list of Python values."""
+    return values.tolist() if isinstance(values, numpy.ndarray) else list(values)
 
 
 def gold_positions(feature: QAFeature, start_char: int, end_char: int) -> Tuple[int, int]:
@@ -209,29 +219,57 @@ def decode_answers(
     question gets no answer (``[]``) when the best span's log-probability minus the null span's
     (the lowest over the chunks, as in SQuAD2 post-processing) is below the threshold.
     """
-    if top_k < 1 or max_answer_length < 1:
-        raise ValueError(f"top_k ({top_k}) and max_answer_length ({max_answer_length}) must be >= 1")
-    best: Dict[Tuple[int, int], float] = {}
-    null_scores = []
-    for (start_logits, end_logits), feature in zip(logits, features):
-        null, spans = feature_candidates(
-            start_logits, end_logits, feature, top_k=top_k, max_answer_length=max_answer_length
-        )
-        null_scores.append(null)
+    decoder = AnswerDecoder(context, top_k=top_k, max_answer_length=max_answer_length,
+                            no_answer_threshold=no_answer_threshold)
+    for feature_logits, feature in zip(logits, features):
+        decoder.add(feature_logits, feature)
+    return decoder.answers()
+
+
+class AnswerDecoder:
+    """`decode_answers` fed one chunk at a time, holding O(``top_k``) spans whatever the number
+    of chunks: the best score of each span seen (only the ``top_k`` best once there are more
+    than ``4 * top_k``: a span dropped then cannot come back into the n-best but with a higher
+    score, which it then gets) and the lowest null score. The answers are those of
+    `decode_answers` over all the chunks given."""
+
+    def __init__(self, context: str, *, top_k: int = 1, max_answer_length: int = 30,
+                 no_answer_threshold: Optional[float] = None) -> None:
+        if top_k < 1 or max_answer_length < 1:
+            raise ValueError(f"top_k ({top_k}) and max_answer_length ({max_answer_length}) must be >= 1")
+        self.context = context
+        self.top_k = top_k
+        self.max_answer_length = max_answer_length
+        self.no_answer_threshold = no_answer_threshold
+        self.best: Dict[Tuple[int, int], float] = {}
+        self.null: Optional[float] = None  # the lowest null score so far
+
+    def add(self, logits: Tuple[numpy.ndarray, numpy.ndarray], feature: QAFeature) -> None:
+        """Take one chunk: ``(start_logits, end_logits)`` of ``feature``."""
+        null, spans = feature_candidates(logits[0], logits[1], feature, top_k=self.top_k,
+                                         max_answer_length=self.max_answer_length)
+        self.null = null if self.null is None else min(self.null, null)
         for score, first, last in spans:
-            start, end = _strip(context, feature.offsets[first][0], feature.offsets[last][1])
-            if start < end and score > best.get((start, end), -numpy.inf):
-                best[(start, end)] = score
-    ranked = sorted(best.items(), key=lambda item: (-item[1], item[0]))[:top_k]
-    if not ranked:
-        return []
-    if no_answer_threshold is not None and null_scores:
-        if ranked[0][1] - min(null_scores) < no_answer_threshold:
+            start, end = _strip(self.context, feature.offsets[first][0], feature.offsets[last][1])
+            if start < end and score > self.best.get((start, end), -numpy.inf):
+                self.best[(start, end)] = score
+        if len(self.best) > 4 * self.top_k:
+            self.best = dict(self._ranked())
+
+    def _ranked(self) -> List[Tuple[Tuple[int, int], float]]:
+        return sorted(self.best.items(), key=lambda item: (-item[1], item[0]))[: self.top_k]
+
+    def answers(self) -> List[Answer]:
+        """The n-best answers of the chunks so far, best first (``[]``: none, or below the
+        no-answer threshold)."""
+        ranked = self._ranked()
+        if not ranked:
             return []
-    return [
-        Answer(text=context[s:e], start=s, end=e, score=float(numpy.exp(score)))
-        for (s, e), score in ranked
-    ]
+        if self.no_answer_threshold is not None and self.null is not None:
+            if ranked[0][1] - self.null < self.no_answer_threshold:
+                return []
+        return [Answer(text=self.context[s:e], start=s, end=e, score=float(numpy.exp(score)))
+                for (s, e), score in ranked]
 
 
 def _strip(text: str, start: int, end: int) -> Tuple[int, int]:
