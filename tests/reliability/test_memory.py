@@ -118,7 +118,8 @@ def test_textcat_with_its_own_backbone_keeps_no_piece_state(spm_model_path, monk
     monkeypatch.setattr(tokenizer_pieces, "ENCODE_CHUNK_CHARS", 4096)
     nlp = spacy.blank("xx")
     nlp.add_pipe("xlmrxl_textcat", config={"model": {"transformer": {
-        "checkpoint": None, "preset": "tiny", "tokenizer": str(spm_model_path), "windows": {"window": 32, "stride": 16}}}})
+        "backbone": {"checkpoint": None, "preset": "tiny", "tokenizer": str(spm_model_path)},
+        "windows": {"window": 32, "stride": 16}}}})
     gold = [nlp.make_doc("a b"), nlp.make_doc("c d")]
     gold[0].cats, gold[1].cats = {"A": 1.0, "B": 0.0}, {"A": 0.0, "B": 1.0}
     nlp.initialize(lambda: [Example(nlp.make_doc(doc.text), doc) for doc in gold])
