@@ -62,7 +62,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     command = add("convert-uner", cmd_convert_uner, "UNER .iob2 file(s) -> .spacy (gold doc.ents; IOB2 repaired)")
     add_io(command)
-    command.add_argument("--labels", default=",".join(UNER_LABELS), help="allowed entity types, comma-separated, or 'any'")
+    command.add_argument("--labels", default=",".join(UNER_LABELS),
+                         help="allowed entity types after --map, comma-separated, or 'any' (default: UNER's "
+                              "evaluated types PER,ORG,LOC)")
+    command.add_argument("--map", action="append", default=[], metavar="TAG=NEW",
+                         help="rename an entity type before the check, or drop it with NEW=O; repeatable "
+                              "(e.g. --map OTH=O for UNER v1 treebanks that tag OTH)")
 
     command = add("convert-sib200", cmd_convert_sib200, "SIB-200 .tsv file(s) -> .spacy (one-hot doc.cats)")
     add_io(command)

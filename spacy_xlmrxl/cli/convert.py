@@ -19,7 +19,7 @@ from ..training.files import DataFormatError, infer_lang
 from ..training.sib200 import read_labels, sib200_docs
 from ..training.squad import read_squad_files, split_squad_files, squad_docs
 from ..training.text import text_docs
-from ..training.uner import uner_docs
+from ..training.uner import parse_label_map, uner_docs
 
 DEFAULT_SPACY_LANG = "xx"
 
@@ -59,12 +59,17 @@ def blank_nlp(lang: str) -> Any:
 
 def cmd_convert_uner(args: argparse.Namespace) -> None:
     labels = None if args.labels == "any" else [label for label in args.labels.split(",") if label]
+    try:
+        label_map = parse_label_map(args.map or [])
+    except ValueError as err:
+        msg.fail(str(err), exits=1)
     vocab = blank_nlp(args.spacy_lang).vocab
     write_groups(
         args.inputs,
         args.output,
         args.output_dir,
-        lambda paths: uner_docs(vocab, paths, lang=args.lang, labels=labels, progress=args.progress),
+        lambda paths: uner_docs(vocab, paths, lang=args.lang, labels=labels, label_map=label_map,
+                                progress=args.progress),
     )
 
 
