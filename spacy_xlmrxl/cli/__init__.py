@@ -60,6 +60,64 @@ def build_parser() -> argparse.ArgumentParser:
         command.add_argument("--spacy-lang", default=DEFAULT_SPACY_LANG, help="spaCy language whose tokenizer makes the docs (default: xx)")
         command.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bars")
 
+    _add_convert_commands(add, add_io)
+
+    command = add("check-data", cmd_check_data, "verify assets by sha256; copy missing ones from --data-dir")
+    command.add_argument("--project", type=Path, default=Path("project.yml"), help="project.yml listing the assets")
+    command.add_argument("--data-dir", type=Path, default=None, help="local copy of the data, e.g. ../shared/data")
+    command.add_argument("--sums", type=Path, default=None, help="also compare with this SHA256SUMS file")
+    command.add_argument("--link", action="store_true", help="symlink instead of copying")
+    command.add_argument("--no-progress", dest="progress", action="store_false")
+
+    _add_evaluate_commands(add)
+
+    command = add("merge-config", cmd_merge_config, "a training config + a partial override config (e.g. configs/xl_gpu.cfg) -> a new config")
+    command.add_argument("base", type=Path, help="training config, e.g. configs/ner.cfg")
+    command.add_argument("overrides", type=Path, help="partial config; its [backbone] keys go to every backbone block")
+    command.add_argument("--output", "-o", type=Path, required=True)
+
+    command = add("metrics-table", cmd_metrics_table, "metrics JSON files -> Markdown tables")
+    command.add_argument("metrics", nargs="+", type=Path, help="<task>-<lang>.json files")
+    command.add_argument("--output", "-o", type=Path, default=None, help="also write the Markdown here")
+    command.add_argument("--meta", action="append", default=[], help="a line above the tables, e.g. 'preset: small'")
+
+    command = add("export-hf", cmd_export_hf, "a trained pipeline's weights -> Hugging Face model directory")
+    command.add_argument("model", help="pipeline directory")
+    command.add_argument("output", type=Path, help="output directory")
+    command.add_argument("--task", default="ner", choices=sorted(HF_EXPORTERS), help="which component to export")
+    command.add_argument("--name", default=None, help="the component's name when the pipeline has several of that kind")
+    return parser
+
+
+def _add_evaluate_commands(add: Callable[..., argparse.ArgumentParser]) -> None:
+    """``evaluate``, ``baseline-ner``, ``evaluate-fill-mask``."""
+    command = add("evaluate", cmd_evaluate, "evaluate a pipeline on .spacy file(s); all scores as JSON per file")
+    command.add_argument("model", help="pipeline directory or package name")
+    command.add_argument("data", nargs="+", type=Path, help=".spacy file(s), e.g. corpus/ner/test-*.spacy")
+    command.add_argument("--output-dir", type=Path, default=Path("metrics"))
+    command.add_argument("--prefix", default="", help="metrics file name prefix: <prefix><lang>.json for test-<lang>.spacy")
+    command.add_argument("--gold-preproc", action="store_true", help="use the gold tokenisation")
+    command.add_argument("--limit", type=int, default=0, help="evaluate the first N examples of each file (0: all)")
+    command.add_argument("--gpu-id", type=int, default=-1)
+
+    command = add("baseline-ner", cmd_baseline_ner, "majority-tag NER baseline (each word's most frequent training tag)")
+    command.add_argument("train", type=Path, help="training .spacy file")
+    command.add_argument("data", nargs="+", type=Path, help="evaluation .spacy file(s)")
+    command.add_argument("--output-dir", type=Path, default=Path("metrics"))
+    command.add_argument("--prefix", default="ner-baseline-")
+
+    command = add("evaluate-fill-mask", cmd_evaluate_fill_mask, "masked-word accuracy of a fill-mask pipeline, with a most-frequent-word baseline")
+    command.add_argument("model", help="pipeline directory with an xlmrxl_fill_mask component")
+    command.add_argument("data", type=Path, help=".spacy file of raw texts (one word of each is masked)")
+    command.add_argument("--train", type=Path, required=True, help=".spacy training texts (for the baseline)")
+    command.add_argument("--output", type=Path, required=True, help="metrics JSON")
+    command.add_argument("--seed", type=int, default=0, help="seed of the choice of masked words")
+    command.add_argument("--gpu-id", type=int, default=-1)
+
+
+def _add_convert_commands(add: Callable[..., argparse.ArgumentParser],
+                          add_io: Callable[..., None]) -> None:
+    """``convert-uner``, ``convert-sib200``, ``convert-squad``, ``convert-text``."""
     command = add("convert-uner", cmd_convert_uner, "UNER .iob2 file(s) -> .spacy (gold doc.ents; IOB2 repaired)")
     add_io(command)
     command.add_argument("--labels", default=",".join(UNER_LABELS),
@@ -86,53 +144,6 @@ def build_parser() -> argparse.ArgumentParser:
     add_io(command)
     command.add_argument("--paragraphs", action="store_true", help="one doc per blank-line separated paragraph")
     command.add_argument("--column", default=None, help="read this column of a TSV with a header (CSV quoting)")
-
-    command = add("check-data", cmd_check_data, "verify assets by sha256; copy missing ones from --data-dir")
-    command.add_argument("--project", type=Path, default=Path("project.yml"), help="project.yml listing the assets")
-    command.add_argument("--data-dir", type=Path, default=None, help="local copy of the data, e.g. ../shared/data")
-    command.add_argument("--sums", type=Path, default=None, help="also compare with this SHA256SUMS file")
-    command.add_argument("--link", action="store_true", help="symlink instead of copying")
-    command.add_argument("--no-progress", dest="progress", action="store_false")
-
-    command = add("evaluate", cmd_evaluate, "evaluate a pipeline on .spacy file(s); all scores as JSON per file")
-    command.add_argument("model", help="pipeline directory or package name")
-    command.add_argument("data", nargs="+", type=Path, help=".spacy file(s), e.g. corpus/ner/test-*.spacy")
-    command.add_argument("--output-dir", type=Path, default=Path("metrics"))
-    command.add_argument("--prefix", default="", help="metrics file name prefix: <prefix><lang>.json for test-<lang>.spacy")
-    command.add_argument("--gold-preproc", action="store_true", help="use the gold tokenisation")
-    command.add_argument("--limit", type=int, default=0, help="evaluate the first N examples of each file (0: all)")
-    command.add_argument("--gpu-id", type=int, default=-1)
-
-    command = add("baseline-ner", cmd_baseline_ner, "majority-tag NER baseline (each word's most frequent training tag)")
-    command.add_argument("train", type=Path, help="training .spacy file")
-    command.add_argument("data", nargs="+", type=Path, help="evaluation .spacy file(s)")
-    command.add_argument("--output-dir", type=Path, default=Path("metrics"))
-    command.add_argument("--prefix", default="ner-baseline-")
-
-    command = add("evaluate-fill-mask", cmd_evaluate_fill_mask, "masked-word accuracy of a fill-mask pipeline, with a most-frequent-word baseline")
-    command.add_argument("model", help="pipeline directory with an xlmrxl_fill_mask component")
-    command.add_argument("data", type=Path, help=".spacy file of raw texts (one word of each is masked)")
-    command.add_argument("--train", type=Path, required=True, help=".spacy training texts (for the baseline)")
-    command.add_argument("--output", type=Path, required=True, help="metrics JSON")
-    command.add_argument("--seed", type=int, default=0, help="seed of the choice of masked words")
-    command.add_argument("--gpu-id", type=int, default=-1)
-
-    command = add("merge-config", cmd_merge_config, "a training config + a partial override config (e.g. configs/xl_gpu.cfg) -> a new config")
-    command.add_argument("base", type=Path, help="training config, e.g. configs/ner.cfg")
-    command.add_argument("overrides", type=Path, help="partial config; its [backbone] keys go to every backbone block")
-    command.add_argument("--output", "-o", type=Path, required=True)
-
-    command = add("metrics-table", cmd_metrics_table, "metrics JSON files -> Markdown tables")
-    command.add_argument("metrics", nargs="+", type=Path, help="<task>-<lang>.json files")
-    command.add_argument("--output", "-o", type=Path, default=None, help="also write the Markdown here")
-    command.add_argument("--meta", action="append", default=[], help="a line above the tables, e.g. 'preset: small'")
-
-    command = add("export-hf", cmd_export_hf, "a trained pipeline's weights -> Hugging Face model directory")
-    command.add_argument("model", help="pipeline directory")
-    command.add_argument("output", type=Path, help="output directory")
-    command.add_argument("--task", default="ner", choices=sorted(HF_EXPORTERS), help="which component to export")
-    command.add_argument("--name", default=None, help="the component's name when the pipeline has several of that kind")
-    return parser
 
 
 def main(argv: Optional[Sequence[str]] = None) -> None:

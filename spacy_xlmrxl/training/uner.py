@@ -123,23 +123,7 @@ def read_uner(
             elif sep and key.strip() == "sent_id":
                 sent_id = value.strip()
             continue
-        columns = line.split("\t")
-        if len(columns) != UNER_COLUMNS:
-            raise DataFormatError(
-                f"expected {UNER_COLUMNS} tab-separated columns (index, token, IOB2 tag, XNER, "
-                f"annotator), found {len(columns)}: {line!r}",
-                path=path,
-                line=lineno,
-            )
-        index, word, tag = columns[0], columns[1], columns[2]
-        if not index.isdigit():
-            raise DataFormatError(f"token index {index!r} is not a number", path=path, line=lineno)
-        if not word:
-            raise DataFormatError("empty token in column 2", path=path, line=lineno)
-        match = _IOB_TAG.match(tag)
-        tag = map_tag(tag, mapping) if match is not None else tag
-        if match is None or (tag != "O" and allowed is not None and tag[2:] not in allowed):
-            raise DataFormatError(_unknown_tag(columns[2], allowed), path=path, line=lineno)
+        word, tag = _token_line(line, mapping, allowed, path=path, lineno=lineno)
         if not words:
             first_line = lineno
         words.append(word)
@@ -147,6 +131,29 @@ def read_uner(
     sentence = finish()
     if sentence is not None:
         yield sentence
+
+
+def _token_line(line: str, mapping: Mapping[str, str], allowed: Optional[set], *, path: Path,
+                lineno: int) -> Tuple[str, str]:
+    """(word, mapped tag) of one token line of `read_uner`, checked."""
+    columns = line.split("\t")
+    if len(columns) != UNER_COLUMNS:
+        raise DataFormatError(
+            f"expected {UNER_COLUMNS} tab-separated columns (index, token, IOB2 tag, XNER, "
+            f"annotator), found {len(columns)}: {line!r}",
+            path=path,
+            line=lineno,
+        )
+    index, word, tag = columns[0], columns[1], columns[2]
+    if not index.isdigit():
+        raise DataFormatError(f"token index {index!r} is not a number", path=path, line=lineno)
+    if not word:
+        raise DataFormatError("empty token in column 2", path=path, line=lineno)
+    match = _IOB_TAG.match(tag)
+    mapped = map_tag(tag, mapping) if match is not None else tag
+    if match is None or (mapped != "O" and allowed is not None and mapped[2:] not in allowed):
+        raise DataFormatError(_unknown_tag(tag, allowed), path=path, line=lineno)
+    return word, mapped
 
 
 def repair_iob2(tags: Sequence[str]) -> List[str]:
