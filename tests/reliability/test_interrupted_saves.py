@@ -17,6 +17,7 @@ in atomically; spaCy's own files are written in place), and `save_pipeline_atomi
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -34,7 +35,7 @@ import modeling.checkpoint.safetensors as safetensors_module  # where write_shar
 import modeling.checkpoint.saving as saving_module
 from spacy_xlmrxl.backbone.nodes import backbone_shim
 from spacy_xlmrxl.pipeline.ner import XLMRNer
-from spacy_xlmrxl.pipeline.saving import MixedSaveError, save_pipeline_atomically
+from spacy_xlmrxl.pipeline.saving import SAVE_FILE, MixedSaveError, save_pipeline_atomically
 
 from .conftest import build_shared_pipeline
 
@@ -76,6 +77,30 @@ def versions(spm_model_path, tmp_path_factory) -> Dict[str, Any]:
     old, new = _predictions(spacy.load(root / "old")), _predictions(spacy.load(root / "new"))
     assert not any(numpy.array_equal(x, y) for x, y in zip(old, new))  # every output tells them apart
     return {"nlp": nlp, "old_dir": root / "old", "old": old, "new": new}
+
+
+# --------------------------------------------------------------------------- save ids
+def _save_ids(path: Path) -> Dict[str, str]:
+    return {d.name: json.loads((d / SAVE_FILE).read_text())["save_id"] for d in sorted(path.iterdir())
+            if (d / SAVE_FILE).is_file()}
+
+
+def test_one_save_id_per_save_whatever_the_order(versions, tmp_path):
+    nlp, path = versions["nlp"], tmp_path / "pipeline"
+    nlp.to_disk(path)
+    first = _save_ids(path)
+    assert sorted(first) == sorted(nlp.pipe_names) and len(set(first.values())) == 1
+    nlp.to_disk(path)  # the next save: a new id for every component
+    second = _save_ids(path)
+    assert len(set(second.values())) == 1 and set(second.values()) != set(first.values())
+    for name in reversed(nlp.pipe_names):  # the heads before the transformer: still one save
+        nlp.get_pipe(name).to_disk(path / name)
+    third = _save_ids(path)
+    assert len(set(third.values())) == 1 and set(third.values()) != set(second.values())
+    assert _outcome(path, versions) == "new"
+    nlp.get_pipe("xlmrxl_textcat").to_disk(path / "xlmrxl_textcat")  # written again on its own: a new save
+    with pytest.raises(MixedSaveError, match=f"{path / 'xlmrxl_textcat'}.*{third['xlmrxl_transformer']}"):
+        spacy.load(path)
 
 
 # --------------------------------------------------------------------------- interrupting a save in a child
@@ -318,6 +343,7 @@ def test_interrupted_staged_save_is_the_old_or_the_new_pipeline(mode, exchange, 
 
     outcomes = _sweep(tmp_path, versions, save_pipeline_atomically, mode, check, exchange=exchange)
     assert {"old", "new"} <= set(outcomes), outcomes
+    assert ("missing" in outcomes) == (not exchange and mode == "kill"), outcomes  # the window was hit
 
 
 def test_staged_save_replaces_the_directory_exactly(versions, tmp_path):
