@@ -113,7 +113,7 @@ class BackbonePipe:
         cfg = _read_json(path / "cfg") if "cfg" not in exclude else None
         model_msg = self._read_model_msg(_read(path / "model"), path / "model") if "model" not in exclude else None
         self._check_loaded({**self.cfg, **(cfg or {})}, model_msg, origin=str(path / "cfg"))
-        loaded = self._read_backbones(path, required=model_msg is not None) if "model" not in exclude else []
+        loaded = self._read_backbones(path) if model_msg is not None else []
         # everything is read and checked: now change the component
         if cfg is not None:
             self.cfg.update(cfg)
@@ -126,15 +126,16 @@ class BackbonePipe:
         self._after_load()
         return self
 
-    def _read_backbones(self, path: Path, *, required: bool) -> List[Tuple[Model, torch.nn.Module, bytes]]:
-        """Each backbone directory of ``path``, loaded (memory-mapped) and its tokenizer checked."""
+    def _read_backbones(self, path: Path) -> List[Tuple[Model, torch.nn.Module, bytes]]:
+        """Each backbone directory of ``path``: its tokenizer checked, its weights loaded
+        (memory-mapped)."""
         loaded: List[Tuple[Model, torch.nn.Module, bytes]] = []
         for index, node in enumerate(backbone_nodes(self.model)):
             folder = path / backbone_dir_name(index)
             if not folder.is_dir():
-                if required:
-                    raise FileNotFoundError(f"{folder}: the backbone weights of {path} are missing")
-                continue
+                raise FileNotFoundError(f"{folder}: the backbone weights of {path} are missing")
+            proto = _read(folder / TOKENIZER_FILE)
+            load_tokenizer(proto, origin=str(folder / TOKENIZER_FILE))  # names the file if it is no model
             shim = backbone_shim(node)
             # the layer's dtype setting (e.g. a dtype = "bfloat16" override at spacy.load) converts
             # tensor by tensor while loading; null keeps the saved dtype (memory-mapped, no copy)
@@ -142,18 +143,12 @@ class BackbonePipe:
             dtype = torch_dtype(getattr(source, "dtype", None)) or "auto"
             module = load_module_dir(shim.model_cls, folder, device=torch_device(self.model.ops), dtype=dtype,
                                      **shim.model_kwargs)
-            proto = _read(folder / TOKENIZER_FILE)
-            load_tokenizer(proto, origin=str(folder / TOKENIZER_FILE))  # names the file if it is no model
             loaded.append((node, module, proto))
         return loaded
 
     def _read_model_msg(self, data: bytes, origin: Union[Path, str]) -> ModelMsg:
         """The model's msgpack, decoded and checked against this model's layers."""
-        try:
-            msg = srsly.msgpack_loads(data)
-        except Exception as err:  # msgpack raises ValueError, ExtraData, TypeError, ... on a bad file
-            raise PipelineFileError(f"{origin}: cannot read the component's model ({err}); the file is "
-                                    "truncated or corrupt") from err
+        msg = _msgpack_loads(data, origin)
         n_layers = len(list(self.model.walk()))
         if not isinstance(msg, dict) or not isinstance(msg.get("nodes"), list) or len(msg["nodes"]) != n_layers:
             raise PipelineFileError(f"{origin}: not the model of this component (expected {n_layers} layers as "
@@ -215,12 +210,16 @@ def _read_json(path: Path) -> Dict[str, Any]:
     return _json_loads(_read(path), str(path))
 
 
+def _msgpack_loads(data: bytes, origin: Union[Path, str]) -> Any:
+    try:
+        return srsly.msgpack_loads(data)
+    except Exception as err:  # msgpack raises ValueError, ExtraData, TypeError, ... on bad data
+        raise PipelineFileError(f"{origin}: cannot read it as msgpack ({err}); truncated or corrupt") from err
+
+
 def _unpack(data: bytes, origin: str) -> Dict[str, Any]:
     """The fields of a component's ``to_bytes``."""
-    try:
-        parts = srsly.msgpack_loads(data)
-    except Exception as err:  # msgpack raises ValueError, ExtraData, TypeError, ... on bad bytes
-        raise PipelineFileError(f"{origin}: cannot read ({err}); truncated or corrupt") from err
+    parts = _msgpack_loads(data, origin)
     if not isinstance(parts, dict):
         raise PipelineFileError(f"{origin}: not a serialised component")
     return parts
