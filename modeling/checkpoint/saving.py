@@ -150,7 +150,7 @@ _AT_FDCWD = -100
 def _load_renameat2() -> Optional[Callable[..., int]]:
     try:
         function = ctypes.CDLL(None, use_errno=True).renameat2
-    except (AttributeError, OSError):  # not Linux / glibc older than 2.28
+    except (AttributeError, OSError, TypeError):  # not Linux, or a C library without it (glibc < 2.28)
         return None
     function.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
     function.restype = ctypes.c_int
