@@ -124,7 +124,7 @@ def build_pipeline(checkpoint: Path, out: Path) -> None:
     from spacy.training import Example
 
     import spacy_xlmrxl  # noqa: F401
-    from modeling.checkpoint import atomic_directory
+    from spacy_xlmrxl.pipeline.saving import save_pipeline_atomically
 
     nlp = spacy.blank("xx")
     nlp.add_pipe("xlmrxl_transformer", config={"model": {"backbone": {
@@ -137,10 +137,9 @@ def build_pipeline(checkpoint: Path, out: Path) -> None:
     start = time.perf_counter()
     nlp.initialize(lambda: [Example.from_dict(doc, {"entities": [(0, 17, "PER"), (26, 32, "LOC")]})])
     initialised = time.perf_counter()
-    with atomic_directory(out) as staging:
-        nlp.to_disk(staging)
-        (staging / PIPELINE_MARKER).write_text(json.dumps({"checkpoint": str(checkpoint.resolve()),
-                                                           "mtime": _mtime(checkpoint)}))
+    save_pipeline_atomically(nlp, out)  # the marker last: without it the next run builds again
+    (out / PIPELINE_MARKER).write_text(json.dumps({"checkpoint": str(checkpoint.resolve()),
+                                                   "mtime": _mtime(checkpoint)}))
     print(f"pipeline initialised in {initialised - start:.1f} s, saved in {time.perf_counter() - initialised:.1f} s; "
           f"builder peak RSS {peak_rss() / GB:.2f} GB", flush=True)
 

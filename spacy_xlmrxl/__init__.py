@@ -19,7 +19,9 @@ from .pipeline import ner, textcat  # noqa: F401  (factories)
 from .pipeline import transformer as transformer_pipe  # noqa: F401  (factory)
 from .pipeline.fill_mask import component as fill_mask_component  # noqa: F401  (factory)
 from .pipeline.qa import component as qa_component  # noqa: F401  (factory)
+from .pipeline.saving import MixedSaveError, PipelineFileError, save_pipeline_atomically
 from .training import corpus, cpu_memory  # noqa: F401  (readers, callbacks)
 
-__all__ = ["BackboneError", "BackboneSettings", "BackboneSource", "XLMRDocData", "export_fill_mask_to_hf",
-           "export_ner_to_hf", "export_qa_to_hf", "export_textcat_to_hf"]
+__all__ = ["BackboneError", "BackboneSettings", "BackboneSource", "MixedSaveError", "PipelineFileError", "XLMRDocData",
+           "export_fill_mask_to_hf", "export_ner_to_hf", "export_qa_to_hf", "export_textcat_to_hf",
+           "save_pipeline_atomically"]

@@ -1,16 +1,25 @@
 """Saving: `save_pretrained` writes ``config.json`` + (sharded) safetensors that HF transformers
 loads, through `atomic_directory`, which stages a new directory beside the target, carries over
-the target's other files (tokenizer files, ...) and renames it into place."""
+the target's other files (tokenizer files, ...) unless told not to, and swaps it into place.
+
+The swap is one ``renameat2(RENAME_EXCHANGE)`` where the platform has it (Linux), so the target
+path holds the old or the new directory at every instant; elsewhere it is two renames (old
+away, new in), between which the old directory sits at ``.<name>.old-<token>``. What a crash
+leaves beside the target (``.<name>.tmp-<token>`` / ``.<name>.old-<token>``) the next save of
+that target removes.
+"""
 
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import errno
 import os
 import re
 import shutil
 import uuid
 from pathlib import Path
-from typing import Any, Dict, Iterator, Tuple, Union
+from typing import Any, Callable, Dict, Iterator, Optional, Tuple, Union
 
 from torch import Tensor, nn
 
@@ -19,7 +28,7 @@ from ..dtypes import dtype_name
 from .files import CheckpointError, PathLike
 from .safetensors import TensorSpec, write_shards
 
-__all__ = ["save_pretrained", "atomic_directory"]
+__all__ = ["save_pretrained", "atomic_directory", "remove_leftovers"]
 
 # files that `save_pretrained` (re)writes; other files of an existing directory are kept
 _OWNED_FILE = re.compile(
@@ -67,18 +76,21 @@ def save_pretrained(model: nn.Module, directory: PathLike, *, max_shard_size: Un
 
 
 @contextlib.contextmanager
-def atomic_directory(directory: PathLike) -> Iterator[Path]:
+def atomic_directory(directory: PathLike, *, keep_other_files: bool = True) -> Iterator[Path]:
     """Yield a staging directory beside ``directory`` that replaces it only if the block succeeds.
 
-    Files of an existing ``directory`` that the block did not write and that are not weights or
-    config are carried over (hard links); on failure the staging directory is removed. Nothing is
-    read through a symbolic link: a ``directory`` that is one is refused (`CheckpointError`:
-    renaming would replace the link, carrying files over would pull in the folder it points to),
-    and links inside it are carried over as links.
+    ``keep_other_files``: files of an existing ``directory`` that the block did not write and
+    that are not weights or config are carried over (hard links); False replaces the directory
+    by exactly what the block wrote. On failure the staging directory is removed; leftovers of
+    earlier saves that crashed are removed first (see the module docstring). Nothing is read
+    through a symbolic link: a ``directory`` that is one is refused (`CheckpointError`:
+    renaming would replace the link, carrying files over would pull in the folder it points
+    to), and links inside it are carried over as links.
     """
     directory = Path(directory)
     _refuse_symlink(directory)
     directory.parent.mkdir(parents=True, exist_ok=True)
+    remove_leftovers(directory)
     token = uuid.uuid4().hex[:12]
     staging = directory.parent / f".{directory.name}.tmp-{token}"
     staging.mkdir()
@@ -86,17 +98,78 @@ def atomic_directory(directory: PathLike) -> Iterator[Path]:
         yield staging
         _refuse_symlink(directory)  # again: the block may have run for a long time
         if directory.exists():
-            _keep_other_files(directory, staging)
+            if keep_other_files:
+                _keep_other_files(directory, staging)
             shutil.copymode(directory, staging)
-            retired = directory.parent / f".{directory.name}.old-{token}"
-            os.rename(directory, retired)
-            os.rename(staging, directory)
-            shutil.rmtree(retired, ignore_errors=True)
+            _swap_in(staging, directory, directory.parent / f".{directory.name}.old-{token}")
         else:
             os.rename(staging, directory)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
+    remove_leftovers(directory)
+
+
+def _leftover_pattern(directory: Path) -> "re.Pattern[str]":
+    return re.compile(rf"^\.{re.escape(directory.name)}\.(tmp|old)-[0-9a-f]{{12}}$")
+
+
+def remove_leftovers(directory: PathLike) -> None:
+    """Remove what interrupted `atomic_directory` saves of ``directory`` left beside it.
+
+    Staging directories (``.<name>.tmp-*``) always go; a retired one (``.<name>.old-*``) only
+    while ``directory`` exists, since between the two renames of a swap without
+    ``RENAME_EXCHANGE`` it is the only complete copy."""
+    directory = Path(directory)
+    pattern = _leftover_pattern(directory)
+    if not directory.parent.is_dir():
+        return
+    with os.scandir(directory.parent) as entries:
+        found = [(entry.path, match.group(1)) for entry in entries
+                 if (match := pattern.match(entry.name)) and entry.is_dir(follow_symlinks=False)]
+    keep_retired = not directory.exists()
+    for path, kind in found:
+        if kind == "tmp" or not keep_retired:
+            shutil.rmtree(path, ignore_errors=True)
+
+
+def _swap_in(staging: Path, directory: Path, retired: Path) -> None:
+    """Put ``staging`` at ``directory`` and remove the old ``directory``."""
+    if _exchange(staging, directory):  # ``staging`` now holds the old directory
+        shutil.rmtree(staging, ignore_errors=True)
+        return
+    os.rename(directory, retired)
+    os.rename(staging, directory)
+    shutil.rmtree(retired, ignore_errors=True)
+
+
+_RENAME_EXCHANGE = 2
+_AT_FDCWD = -100
+
+
+def _load_renameat2() -> Optional[Callable[..., int]]:
+    try:
+        function = ctypes.CDLL(None, use_errno=True).renameat2
+    except (AttributeError, OSError, TypeError):  # not Linux, or a C library without it (glibc < 2.28)
+        return None
+    function.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+    function.restype = ctypes.c_int
+    return function
+
+
+_RENAMEAT2 = _load_renameat2()
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Swap two directories in one atomic step; False where the platform or file system cannot."""
+    if _RENAMEAT2 is None:
+        return False
+    if _RENAMEAT2(_AT_FDCWD, os.fsencode(a), _AT_FDCWD, os.fsencode(b), _RENAME_EXCHANGE) == 0:
+        return True
+    error = ctypes.get_errno()
+    if error in (errno.EINVAL, errno.ENOSYS, errno.ENOTSUP):  # not supported here: rename twice
+        return False
+    raise OSError(error, f"cannot swap {b} with its new version: {os.strerror(error)}", str(b))
 
 
 def _refuse_symlink(directory: Path) -> None:

@@ -25,7 +25,7 @@ from ..training.files import DataFormatError, infer_lang
 from ..training.sib200 import read_labels, sib200_docs
 from ..training.squad import read_squad_files, split_squad_files, squad_docs
 from ..training.text import text_docs
-from ..training.uner import UNER_LABELS, uner_docs
+from ..training.uner import UNER_LABELS, parse_label_map, uner_docs
 from .parsing import DEFAULT_SPACY_LANG, add_command, add_io_arguments
 
 
@@ -64,12 +64,17 @@ def blank_nlp(lang: str) -> Any:
 
 def cmd_convert_uner(args: argparse.Namespace) -> None:
     labels = None if args.labels == "any" else [label for label in args.labels.split(",") if label]
+    try:
+        label_map = parse_label_map(args.map or [])
+    except ValueError as err:
+        msg.fail(str(err), exits=1)
     vocab = blank_nlp(args.spacy_lang).vocab
     write_groups(
         args.inputs,
         args.output,
         args.output_dir,
-        lambda paths: uner_docs(vocab, paths, lang=args.lang, labels=labels, progress=args.progress),
+        lambda paths: uner_docs(vocab, paths, lang=args.lang, labels=labels, label_map=label_map,
+                                progress=args.progress),
     )
 
 
@@ -160,7 +165,12 @@ def add_commands(sub: Any) -> None:
     """Register this module's subcommands on the ``spacy-xlmrxl`` parser's subparsers."""
     command = add_command(sub, "convert-uner", cmd_convert_uner, "UNER .iob2 file(s) -> .spacy (gold doc.ents; IOB2 repaired)")
     add_io_arguments(command)
-    command.add_argument("--labels", default=",".join(UNER_LABELS), help="allowed entity types, comma-separated, or 'any'")
+    command.add_argument("--labels", default=",".join(UNER_LABELS),
+                         help="allowed entity types after --map, comma-separated, or 'any' (default: UNER's "
+                              "evaluated types PER,ORG,LOC)")
+    command.add_argument("--map", action="append", default=[], metavar="TAG=NEW",
+                         help="rename an entity type before the check, or drop it with NEW=O; repeatable "
+                              "(e.g. --map OTH=O for UNER v1 treebanks that tag OTH)")
 
     command = add_command(sub, "convert-sib200", cmd_convert_sib200, "SIB-200 .tsv file(s) -> .spacy (one-hot doc.cats)")
     add_io_arguments(command)

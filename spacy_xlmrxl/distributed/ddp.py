@@ -18,8 +18,9 @@ for spaCy's losses, whose gradients are sums over the examples of a batch; use `
 component whose loss is a per-batch mean) and then every rank runs the same optimizer step, so
 the replicas stay identical (rank 0's initial weights are broadcast first). Rank 0 evaluates
 every ``eval_frequency`` steps (with FSDP every rank does: forward passes are collective),
-writes ``train_log.jsonl`` and saves ``model-best`` / ``model-last`` with ``nlp.to_disk`` (with
-FSDP from the full weights gathered on rank 0). Backends: gloo on CPU, nccl with ``--gpu`` (one
+writes ``train_log.jsonl`` and saves ``model-best`` / ``model-last`` with
+`save_pipeline_atomically` (staged beside the target and swapped in; with FSDP from the full
+weights gathered on rank 0). Backends: gloo on CPU, nccl with ``--gpu`` (one
 GPU per rank: ``cuda:LOCAL_RANK``, set before the process group is created). Not supported:
 ``patience`` (training runs to ``max_steps`` / ``max_epochs``), optimizer parameter averages for
 evaluation; FSDP shards ``Transformer`` (v2, v1) backbones only (ner, textcat), not QA / fill-mask.
@@ -31,13 +32,37 @@ import argparse
 import json
 import os
 import sys
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
+from typing import (
+    Any,
+    Callable,
+    Dict,
+    Iterable,
+    Iterator,
+    List,
+    Optional,
+    Sequence,
+    Tuple,
+)
 
 import numpy
 import torch
 import torch.distributed as dist
+from spacy import util
+from spacy.language import Language
+from spacy.schemas import ConfigSchemaTraining
+from spacy.training import Example
+from spacy.training.initialize import init_nlp
+from spacy.training.loop import (
+    create_evaluation_callback,
+    create_train_batches,
+    subdivide_batch,
+    update_meta,
+)
+from spacy.util import registry, resolve_dot_names
 
+from ..pipeline.saving import save_pipeline_atomically
 from .collectives import (
     BUCKET_BYTES,
     all_reduce_bucket,
@@ -50,6 +75,7 @@ from .collectives import (
 from .fsdp import CallBalancer, full_backbones, shard_backbones
 
 REDUCTIONS = ("sum", "mean")
+LOG_FILE = "train_log.jsonl"
 
 
 class GradientSync:
@@ -171,6 +197,31 @@ class GradientSync:
 STRATEGIES = ("ddp", "fsdp")
 
 
+@dataclass
+class _Run:
+    """What one rank's training loop works with (built by `_start_run`)."""
+
+    nlp: Language
+    T: Dict[str, Any]  # the resolved [training] block
+    train_corpus: Callable[[Language], Iterable[Example]]
+    evaluate: Callable[[], Tuple[float, Dict[str, Any]]]
+    sync: GradientSync
+    balancer: Optional[CallBalancer]
+    rank: int
+    world: int
+    output: Path
+    trained: List[str]
+
+    @property
+    def evaluates(self) -> bool:
+        """Rank 0 evaluates; with FSDP every rank does (a forward pass is collective)."""
+        return self.rank == 0 or self.balancer is not None
+
+    @property
+    def frozen(self) -> List[str]:
+        return self.T["frozen_components"]
+
+
 def train_ddp(
     config_path: Path,
     output: Path,
@@ -185,116 +236,136 @@ def train_ddp(
 
     ``strategy="fsdp"`` shards the trainable ``Transformer`` (v2 or v1) backbones with FSDP2 (see
     `spacy_xlmrxl.distributed.fsdp`; ``fsdp_precision``: ``auto`` = bf16 on GPU, fp32 on CPU).
+    ``model-best`` / ``model-last`` are written with `save_pipeline_atomically`: each directory
+    is the previous or the new complete pipeline whenever the run stops.
     Returns the last log entry (``step``, ``epoch``, ``losses``, ``score``).
     """
-    from spacy import util
-    from spacy.schemas import ConfigSchemaTraining
-    from spacy.training.initialize import init_nlp
-    from spacy.training.loop import (
-        create_evaluation_callback,
-        create_train_batches,
-        subdivide_batch,
-        update_meta,
-    )
-    from spacy.util import registry, resolve_dot_names
-
     if strategy not in STRATEGIES:
         raise ValueError(f"strategy must be one of {STRATEGIES}, got {strategy!r}")
     if grad_reduce not in REDUCTIONS:
         raise ValueError(f"grad_reduce must be one of {REDUCTIONS}, got {grad_reduce!r}")
+    run = _start_run(config_path, output, overrides=overrides or {}, grad_reduce=grad_reduce, use_gpu=use_gpu,
+                     strategy=strategy, fsdp_precision=fsdp_precision)
+    info = _train(run, grad_reduce)
+    if run.evaluates:
+        if info.get("score") is None:
+            info["score"], info["other_scores"] = run.evaluate()
+        update_meta(run.T, run.nlp, info)
+        _save(run, output / "model-last")
+    if run.world > 1:
+        dist.barrier()
+        dist.destroy_process_group()
+    return info
+
+
+def _start_run(config_path: Path, output: Path, *, overrides: Dict[str, Any], grad_reduce: str, use_gpu: bool,
+               strategy: str, fsdp_precision: str) -> _Run:
+    """Join the process group, build and initialise the pipeline (shard it with FSDP), give
+    every rank rank 0's weights, and resolve the training settings."""
     rank, world = init_distributed(use_gpu=use_gpu)
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     if use_gpu:
         util.require_gpu(local_rank)
-    config = util.load_config(config_path, overrides=overrides or {}, interpolate=False)
+    config = util.load_config(config_path, overrides=overrides, interpolate=False)
     nlp = init_nlp(config, use_gpu=-1 if not use_gpu else local_rank)
     config = nlp.config.interpolate()
     T = registry.resolve(config["training"], schema=ConfigSchemaTraining)
     train_corpus, dev_corpus = resolve_dot_names(config, [T["train_corpus"], T["dev_corpus"]])
-    optimizer, batcher = T["optimizer"], T["batcher"]
-    frozen, annotating = T["frozen_components"], T["annotating_components"]
     if T["seed"] is not None:
         util.fix_random_seed(T["seed"])  # the same shuffles and batches on every rank
-    fsdp = strategy == "fsdp" and world > 1
+    frozen = T["frozen_components"]
     balancer = None
-    if fsdp:
-
+    if strategy == "fsdp" and world > 1:
         shard_backbones(nlp, exclude=frozen, precision=fsdp_precision, grad_reduce=grad_reduce)
         balancer = CallBalancer(nlp)
     sync = GradientSync(nlp, exclude=frozen)  # with FSDP: the replicated (non-backbone) weights
     sync.broadcast_parameters()
-    evaluate = create_evaluation_callback(nlp, dev_corpus, T["score_weights"])
     trained = [n for n, p in nlp.pipeline if n not in frozen and getattr(p, "is_trainable", False)]
     output.mkdir(parents=True, exist_ok=True)
-    log_path = output / "train_log.jsonl"
     if rank == 0:
-        log_path.write_text("")
-    evaluates = rank == 0 or fsdp  # with FSDP a forward pass is collective: every rank evaluates
+        (output / LOG_FILE).write_text("")
+    return _Run(nlp=nlp, T=T, train_corpus=train_corpus, sync=sync, balancer=balancer, rank=rank, world=world,
+                evaluate=create_evaluation_callback(nlp, dev_corpus, T["score_weights"]), output=output,
+                trained=trained)
 
-    def save(path: Path) -> None:
-        if not fsdp:
-            nlp.to_disk(path)
-            return
 
-        with full_backbones(nlp, rank=rank):
-            if rank == 0:
-                nlp.to_disk(path)
-
+def _train(run: _Run, grad_reduce: str) -> Dict[str, Any]:
+    """The training loop: update, evaluate every ``eval_frequency`` steps, save ``model-best``,
+    log; until ``max_steps`` / ``max_epochs``. Returns the last log entry."""
+    T = run.T
     best_score, info = None, {}
     max_steps, eval_frequency = T["max_steps"], T["eval_frequency"]
-    accumulate = max(1, int(T["accumulate_gradient"]))
-    for step, (epoch, batch) in enumerate(create_train_batches(nlp, train_corpus, batcher, T["max_epochs"]), start=1):
+    batches = create_train_batches(run.nlp, run.train_corpus, T["batcher"], T["max_epochs"])
+    for step, (epoch, batch) in enumerate(batches, start=1):
         if T["before_update"]:
-            T["before_update"](nlp, {"step": step - 1, "epoch": epoch})
-        local = list(batch)[rank::world]
-        losses: Dict[str, float] = {}
-        subbatches = list(subdivide_batch(local, accumulate)) if local else []
-        if balancer is None:
-            for subbatch in subbatches:
-                nlp.update(subbatch, drop=T["dropout"], losses=losses, sgd=False, exclude=frozen, annotates=annotating)
-        else:  # the same number of backbone calls on every rank, per subbatch slot
-            slots = accumulate + 1  # subdivide_batch yields at most accumulate_gradient + 1 parts
-            targets = balancer.targets(subbatches, slots)
-            for i in range(slots):
-                if i < len(subbatches):
-                    calls = balancer.local_calls([eg.predicted for eg in subbatches[i]])
-                    balancer.padded += int(sum(t - c for t, c in zip(targets[i], calls)))
-                    with balancer.expect(calls, targets[i]):
-                        nlp.update(subbatches[i], drop=T["dropout"], losses=losses, sgd=False, exclude=frozen,
-                                   annotates=annotating)
-                else:
-                    balancer.padded += int(sum(targets[i]))
-                    balancer.dummy_update(targets[i])
-        sync.all_reduce_gradients(grad_reduce)
-        for name, proc in nlp.pipeline:
-            if name not in frozen and getattr(proc, "is_trainable", False) and proc.model not in (True, False, None):
-                proc.finish_update(optimizer)
-        optimizer.step_schedules()
-        info = {"step": step, "epoch": epoch, "losses": reduce_losses(losses, trained), "score": None}
-        if balancer is not None:  # dummy backbone calls so far, all ranks (the cost of balancing)
-            info["fsdp_dummy_calls"] = balancer.total_padded()
+            T["before_update"](run.nlp, {"step": step - 1, "epoch": epoch})
+        losses = _update(run, list(batch)[run.rank::run.world], grad_reduce)
+        info = {"step": step, "epoch": epoch, "losses": reduce_losses(losses, run.trained), "score": None}
+        if run.balancer is not None:  # dummy backbone calls so far, all ranks (the cost of balancing)
+            info["fsdp_dummy_calls"] = run.balancer.total_padded()
         last = bool(max_steps) and step >= max_steps
-        if evaluates and (step % eval_frequency == 0 or last):
-            score, other_scores = evaluate()
+        if run.evaluates and (step % eval_frequency == 0 or last):
+            score, other_scores = run.evaluate()
             info.update(score=score, other_scores=other_scores)
             if best_score is None or score > best_score:
                 best_score = score
-                update_meta(T, nlp, info)
-                save(output / "model-best")
-        if rank == 0:
-            with log_path.open("a", encoding="utf8") as handle:
+                update_meta(T, run.nlp, info)
+                _save(run, run.output / "model-best")
+        if run.rank == 0:
+            with (run.output / LOG_FILE).open("a", encoding="utf8") as handle:
                 handle.write(json.dumps({k: v for k, v in info.items() if k != "other_scores"}) + "\n")
         if last:
             break
-    if evaluates:
-        if info.get("score") is None:
-            info["score"], info["other_scores"] = evaluate()
-        update_meta(T, nlp, info)
-        save(output / "model-last")
-    if world > 1:
-        dist.barrier()
-        dist.destroy_process_group()
     return info
+
+
+def _update(run: _Run, local: List[Example], grad_reduce: str) -> Dict[str, float]:
+    """One optimizer step on this rank's slice of the global batch (gradients summed over ranks)."""
+    T = run.T
+    losses: Dict[str, float] = {}
+    accumulate = max(1, int(T["accumulate_gradient"]))
+    subbatches = list(subdivide_batch(local, accumulate)) if local else []
+    if run.balancer is None:
+        for subbatch in subbatches:
+            run.nlp.update(subbatch, drop=T["dropout"], losses=losses, sgd=False, exclude=run.frozen,
+                           annotates=T["annotating_components"])
+    else:
+        _balanced_updates(run, subbatches, accumulate, losses)
+    run.sync.all_reduce_gradients(grad_reduce)
+    for name, proc in run.nlp.pipeline:
+        if name not in run.frozen and getattr(proc, "is_trainable", False) and proc.model not in (True, False, None):
+            proc.finish_update(T["optimizer"])
+    T["optimizer"].step_schedules()
+    return losses
+
+
+def _balanced_updates(run: _Run, subbatches: List[List[Example]], accumulate: int, losses: Dict[str, float]) -> None:
+    """With FSDP: the same number of backbone calls on every rank, per subbatch slot."""
+    balancer, T = run.balancer, run.T
+    assert balancer is not None
+    slots = accumulate + 1  # subdivide_batch yields at most accumulate_gradient + 1 parts
+    targets = balancer.targets(subbatches, slots)
+    for i in range(slots):
+        if i < len(subbatches):
+            calls = balancer.local_calls([eg.predicted for eg in subbatches[i]])
+            balancer.padded += int(sum(t - c for t, c in zip(targets[i], calls)))
+            with balancer.expect(calls, targets[i]):
+                run.nlp.update(subbatches[i], drop=T["dropout"], losses=losses, sgd=False, exclude=run.frozen,
+                               annotates=T["annotating_components"])
+        else:
+            balancer.padded += int(sum(targets[i]))
+            balancer.dummy_update(targets[i])
+
+
+def _save(run: _Run, path: Path) -> None:
+    """Write the pipeline to ``path`` through a staging directory (with FSDP from the full
+    weights gathered on rank 0)."""
+    if run.balancer is None:
+        save_pipeline_atomically(run.nlp, path)
+        return
+    with full_backbones(run.nlp, rank=run.rank):
+        if run.rank == 0:
+            save_pipeline_atomically(run.nlp, path)
 
 
 def _parse_args(argv: Optional[Sequence[str]]) -> Tuple[argparse.Namespace, Dict[str, Any]]:

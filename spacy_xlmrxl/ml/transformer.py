@@ -30,8 +30,16 @@ from .alignment import (
     pool_pieces,
 )
 from .doc_data import XLMRDocData, XLMRGrad
-from .windows import (AtLeastOneWindow, StreamingRecombiner, WindowMaker, WindowPlan, batch_windows,
-                      make_strided_windows, recombine, strided_windows_config)
+from .windows import (
+    AtLeastOneWindow,
+    StreamingRecombiner,
+    WindowMaker,
+    WindowPlan,
+    batch_windows,
+    make_strided_windows,
+    recombine,
+    strided_windows_config,
+)
 
 TRANSFORMER_NAME = "xlmrxl-transformer"
 

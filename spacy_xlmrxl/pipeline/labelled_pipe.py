@@ -1,27 +1,28 @@
 """`LabelledPipe`: what ``xlmrxl_ner`` and ``xlmrxl_textcat`` share besides serialisation.
 
 Owns the label bookkeeping (labels in ``cfg``, ``label_data``, ``add_label`` before the output
-layer exists, the error for labels the data has but the component does not know) and the
-``initialize`` flow: collect or take labels, size the output layer, apply the backbone settings
+layer exists, the error for labels the data has but the component does not know, the check on
+loading that the saved ``cfg`` labels fit the saved output layer) and the ``initialize`` flow: collect or take labels, size the output layer, apply the backbone settings
 given to ``initialize`` (``checkpoint`` / ``preset`` / ``tokenizer``), initialise the model.
 """
 
 from __future__ import annotations
 
 from itertools import islice
-from typing import Callable, Iterable, List, Optional, Tuple
+from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple
 
 from spacy.language import Language
 from spacy.pipeline import TrainablePipe
 from spacy.training import Example, validate_get_examples
 
 from ..backbone.nodes import set_backbone_source
-from .backbone_pipe import BackbonePipe
+from .backbone_pipe import BackbonePipe, ModelMsg
+from .saving import PipelineFileError
 
 
 class LabelledPipe(BackbonePipe, TrainablePipe):
     """Base of the labelled task pipes; subclasses define `labels_in` and may override
-    `n_outputs`, `check_label` and ``min_labels``."""
+    `outputs_for`, `check_label` and ``min_labels``."""
 
     min_labels = 1
 
@@ -37,8 +38,34 @@ class LabelledPipe(BackbonePipe, TrainablePipe):
         """The labels the gold annotation of ``examples`` uses."""
         raise NotImplementedError
 
+    def outputs_for(self, cfg: Dict[str, Any]) -> int:
+        """The output layer's width for the labels (and settings) of ``cfg``."""
+        return len(cfg["labels"])
+
     def n_outputs(self) -> int:
-        return len(self.labels)
+        return self.outputs_for(self.cfg)
+
+    def _check_loaded(self, cfg: Dict[str, Any], model_msg: Optional[ModelMsg], *, origin: str) -> None:
+        """The labels of a loaded ``cfg`` must give the width of the loaded output layer: else a
+        class would be silently dropped or missing, or decoding would fail on the first doc."""
+        if model_msg is not None:
+            index = model_msg["nodes"][0]["refs"].get("output_layer")
+            width = None if index is None else model_msg["nodes"][index]["dims"].get("nO")
+        else:
+            layer = self.model.get_ref("output_layer")
+            width = layer.get_dim("nO") if layer.has_dim("nO") else None
+        if width is None:
+            return  # saved before initialisation: nothing to compare
+        expected = self.outputs_for(cfg)
+        if expected != width:
+            raise PipelineFileError(
+                f"{origin}: its labels {list(cfg['labels'])} need {expected} outputs"
+                f"{self._outputs_detail(cfg)}, but the saved output layer has {width}: cfg and model "
+                "do not belong together (edited, or from another save); restore the cfg the model was "
+                "saved with")
+
+    def _outputs_detail(self, cfg: Dict[str, Any]) -> str:
+        return ""
 
     def check_label(self, label: str) -> None:
         if not isinstance(label, str) or not label:

@@ -159,8 +159,12 @@ class XLMRNer(LabelledPipe):
     def labels_in(self, examples: Iterable[Example]) -> Iterable[str]:
         return (ent.label_ for eg in examples for ent in eg.reference.ents)
 
-    def n_outputs(self) -> int:
-        return len(self.tag_names)
+    def outputs_for(self, cfg: Dict[str, Any]) -> int:
+        return len(tag_names(cfg["labels"], cfg["scheme"]))
+
+    def _outputs_detail(self, cfg: Dict[str, Any]) -> str:
+        per_label = 4 if cfg["scheme"] == "BILUO" else 2
+        return f" ({cfg['scheme']} tags: O plus {per_label} per label)"
 
     def check_label(self, label: str) -> None:
         if not isinstance(label, str) or not label or label == "O" or label[:2] in ("B-", "I-", "L-", "U-"):

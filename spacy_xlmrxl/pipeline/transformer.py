@@ -51,6 +51,8 @@ def make_transformer(nlp: Language, name: str, model: Model[List[Doc], List[XLMR
 class XLMRTransformer(BackbonePipe, TrainablePipe):
     """Runs the backbone once per batch; see the module docstring."""
 
+    shares_backbone = True
+
     def __init__(self, vocab: Vocab, model: Model, name: str = "xlmrxl_transformer", *,
                  piece_states: Optional[bool] = None) -> None:
         self.vocab = vocab

@@ -9,7 +9,7 @@ QA question on the predicted doc too; the training configs use it) and the raw-f
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Callable, Iterable, Iterator, List, Optional, Tuple, Union
+from typing import Callable, Dict, Iterable, Iterator, List, Optional, Tuple, Union
 
 from spacy.language import Language
 from spacy.tokens import Doc, DocBin
@@ -102,10 +102,13 @@ def create_task_corpus(
 
 @registry.readers("spacy-xlmrxl.UnerReader.v1")
 def create_uner_reader(
-    path: Union[str, List[str]], limit: int = 0, lang: Optional[str] = None, progress: bool = True
+    path: Union[str, List[str]], limit: int = 0, lang: Optional[str] = None, progress: bool = True,
+    label_map: Optional[Dict[str, str]] = None,
 ) -> DocsCorpus:
-    """UNER ``.iob2`` file(s) (a path or a list of paths, languages may differ) as a corpus."""
-    return DocsCorpus(lambda nlp: uner_docs(nlp.vocab, path, lang=lang, progress=progress), limit=limit)
+    """UNER ``.iob2`` file(s) (a path or a list of paths, languages may differ) as a corpus;
+    ``label_map`` renames entity types or drops them (``{"OTH": "O"}``), see `read_uner`."""
+    return DocsCorpus(lambda nlp: uner_docs(nlp.vocab, path, lang=lang, label_map=label_map, progress=progress),
+                      limit=limit)
 
 
 @registry.readers("spacy-xlmrxl.Sib200Reader.v1")

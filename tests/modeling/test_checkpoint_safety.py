@@ -1,7 +1,8 @@
 """Tests of the checkpoint package's guards: non-finite weights refused at load
 (`modeling.checkpoint.loading`), hostile JSON in a safetensors header, a shard index or
 ``config.json`` naming the file (`safetensors`, `discovery`, `modeling.config`), and
-`atomic_directory` never reading through symbolic links (`saving`)."""
+`atomic_directory` never reading through symbolic links, replacing a directory exactly when
+asked to, and removing what interrupted saves left (`saving`)."""
 
 from __future__ import annotations
 
@@ -13,7 +14,9 @@ import time
 import pytest
 import torch
 
+import modeling.checkpoint.saving as saving
 from modeling.checkpoint import CheckpointError, atomic_directory, load_pretrained, save_pretrained
+from modeling.checkpoint.saving import remove_leftovers
 from modeling.config import XLMRobertaXLConfig
 from modeling.model import XLMRobertaXLModel
 
@@ -167,3 +170,53 @@ def test_atomic_directory_carries_a_symlinked_entry_of_a_subfolder_as_a_link(tmp
         (staging / "new.txt").write_text("new")
     assert (target / "sub" / "link").is_symlink() and (target / "sub" / "own.txt").read_text() == "own"
     assert outside.stat().st_nlink == 1
+
+
+# ------------------------------------------------------------------------------- swaps and leftovers
+def _write(directory, name: str, text: str) -> None:
+    (directory / name).write_text(text)
+
+
+@pytest.mark.parametrize("exchange", [True, False], ids=["rename-exchange", "two-renames"])
+def test_atomic_directory_without_carrying_replaces_exactly(exchange, tmp_path, monkeypatch):
+    if not exchange:
+        monkeypatch.setattr(saving, "_exchange", lambda a, b: False)
+    target = tmp_path / "out"
+    with atomic_directory(target) as staging:
+        _write(staging, "old.txt", "old")
+    with atomic_directory(target, keep_other_files=False) as staging:
+        _write(staging, "new.txt", "new")
+    assert sorted(p.name for p in target.iterdir()) == ["new.txt"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]  # nothing left beside it
+
+
+def test_atomic_directory_removes_what_interrupted_saves_left(tmp_path):
+    target = tmp_path / "out"
+    target.mkdir()
+    for name in (".out.tmp-0123456789ab", ".out.old-0123456789ab", ".out.tmp-mine", ".other.tmp-0123456789ab"):
+        (tmp_path / name).mkdir()
+    with atomic_directory(target) as staging:
+        _write(staging, "a.txt", "a")
+    # only the staging and retired directories of this target, by their exact names
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".other.tmp-0123456789ab", ".out.tmp-mine", "out"]
+
+
+def test_a_retired_directory_is_kept_while_it_is_the_only_copy(tmp_path):
+    """Killed between the two renames of a swap without RENAME_EXCHANGE: the target is gone and
+    ``.<name>.old-*`` is the complete old directory; it stays until a new one is in place."""
+    retired = tmp_path / ".out.old-0123456789ab"
+    retired.mkdir()
+    _write(retired, "old.txt", "old")
+    remove_leftovers(tmp_path / "out")
+    assert (retired / "old.txt").read_text() == "old"
+
+    class Interrupted(Exception):
+        pass
+
+    with pytest.raises(Interrupted):
+        with atomic_directory(tmp_path / "out"):
+            raise Interrupted
+    assert retired.is_dir()  # a failed save keeps it too
+    with atomic_directory(tmp_path / "out") as staging:
+        _write(staging, "new.txt", "new")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]

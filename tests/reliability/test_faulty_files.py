@@ -18,6 +18,7 @@ from typing import Callable, Dict
 import numpy
 import pytest
 import spacy
+import srsly
 import torch
 from safetensors.torch import load_file, save_file
 from spacy.util import fix_random_seed
@@ -228,3 +229,61 @@ def test_intact_pipeline_loads_with_the_saved_weights(saved, victim):
     expected = load_file(str(saved / "xlmrxl_transformer" / "backbone" / WEIGHTS))
     state = backbone_shim(loaded.get_pipe("xlmrxl_transformer").model).module.state_dict()
     assert all(torch.equal(state[key], value) for key, value in expected.items())
+
+
+# --------------------------------------------------------------------------- cfg, model and tokenizer files
+LABEL_EDITS = {  # (component, cfg change, labels-derived outputs, saved output width)
+    "textcat-one-label": ("xlmrxl_textcat", {"labels": ["news"]}, 1, 3),
+    "textcat-four-labels": ("xlmrxl_textcat", {"labels": ["news", "sport", "travel", "x"]}, 4, 3),
+    "ner-one-label": ("xlmrxl_ner", {"labels": ["LOC"]}, 5, 9),
+    "ner-three-labels": ("xlmrxl_ner", {"labels": ["LOC", "ORG", "PER"]}, 13, 9),
+    "ner-other-scheme": ("xlmrxl_ner", {"scheme": "IOB"}, 5, 9),
+}
+
+
+@pytest.mark.parametrize("case", sorted(LABEL_EDITS))
+def test_cfg_labels_that_do_not_fit_the_output_layer_are_refused(case, saved, victim, tmp_path):
+    component, edit, expected, width = LABEL_EDITS[case]
+    path = _copy(saved, tmp_path)
+    cfg_path = path / component / "cfg"
+    cfg = json.loads(cfg_path.read_text())
+    cfg.update(edit)
+    cfg_path.write_text(json.dumps(cfg))
+    with pytest.raises(ValueError) as caught:
+        spacy.load(path)
+    message = str(caught.value)
+    assert str(cfg_path) in message and f"need {expected} outputs" in message and f"has {width}" in message, message
+    before = _predictions(victim)
+    with pytest.raises(ValueError, match=re.escape(str(cfg_path))):
+        victim.get_pipe(component).from_disk(path / component)
+    assert _same(_predictions(victim), before)  # not half-loaded
+    # the same through to_bytes / from_bytes
+    data = srsly.msgpack_loads(spacy.load(saved).get_pipe(component).to_bytes())
+    data["cfg"] = srsly.json_dumps({**srsly.json_loads(data["cfg"]), **edit})
+    with pytest.raises(ValueError, match=f"need {expected} outputs.*has {width}"):
+        victim.get_pipe(component).from_bytes(srsly.msgpack_dumps(data))
+    assert _same(_predictions(victim), before)
+
+
+def _truncate_file(path: Path, keep: float) -> None:
+    data = path.read_bytes()
+    path.write_bytes(data[: int(len(data) * keep)])
+
+
+@pytest.mark.parametrize("name, keep, cause", [("xlmrxl_ner/model", 0.5, "incomplete input"),
+                                               ("xlmrxl_transformer/model", 0.5, "incomplete input"),
+                                               ("xlmrxl_textcat/cfg", 0.0, "Expected object or value"),
+                                               ("xlmrxl_ner/cfg", 0.5, ""),
+                                               ("xlmrxl_transformer/backbone/sentencepiece.bpe.model", 0.5, "")])
+def test_truncated_component_file_is_named(name, keep, cause, saved, victim, tmp_path):
+    path = _copy(saved, tmp_path)
+    _truncate_file(path / name, keep)
+    with pytest.raises(ValueError) as caught:
+        spacy.load(path)
+    assert str(path / name) in str(caught.value), str(caught.value)
+    assert cause in str(caught.value.__cause__ or caught.value)  # the original error is kept
+    before = _predictions(victim)
+    component = name.split("/")[0]
+    with pytest.raises(ValueError, match=re.escape(str(path / name))):
+        victim.get_pipe(component).from_disk(path / component)
+    assert _same(_predictions(victim), before)

@@ -53,6 +53,21 @@ def test_convert_reports_file_and_line(tmp_path, capsys):
         main(["convert-uner", str(bad), "--no-progress"])
 
 
+def test_convert_uner_map_drops_or_renames_oth(tmp_path, capsys):
+    oth = write(tmp_path / "uner" / "en" / "test.iob2", UNER.replace("B-LOC", "B-OTH"))
+    with pytest.raises(SystemExit):  # UNER's PER/ORG/LOC by default; the error suggests the map
+        main(["convert-uner", str(oth), "--output", str(tmp_path / "x.spacy"), "--no-progress"])
+    assert "--mapOTH=O" in "".join(capsys.readouterr().out.split())  # msg.fail wraps lines
+    main(["convert-uner", str(oth), "--map", "OTH=O", "--output", str(tmp_path / "drop.spacy"), "--no-progress"])
+    assert [(e.text, e.label_) for e in docs_of(tmp_path / "drop.spacy")[0].ents] == [("Bo", "PER")]
+    main(["convert-uner", str(oth), "--map", "OTH=MISC", "--map", "PER=PERSON", "--output",
+          str(tmp_path / "rename.spacy"), "--no-progress"])
+    assert [e.label_ for e in docs_of(tmp_path / "rename.spacy")[0].ents] == ["PERSON", "MISC"]
+    with pytest.raises(SystemExit):
+        main(["convert-uner", str(oth), "--map", "OTH", "--output", str(tmp_path / "y.spacy"), "--no-progress"])
+    assert "TAG=NEW" in capsys.readouterr().out
+
+
 def test_convert_sib200_and_text(tmp_path):
     labels = write(tmp_path / "labels.txt", "sports\ntravel\n")
     tsv = write(tmp_path / "eng_Latn" / "dev.tsv", 'index_id\tcategory\ttext\n1\tsports\t"A ""quoted"" goal."\n2\ttravel\tTrains.\n')

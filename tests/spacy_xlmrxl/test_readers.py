@@ -18,7 +18,7 @@ from spacy_xlmrxl.training.files import infer_lang
 from spacy_xlmrxl.training.sib200 import read_labels, read_sib200, sib200_docs
 from spacy_xlmrxl.training.squad import read_squad, read_squad_files, split_articles, split_squad_files, squad_docs
 from spacy_xlmrxl.training.text import read_text
-from spacy_xlmrxl.training.uner import infer_spaces, iob2_spans, read_uner, repair_iob2, uner_docs
+from spacy_xlmrxl.training.uner import infer_spaces, iob2_spans, parse_label_map, read_uner, repair_iob2, uner_docs
 
 UNER_TEXT = """# sent_id = s1
 # text = Kjeld Christensen bor i Aarhus.
@@ -94,6 +94,50 @@ def test_uner_any_labels_when_asked(tmp_path):
     path = write(tmp_path / "x.iob2", "1\tParis\tB-GPE\t-\t-\n")
     (sentence,) = read_uner(path, labels=None)
     assert sentence.tags == ["B-GPE"]
+
+
+UNER_OTH = """# text = Anna saw Star Wars in Oslo
+1\tAnna\tB-PER\t-\t-
+2\tsaw\tO\t-\t-
+3\tStar\tB-OTH\t-\t-
+4\tWars\tI-OTH\t-\t-
+5\tin\tO\t-\t-
+6\tOslo\tB-LOC\t-\t-
+"""
+
+
+def test_uner_oth_is_refused_with_a_map_hint(tmp_path, nlp):
+    path = write(tmp_path / "en" / "test.iob2", UNER_OTH)
+    with pytest.raises(DataFormatError) as info:
+        list(uner_docs(nlp.vocab, path))
+    assert f"{path}:4:" in str(info.value) and "--map OTH=O" in str(info.value)
+
+
+def test_uner_label_map_drops_or_renames(tmp_path, nlp):
+    path = write(tmp_path / "en" / "test.iob2", UNER_OTH)
+    (dropped,) = uner_docs(nlp.vocab, path, label_map={"OTH": "O"})
+    assert [(e.text, e.label_) for e in dropped.ents] == [("Anna", "PER"), ("Oslo", "LOC")]
+    (renamed,) = uner_docs(nlp.vocab, path, label_map={"OTH": "MISC"})  # the target is allowed
+    assert [(e.text, e.label_) for e in renamed.ents] == [("Anna", "PER"), ("Star Wars", "MISC"), ("Oslo", "LOC")]
+    (merged,) = uner_docs(nlp.vocab, path, label_map={"OTH": "O", "LOC": "GPE"}, labels=["PER", "GPE"])
+    assert [(e.text, e.label_) for e in merged.ents] == [("Anna", "PER"), ("Oslo", "GPE")]
+    (sentence,) = read_uner(path, label_map={"OTH": "O"})
+    assert sentence.tags == ["B-PER", "O", "O", "O", "O", "B-LOC"]
+
+
+def test_uner_registered_reader_takes_a_label_map(tmp_path, nlp):
+    path = write(tmp_path / "en" / "test.iob2", UNER_OTH)
+    reader = registry.readers.get("spacy-xlmrxl.UnerReader.v1")
+    (example,) = reader(path=str(path), progress=False, label_map={"OTH": "O"})(nlp)
+    assert [e.label_ for e in example.reference.ents] == ["PER", "LOC"]
+
+
+@pytest.mark.parametrize("items, fragment", [(["OTH"], "expects TAG=NEW"), (["=O"], "expects TAG=NEW"),
+                                             (["OTH="], "expects TAG=NEW"), (["O=PER"], "O is not an entity type"),
+                                             (["A B=O"], "without spaces")])
+def test_uner_bad_label_map(items, fragment):
+    with pytest.raises(ValueError, match=fragment):
+        parse_label_map(items)
 
 
 def test_infer_spaces_from_text_and_fallback():

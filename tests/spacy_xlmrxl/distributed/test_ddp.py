@@ -136,6 +136,19 @@ def test_two_ranks_follow_one_process(setup):
     assert nlp.pipe_names == ["tagger"] and nlp("the cat runs")[1].tag_
 
 
+def test_saves_replace_model_best_and_last_whole(setup, tmp_path):
+    """model-best / model-last are staged and swapped in: nothing of an older directory is kept,
+    and what an interrupted save left beside them is removed."""
+    out = tmp_path / "out"
+    (out / "model-last").mkdir(parents=True)
+    (out / "model-last" / "stray.txt").write_text("from an older run")
+    (out / ".model-best.tmp-0123456789ab").mkdir()  # an interrupted save's staging directory
+    _run(setup, out, 1)
+    assert not (out / "model-last" / "stray.txt").exists()
+    assert sorted(p.name for p in out.iterdir()) == ["model-best", "model-last", "train_log.jsonl"]
+    assert spacy.load(out / "model-last").pipe_names == ["tagger"]
+
+
 def test_xlmrxl_ner_trains_on_two_ranks(spm_model_path, tmp_path):
     """The project's configs/ner.cfg (transformer + listener NER) with a tiny random backbone."""
 
