@@ -19,12 +19,7 @@ from thinc.shims import Shim
 from thinc.util import torch2xp, xp2torch
 
 from .devices import torch_device
-from .precision import (
-    LossScaler,
-    autocast,
-    normalise_mixed_precision,
-    warn_if_bf16_emulated,
-)
+from .precision import LossScaler, autocast, normalise_mixed_precision, warn_if_bf16_emulated
 from .quantize import check_quantize_precision, normalise_quantize, quantize_linear_int8
 from .source import BackboneError
 from .weights import module_from_bytes, module_to_bytes

@@ -13,13 +13,7 @@ from typing import Any, Callable, Iterable, List, Optional, Sequence
 
 from wasabi import msg
 
-from ..training.data_check import (
-    DataCheckError,
-    check_assets,
-    compare_with_sums,
-    load_asset_specs,
-    read_sha256sums,
-)
+from ..training.data_check import DataCheckError, check_assets, compare_with_sums, load_asset_specs, read_sha256sums
 from ..training.docbin import write_docbin
 from ..training.files import DataFormatError, infer_lang
 from ..training.sib200 import read_labels, sib200_docs

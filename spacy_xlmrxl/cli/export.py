@@ -10,12 +10,7 @@ from typing import Any
 
 from wasabi import msg
 
-from ..export import (
-    export_fill_mask_to_hf,
-    export_ner_to_hf,
-    export_qa_to_hf,
-    export_textcat_to_hf,
-)
+from ..export import export_fill_mask_to_hf, export_ner_to_hf, export_qa_to_hf, export_textcat_to_hf
 from .parsing import add_command
 
 #: task -> the function of `spacy_xlmrxl.export` that writes it

@@ -34,17 +34,7 @@ import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import (
-    Any,
-    Callable,
-    Dict,
-    Iterable,
-    Iterator,
-    List,
-    Optional,
-    Sequence,
-    Tuple,
-)
+from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
 
 import numpy
 import torch
@@ -54,12 +44,7 @@ from spacy.language import Language
 from spacy.schemas import ConfigSchemaTraining
 from spacy.training import Example
 from spacy.training.initialize import init_nlp
-from spacy.training.loop import (
-    create_evaluation_callback,
-    create_train_batches,
-    subdivide_batch,
-    update_meta,
-)
+from spacy.training.loop import create_evaluation_callback, create_train_batches, subdivide_batch, update_meta
 from spacy.util import registry, resolve_dot_names
 
 from ..pipeline.saving import save_pipeline_atomically

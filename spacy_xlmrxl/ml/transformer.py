@@ -23,12 +23,7 @@ from ..backbone.devices import to_torch, to_xp, torch_device
 from ..backbone.nodes import backbone_shim, get_tokenizer, install_backbone
 from ..backbone.settings import BackboneSettings, default_model_config
 from ..backbone.source import DEFAULT_CHECKPOINT, BackboneSource
-from .alignment import (
-    POOLING_MODES,
-    StreamingPooler,
-    align_tokens_to_pieces,
-    pool_pieces,
-)
+from .alignment import POOLING_MODES, StreamingPooler, align_tokens_to_pieces, pool_pieces
 from .doc_data import XLMRDocData, XLMRGrad
 from .windows import (
     AtLeastOneWindow,

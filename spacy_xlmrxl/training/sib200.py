@@ -12,16 +12,7 @@ from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
 from spacy.language import Language
 from spacy.tokens import Doc
 
-from .files import (
-    DataFormatError,
-    PathLike,
-    PathsArg,
-    as_paths,
-    infer_lang,
-    read_lines,
-    set_lang,
-    with_progress,
-)
+from .files import DataFormatError, PathLike, PathsArg, as_paths, infer_lang, read_lines, set_lang, with_progress
 
 SIB200_COLUMNS: Tuple[str, ...] = ("index_id", "category", "text")
 

@@ -16,14 +16,7 @@ from spacy.language import Language
 from spacy.tokens import Doc
 
 from ..pipeline.qa.annotation import set_qa_annotation
-from .files import (
-    DataFormatError,
-    PathLike,
-    PathsArg,
-    as_paths,
-    set_lang,
-    with_progress,
-)
+from .files import DataFormatError, PathLike, PathsArg, as_paths, set_lang, with_progress
 
 
 @dataclass

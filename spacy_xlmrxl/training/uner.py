@@ -19,15 +19,7 @@ from typing import Dict, Iterator, List, Mapping, Optional, Sequence, Tuple
 from spacy.tokens import Doc, Span
 from spacy.vocab import Vocab
 
-from .files import (
-    DataFormatError,
-    PathLike,
-    PathsArg,
-    as_paths,
-    infer_lang,
-    read_lines,
-    set_lang,
-)
+from .files import DataFormatError, PathLike, PathsArg, as_paths, infer_lang, read_lines, set_lang
 
 UNER_LABELS: Tuple[str, ...] = ("PER", "ORG", "LOC")
 UNER_COLUMNS = 5

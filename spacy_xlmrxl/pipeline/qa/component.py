@@ -17,17 +17,7 @@ model call. `export_qa_to_hf` writes the trained model as an HF directory.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import (
-    Any,
-    Callable,
-    Dict,
-    Iterable,
-    Iterator,
-    List,
-    Optional,
-    Sequence,
-    Tuple,
-)
+from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
 
 import numpy
 from spacy.language import Language
@@ -42,22 +32,8 @@ from ...backbone.settings import default_model_config
 from ...ml.windows import WindowPlan, batch_windows, whole_sequence
 from ..backbone_pipe import BackbonePipe
 from ..update import Prepared, update_built_input
-from .annotation import (
-    ANSWERS_KEY,
-    QUESTIONS_ATTR,
-    SCORES_ATTR,
-    gold_answers_of,
-    questions_of,
-    register_qa_extensions,
-)
-from .features import (
-    Answer,
-    AnswerDecoder,
-    QAFeature,
-    gold_positions,
-    iter_features,
-    validate_window,
-)
+from .annotation import ANSWERS_KEY, QUESTIONS_ATTR, SCORES_ATTR, gold_answers_of, questions_of, register_qa_extensions
+from .features import Answer, AnswerDecoder, QAFeature, gold_positions, iter_features, validate_window
 
 DEFAULT_QA_MODEL = default_model_config("spacy-xlmrxl.QAModel.v2")
 
