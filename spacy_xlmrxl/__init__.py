@@ -8,7 +8,7 @@ See README "Architecture" for what each subpackage owns.
 from .backbone.settings import BackboneSettings
 from .backbone.source import BackboneError, BackboneSource
 from .export import export_fill_mask_to_hf, export_ner_to_hf, export_qa_to_hf, export_textcat_to_hf
-from .ml import heads, task_models, token_vectors, transformer, windows  # noqa: F401  (registrations)
+from .ml import heads, legacy, task_models, token_vectors, transformer, windows  # noqa: F401  (registrations)
 from .ml.doc_data import XLMRDocData
 from .pipeline import ner, textcat  # noqa: F401  (factories)
 from .pipeline import transformer as transformer_pipe  # noqa: F401  (factory)

@@ -9,6 +9,7 @@ import spacy
 from spacy.cli.train import train as spacy_train
 from spacy.schemas import ConfigSchemaTraining
 from spacy.util import load_config, load_model_from_config, registry
+
 from spacy_xlmrxl.training.sib200 import read_labels
 
 REPO = Path(__file__).resolve().parent.parent

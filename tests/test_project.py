@@ -11,6 +11,7 @@ import pytest
 import srsly
 from weasel.schemas import ProjectConfigSchema, validate
 from weasel.util import load_project_config
+
 from spacy_xlmrxl.cli import build_parser
 from spacy_xlmrxl.training.data_check import compare_with_sums, file_digest, load_asset_specs, read_sha256sums
 

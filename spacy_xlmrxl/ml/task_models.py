@@ -23,7 +23,7 @@ tokenizer model travels in the layer's attrs. Backprop takes the gradient w.r.t.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy
 import torch
@@ -34,7 +34,7 @@ from thinc.types import Floats2d, Floats3d
 from ..backbone.devices import to_torch, to_xp, torch_device
 from ..backbone.nodes import backbone_shim, install_backbone
 from ..backbone.settings import BackboneSettings
-from ..backbone.source import DEFAULT_CHECKPOINT, BackboneSource
+from ..backbone.source import BackboneSource
 from .windows import WindowBatch, WindowMaker, make_strided_windows
 
 QA_MODEL_NAME = "xlmrxl-qa"
@@ -98,25 +98,6 @@ def _torch_inputs(batch: WindowBatch, device: torch.device) -> Tuple[torch.Tenso
 
 
 # --------------------------------------------------------------------------- question answering
-@registry.architectures("spacy-xlmrxl.QAModel.v1")
-def build_qa_model(
-    checkpoint: Optional[str] = DEFAULT_CHECKPOINT,
-    preset: Optional[str] = None,
-    tokenizer: Optional[str] = None,
-    max_batch_pieces: int = 4096,
-    dtype: Optional[str] = None,
-    mixed_precision: Union[str, bool, None] = None,
-    grad_checkpointing: bool = False,
-    freeze: bool = False,
-    seed: Optional[int] = None,
-    quantize: Optional[str] = None,
-    freeze_word_embeddings: bool = False,
-) -> Model[Sequence[WindowBatch], List[Floats3d]]:
-    """``QAModel.v2`` with the backbone settings as arguments (configs written before
-    ``spacy-xlmrxl.Backbone.v1``; these defaults are theirs): the same layer."""
-    return build_qa_model_v2(BackboneSettings.from_arguments(locals()))
-
-
 @registry.architectures("spacy-xlmrxl.QAModel.v2")
 def build_qa_model_v2(backbone: BackboneSettings) -> Model[Sequence[WindowBatch], List[Floats3d]]:
     """Extractive-QA start/end logits from `XLMRobertaXLForQuestionAnswering`.
@@ -149,26 +130,6 @@ def _qa_forward(model: Model, batches: Sequence[WindowBatch], is_train: bool
 
 
 # --------------------------------------------------------------------------- masked LM
-@registry.architectures("spacy-xlmrxl.MaskedLM.v1")
-def build_masked_lm(
-    checkpoint: Optional[str] = DEFAULT_CHECKPOINT,
-    preset: Optional[str] = None,
-    tokenizer: Optional[str] = None,
-    windows: Optional[WindowMaker] = None,
-    max_batch_pieces: int = 4096,
-    dtype: Optional[str] = None,
-    mixed_precision: Union[str, bool, None] = None,
-    grad_checkpointing: bool = False,
-    freeze: bool = False,
-    seed: Optional[int] = None,
-    quantize: Optional[str] = None,
-    freeze_word_embeddings: bool = False,
-) -> Model[MLMInput, Floats2d]:
-    """``MaskedLM.v2`` with the backbone settings as arguments (configs written before
-    ``spacy-xlmrxl.Backbone.v1``; these defaults are theirs): the same layer."""
-    return build_masked_lm_v2(BackboneSettings.from_arguments(locals()), windows)
-
-
 @registry.architectures("spacy-xlmrxl.MaskedLM.v2")
 def build_masked_lm_v2(backbone: BackboneSettings, windows: Optional[WindowMaker] = None) -> Model[MLMInput, Floats2d]:
     """Vocabulary logits at chosen positions from `XLMRobertaXLForMaskedLM`.

@@ -12,7 +12,7 @@ written before that block do. Also owns the default config block (`transformer_m
 
 from __future__ import annotations
 
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
 from spacy.tokens import Doc
@@ -22,7 +22,7 @@ from thinc.api import Model
 from ..backbone.devices import to_torch, to_xp, torch_device
 from ..backbone.nodes import backbone_shim, get_tokenizer, install_backbone
 from ..backbone.settings import BackboneSettings, default_model_config
-from ..backbone.source import DEFAULT_CHECKPOINT, BackboneSource
+from ..backbone.source import BackboneSource
 from .alignment import POOLING_MODES, StreamingPooler, align_tokens_to_pieces, pool_pieces
 from .doc_data import XLMRDocData, XLMRGrad
 from .windows import (
@@ -40,25 +40,6 @@ TRANSFORMER_NAME = "xlmrxl-transformer"
 
 
 # --------------------------------------------------------------------------- transformer
-@registry.architectures("spacy-xlmrxl.Transformer.v1")
-def build_transformer(
-    checkpoint: Optional[str] = DEFAULT_CHECKPOINT,
-    preset: Optional[str] = None,
-    tokenizer: Optional[str] = None,
-    windows: Optional[WindowMaker] = None,
-    max_batch_pieces: int = 4096,
-    dtype: Optional[str] = None,
-    mixed_precision: Union[str, bool, None] = None,
-    grad_checkpointing: bool = False,
-    freeze: bool = False,
-    quantize: Optional[str] = None,
-    freeze_word_embeddings: bool = False,
-) -> Model[List[Doc], List[XLMRDocData]]:
-    """``Transformer.v2`` with the backbone settings as arguments (configs written before
-    ``spacy-xlmrxl.Backbone.v1``; these defaults are theirs): the same layer."""
-    return build_transformer_v2(BackboneSettings.from_arguments(locals()), windows)
-
-
 @registry.architectures("spacy-xlmrxl.Transformer.v2")
 def build_transformer_v2(backbone: BackboneSettings, windows: Optional[WindowMaker] = None
                          ) -> Model[List[Doc], List[XLMRDocData]]:

@@ -15,8 +15,8 @@ import pytest
 import torch
 
 from modeling import checkpoint as ck
-from modeling.checkpoint import safetensors as st
 from modeling.checkpoint import CheckpointError, load_pretrained, load_state_dict, save_pretrained
+from modeling.checkpoint import safetensors as st
 from modeling.config import XLMRobertaXLConfig
 from modeling.heads import (
     XLMRobertaXLForCausalLM,

@@ -17,14 +17,7 @@ from modeling.heads import (
 )
 from modeling.outputs import MaskedLMOutput, QuestionAnsweringModelOutput
 
-from .test_model import (
-    TINY,
-    assert_close,
-    assert_grads_close,
-    make_pair,
-    max_diff,
-    random_ids,
-)
+from .test_model import TINY, assert_close, assert_grads_close, make_pair, max_diff, random_ids
 
 transformers = pytest.importorskip("transformers")
 

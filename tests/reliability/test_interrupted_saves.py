@@ -23,7 +23,7 @@ import shutil
 import signal
 import sys
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, Tuple
 
 import numpy
 import pytest

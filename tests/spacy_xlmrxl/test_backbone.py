@@ -13,11 +13,11 @@ from thinc.api import Adam, NumpyOps
 
 from modeling.config import XLMRobertaXLConfig
 from modeling.model import XLMRobertaXLModel
-from spacy_xlmrxl.backbone.source import BackboneError, BackboneSource, resolve_checkpoint, resolve_tokenizer
+from spacy_xlmrxl.backbone.devices import to_torch, to_xp
 from spacy_xlmrxl.backbone.precision import LossScaler, normalise_mixed_precision
 from spacy_xlmrxl.backbone.shim import TorchModuleShim
+from spacy_xlmrxl.backbone.source import BackboneError, BackboneSource, resolve_checkpoint, resolve_tokenizer
 from spacy_xlmrxl.backbone.weights import load_module_dir, save_module_dir
-from spacy_xlmrxl.backbone.devices import to_torch, to_xp
 
 HUB_NAME = "facebook/xlm-roberta-xl"
 

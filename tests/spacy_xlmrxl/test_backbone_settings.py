@@ -18,8 +18,14 @@ from spacy.util import fix_random_seed, load_config, load_model_from_config, reg
 from thinc.api import Config
 
 from spacy_xlmrxl.backbone.nodes import backbone_nodes, backbone_shim
-from spacy_xlmrxl.backbone.settings import (BACKBONE_SETTINGS, SETTINGS_AS_ARGUMENTS, BackboneSettings, backbone_blocks,
-                                            backbone_config, default_model_config)
+from spacy_xlmrxl.backbone.settings import (
+    BACKBONE_SETTINGS,
+    SETTINGS_AS_ARGUMENTS,
+    BackboneSettings,
+    backbone_blocks,
+    backbone_config,
+    default_model_config,
+)
 from spacy_xlmrxl.backbone.source import BackboneError
 from spacy_xlmrxl.cli.config import merge_config
 

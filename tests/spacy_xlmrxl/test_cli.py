@@ -10,8 +10,9 @@ import spacy
 import srsly
 from spacy.tokens import DocBin
 from thinc.api import Config
-from spacy_xlmrxl.cli import main
+
 from spacy_xlmrxl.backbone.settings import backbone_blocks
+from spacy_xlmrxl.cli import main
 from spacy_xlmrxl.cli.config import merge_config
 from spacy_xlmrxl.cli.evaluate import majority_tag_baseline, mask_probe
 from spacy_xlmrxl.cli.tables import metrics_table

@@ -4,7 +4,16 @@ import hashlib
 
 import pytest
 import srsly
-from spacy_xlmrxl.training.data_check import DataCheckError, check_assets, compare_with_sums, file_digest, load_asset_specs, read_sha256sums
+
+from spacy_xlmrxl.training.data_check import (
+    DataCheckError,
+    check_assets,
+    compare_with_sums,
+    file_digest,
+    load_asset_specs,
+    read_sha256sums,
+)
+
 
 def sha(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()

@@ -11,12 +11,12 @@ from spacy.training import Example
 from spacy.util import fix_random_seed
 from thinc.api import Adam
 
-from spacy_xlmrxl.pipeline.fill_mask.component import add_mask_special_case, fill_text
+from spacy_xlmrxl.backbone.nodes import backbone_shim
 from spacy_xlmrxl.export import export_fill_mask_to_hf
 from spacy_xlmrxl.ml import task_models
 from spacy_xlmrxl.ml.task_models import MLMInput
+from spacy_xlmrxl.pipeline.fill_mask.component import add_mask_special_case, fill_text
 from spacy_xlmrxl.pipeline.fill_mask.top_k import TopK
-from spacy_xlmrxl.backbone.nodes import backbone_shim
 
 CORPUS = [
     "The cat sat on the mat and looked at the dog.",
@@ -303,8 +303,8 @@ def test_default_scorer_reports_masked_word_accuracy(trained):
 def test_scorer_agrees_with_evaluate_fill_mask_cli(trained):
     import random
 
-    from spacy_xlmrxl.cli.evaluate import evaluate_fill_mask, mask_probe
     from spacy_xlmrxl.backbone.nodes import get_tokenizer
+    from spacy_xlmrxl.cli.evaluate import evaluate_fill_mask, mask_probe
 
     nlp, _ = trained
     fill = nlp.get_pipe("xlmrxl_fill_mask")

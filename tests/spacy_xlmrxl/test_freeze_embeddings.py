@@ -9,8 +9,8 @@ from thinc.api import Adam
 from modeling.config import XLMRobertaXLConfig
 from modeling.heads import XLMRobertaXLForMaskedLM
 from modeling.model import XLMRobertaXLModel
-from spacy_xlmrxl.backbone.shim import TorchModuleShim, freeze_word_embeddings
 from spacy_xlmrxl.backbone.nodes import backbone_nodes, backbone_shim
+from spacy_xlmrxl.backbone.shim import TorchModuleShim, freeze_word_embeddings
 
 from .xlmr_helpers import WINDOW, backbone_settings, blank, load_roundtrip, train, uner_examples
 

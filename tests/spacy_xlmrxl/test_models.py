@@ -12,8 +12,8 @@ from spacy.util import registry
 
 from spacy_xlmrxl.ml.doc_data import XLMRDocData, XLMRGrad
 from spacy_xlmrxl.ml.heads import build_ner_head, build_textcat_head
+from spacy_xlmrxl.ml.legacy import build_transformer
 from spacy_xlmrxl.ml.token_vectors import build_token_vectors
-from spacy_xlmrxl.ml.transformer import build_transformer
 from spacy_xlmrxl.ml.windows import make_strided_windows
 
 from .xlmr_helpers import long_text

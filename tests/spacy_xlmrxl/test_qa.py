@@ -11,10 +11,10 @@ from spacy.util import fix_random_seed
 from thinc.api import Adam
 
 from spacy_xlmrxl.backbone.source import BackboneError
-from spacy_xlmrxl.pipeline.qa import component as qa_component
-from spacy_xlmrxl.pipeline.qa.component import XLMRQuestionAnswerer
 from spacy_xlmrxl.export import export_qa_to_hf
+from spacy_xlmrxl.pipeline.qa import component as qa_component
 from spacy_xlmrxl.pipeline.qa.annotation import set_qa_annotation
+from spacy_xlmrxl.pipeline.qa.component import XLMRQuestionAnswerer
 
 WINDOW = {"max_length": 96, "doc_stride": 16, "max_question_length": 24}
 

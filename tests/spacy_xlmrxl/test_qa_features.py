@@ -7,8 +7,18 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from spacy_xlmrxl.pipeline.qa.features import (N_PAIR_SPECIALS, AnswerDecoder, _strip, build_features, chunk_spans, decode_answers,
-                                              feature_candidates, gold_positions, iter_features, validate_window)
+from spacy_xlmrxl.pipeline.qa.features import (
+    N_PAIR_SPECIALS,
+    AnswerDecoder,
+    _strip,
+    build_features,
+    chunk_spans,
+    decode_answers,
+    feature_candidates,
+    gold_positions,
+    iter_features,
+    validate_window,
+)
 
 
 def word_pieces(text):

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import copy
-
 import json
 import pickle
 import warnings
@@ -18,14 +17,14 @@ from torch.ao.nn.quantized.dynamic import Linear as DynamicQuantizedLinear
 
 from modeling.config import XLMRobertaXLConfig
 from modeling.model import XLMRobertaXLModel
-from spacy_xlmrxl.backbone.source import BackboneError
-from spacy_xlmrxl.backbone.precision import SlowBF16Warning
-from spacy_xlmrxl.backbone.shim import TorchModuleShim
-from spacy_xlmrxl.backbone.quantize import is_quantized, quantize_linear_int8
+from spacy_xlmrxl.backbone import precision
 from spacy_xlmrxl.backbone.nodes import backbone_nodes, backbone_shim
+from spacy_xlmrxl.backbone.precision import SlowBF16Warning
+from spacy_xlmrxl.backbone.quantize import is_quantized, quantize_linear_int8
+from spacy_xlmrxl.backbone.shim import TorchModuleShim
+from spacy_xlmrxl.backbone.source import BackboneError
 
 from .xlmr_helpers import WINDOW, backbone_settings, blank, entities, long_text, train, uner_examples
-from spacy_xlmrxl.backbone import precision
 
 KWARGS = {"model_cls": XLMRobertaXLModel, "model_kwargs": {"add_pooling_layer": False}}
 QUANTIZED = {"model": {"tok2vec": {"transformer": {"backbone": {"quantize": "int8"}}}}}

@@ -12,9 +12,8 @@ from hypothesis import strategies as st
 from spacy.tokens import DocBin
 from spacy.util import registry
 
-from spacy_xlmrxl.training.files import DataFormatError
 from spacy_xlmrxl.training.docbin import write_docbin
-from spacy_xlmrxl.training.files import infer_lang
+from spacy_xlmrxl.training.files import DataFormatError, infer_lang
 from spacy_xlmrxl.training.sib200 import read_labels, read_sib200, sib200_docs
 from spacy_xlmrxl.training.squad import read_squad, read_squad_files, split_articles, split_squad_files, squad_docs
 from spacy_xlmrxl.training.text import read_text

@@ -7,8 +7,8 @@ from spacy.training import Example
 
 NLP = spacy.blank("en")
 
-from spacy_xlmrxl.pipeline.qa.scoring import exact_match, f1_score, normalize_answer, score_qa
 from spacy_xlmrxl.pipeline.qa.annotation import gold_answers_of, questions_of, register_qa_extensions
+from spacy_xlmrxl.pipeline.qa.scoring import exact_match, f1_score, normalize_answer, score_qa
 
 
 @pytest.mark.parametrize(

@@ -13,9 +13,18 @@ from spacy_xlmrxl.backbone import weights
 from spacy_xlmrxl.export import export_ner_to_hf, export_textcat_to_hf
 from spacy_xlmrxl.pipeline import backbone_pipe
 
-from .xlmr_helpers import (WINDOW, backbone_settings, blank, cats, entities, load_roundtrip, long_text,
-                           sib_examples, train, uner_examples)
-
+from .xlmr_helpers import (
+    WINDOW,
+    backbone_settings,
+    blank,
+    cats,
+    entities,
+    load_roundtrip,
+    long_text,
+    sib_examples,
+    train,
+    uner_examples,
+)
 
 
 def _ner_probs(nlp, texts):

@@ -102,8 +102,8 @@ def test_replace_listeners_gives_the_textcat_its_own_backbone(shared_data, spm_m
     import spacy
     import torch
 
-    from spacy_xlmrxl.ml.listener import XLMRListener
     from spacy_xlmrxl.backbone.nodes import backbone_nodes
+    from spacy_xlmrxl.ml.listener import XLMRListener
 
     from .xlmr_helpers import tiny_transformer_config
 

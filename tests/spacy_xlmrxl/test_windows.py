@@ -14,8 +14,18 @@ from spacy.util import registry
 from thinc.api import Config, NumpyOps
 
 from spacy_xlmrxl.ml.alignment import align_tokens_to_pieces, pool_pieces
-from spacy_xlmrxl.ml.windows import (AtLeastOneWindow, StreamingRecombiner, StridedWindows, WindowPlan, batch_windows, best_window,
-                                     check_max_window, make_strided_windows, recombine, whole_sequence)
+from spacy_xlmrxl.ml.windows import (
+    AtLeastOneWindow,
+    StreamingRecombiner,
+    StridedWindows,
+    WindowPlan,
+    batch_windows,
+    best_window,
+    check_max_window,
+    make_strided_windows,
+    recombine,
+    whole_sequence,
+)
 
 OPS = NumpyOps()
 SETTINGS = settings(max_examples=80, deadline=None)

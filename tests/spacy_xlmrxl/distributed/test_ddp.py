@@ -17,6 +17,7 @@ from spacy.tokens import Doc, DocBin
 from spacy_xlmrxl.distributed.ddp import GradientSync
 
 from .launch import REPO_ROOT, run_training, toy_ner_docbin
+
 TAGS = {"the": "DET", "a": "DET", "cat": "NOUN", "dog": "NOUN", "idea": "NOUN", "runs": "VERB",
         "sleeps": "VERB", "sees": "VERB", "big": "ADJ", "red": "ADJ", "quickly": "ADV"}
 

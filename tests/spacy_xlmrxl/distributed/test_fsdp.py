@@ -18,6 +18,7 @@ import spacy
 pytest.importorskip("torch.distributed.fsdp")
 
 from .launch import REPO_ROOT, run_training, toy_ner_docbin
+
 CODE = Path(__file__).resolve().parent / "no_dropout.py"
 NAMES = {"Anna": "PER", "Oslo": "LOC", "Acme": "ORG", "Berlin": "LOC"}
 FILLER = ["went", "to", "the", "house", "saw", "a", "very", "long", "road", "and", "then"]
