@@ -7,7 +7,10 @@ directory is written into a temporary sibling and renamed into place
 (`modeling.checkpoint.atomic_directory`); loading reads every file before it changes the
 component, and memory-maps the weights (no copy; a ``dtype`` setting converts tensor by
 tensor). A backbone with ``quantize = "int8"`` saves its float weights, so the directory stays a
-float HF checkpoint and loading quantises again (identical predictions).
+float HF checkpoint and loading quantises again (identical predictions). A backbone with LoRA
+adapters is written as its base plus ``lora/`` (`spacy_xlmrxl.backbone.weights`), or, with
+``lora_save = "adapters"``, as adapters + task head + a reference to the base checkpoint
+(`spacy_xlmrxl.backbone.adapters`).
 """
 
 from __future__ import annotations
@@ -23,7 +26,9 @@ from spacy import util
 from thinc.api import Model
 
 from modeling.checkpoint import atomic_directory
+from modeling.lora import lora_layers
 
+from ..backbone.adapters import BaseReference, is_adapters_dir, load_adapters_dir, save_adapters_dir
 from ..backbone.devices import torch_device
 from ..backbone.nodes import backbone_nodes, backbone_shim, install_backbone
 from ..backbone.source import TOKENIZER_FILE, torch_dtype
@@ -81,8 +86,8 @@ class BackbonePipe:
                 "model": lambda p: self._write_model(p, nodes),
             }
             for index, node in enumerate(nodes):
-                serialize[backbone_dir_name(index)] = lambda p, node=node: save_module_dir(
-                    backbone_shim(node).float_module, p, tokenizer_model=node.attrs.get("tokenizer_model"))
+                serialize[backbone_dir_name(index)] = lambda p, node=node, index=index: _save_backbone(
+                    node, p, final=path / backbone_dir_name(index))
             util.to_disk(staging, serialize, exclude)
 
     def _write_model(self, path: Path, nodes: List[Model]) -> None:
@@ -107,10 +112,16 @@ class BackbonePipe:
             # the layer's dtype setting (e.g. a dtype = "bfloat16" override at spacy.load) converts
             # tensor by tensor while loading; null keeps the saved dtype (memory-mapped, no copy)
             source = node.attrs.get("source")
-            dtype = torch_dtype(getattr(source, "dtype", None)) or "auto"
-            module = load_module_dir(shim.model_cls, folder, device=torch_device(self.model.ops), dtype=dtype,
-                                     **shim.model_kwargs)
-            loaded.append((node, module, _read(folder / TOKENIZER_FILE)))
+            if is_adapters_dir(folder):
+                module, base = load_adapters_dir(shim.model_cls, folder, checkpoint=getattr(source, "checkpoint", None),
+                                                 dtype=getattr(source, "dtype", None),
+                                                 device=torch_device(self.model.ops), **shim.model_kwargs)
+            else:
+                dtype = torch_dtype(getattr(source, "dtype", None)) or "auto"
+                module = load_module_dir(shim.model_cls, folder, device=torch_device(self.model.ops), dtype=dtype,
+                                         **shim.model_kwargs)
+                base = BaseReference.of(folder, module) if lora_layers(module) else None  # the base is here
+            loaded.append((node, module, _read(folder / TOKENIZER_FILE), base))
         # everything is read: now change the component
         if cfg is not None:
             self.cfg.update(cfg)
@@ -118,8 +129,8 @@ class BackbonePipe:
             self.vocab.from_disk(path / "vocab", exclude=exclude)
         if model_bytes is not None:
             self.model.from_bytes(model_bytes)
-        for node, module, proto in loaded:
-            install_backbone(node, module, proto)
+        for node, module, proto, base in loaded:
+            install_backbone(node, module, proto, base=base)
         self._after_load()
         return self
 
@@ -137,8 +148,9 @@ class BackbonePipe:
             self.model.from_bytes(data)
             for node in backbone_nodes(self.model):
                 node.attrs["tokenizer"] = None  # rebuilt from the restored tokenizer model
-                if backbone_shim(node).has_module:
-                    install_backbone(node, backbone_shim(node).float_module, node.attrs["tokenizer_model"])
+                shim = backbone_shim(node)
+                if shim.has_module:
+                    install_backbone(node, shim.float_module, node.attrs["tokenizer_model"], base=shim.base)
 
         deserialize = {
             "cfg": lambda b: self.cfg.update(srsly.json_loads(b)),
@@ -148,6 +160,16 @@ class BackbonePipe:
         util.from_bytes(bytes_data, deserialize, exclude)
         self._after_load()
         return self
+
+
+def _save_backbone(node: Model, path: Path, *, final: Path) -> None:
+    """Write a backbone layer's module as ``path`` (staged; ``final``: where it will live)."""
+    shim = backbone_shim(node)
+    tokenizer_model = node.attrs.get("tokenizer_model")
+    if shim.lora_save == "adapters" and lora_layers(shim.float_module):
+        save_adapters_dir(shim.float_module, path, base=shim.base, tokenizer_model=tokenizer_model, replaces=final)
+    else:
+        save_module_dir(shim.float_module, path, tokenizer_model=tokenizer_model)
 
 
 def _read(path: Path) -> bytes:

@@ -106,11 +106,11 @@ def token_batch(num_labels: int = 2) -> Dict[str, Tensor]:
 
 # ---------------------------------------------------------------------------------- settings
 @pytest.mark.parametrize("kwargs,named", [
-    ({"r": 0}, "lora r"), ({"r": -2}, "lora r"), ({"r": 2.5}, "lora r"), ({"r": True}, "lora r"),
-    ({"alpha": 0}, "lora alpha"), ({"alpha": -1.0}, "lora alpha"), ({"alpha": float("nan")}, "lora alpha"),
-    ({"dropout": -0.1}, "lora dropout"), ({"dropout": 1.0}, "lora dropout"),
-    ({"targets": ["query", "dense"]}, r"lora targets.*unknown: \['dense'\]"),
-    ({"targets": []}, "lora targets.*none"), ({"targets": "query"}, "lora targets.*string"),
+    ({"r": 0}, r"lora\.r"), ({"r": -2}, r"lora\.r"), ({"r": 2.5}, r"lora\.r"), ({"r": True}, r"lora\.r"),
+    ({"alpha": 0}, r"lora\.alpha"), ({"alpha": -1.0}, r"lora\.alpha"), ({"alpha": float("nan")}, r"lora\.alpha"),
+    ({"dropout": -0.1}, r"lora\.dropout"), ({"dropout": 1.0}, r"lora\.dropout"),
+    ({"targets": ["query", "dense"]}, r"lora\.targets.*unknown: \['dense'\]"),
+    ({"targets": []}, r"lora\.targets.*none"), ({"targets": "query"}, r"lora\.targets.*string"),
 ])
 def test_bad_settings_name_the_setting(kwargs: Dict[str, Any], named: str) -> None:
     with pytest.raises(ValueError, match=named):
@@ -489,9 +489,9 @@ def test_applying_twice_or_to_quantized_layers_is_refused() -> None:
     with pytest.raises(ValueError, match="already has a LoRA adapter"):
         apply_lora(model, SETTINGS)
     quantized = torch.ao.quantization.quantize_dynamic(XLMRobertaXLModel(tiny_config()), {nn.Linear}, dtype=torch.qint8)
-    with pytest.raises(ValueError, match=r"lora targets.*encoder\.layer\.0\.attention\.self\.query.*not a torch\.nn\.Linear"):
+    with pytest.raises(ValueError, match=r"lora\.targets.*encoder\.layer\.0\.attention\.self\.query.*not a torch\.nn\.Linear"):
         apply_lora(quantized, SETTINGS)
-    with pytest.raises(ValueError, match=r"lora targets \['query'\]: no such Linear layers in Sequential"):
+    with pytest.raises(ValueError, match=r"lora\.targets \['query'\]: no such Linear layers in Sequential"):
         apply_lora(nn.Sequential(nn.Linear(2, 2)), LoraConfig(targets=["query"]))
 
 
