@@ -57,7 +57,7 @@ import torch
 import torch.distributed as dist
 
 from ..backbone.nodes import backbone_nodes, backbone_shim, get_tokenizer
-from ..backbone.shim import TorchModuleShim, shares_memory
+from ..backbone.shim import TorchModuleShim, empty_like, shares_memory
 from ..ml.transformer import is_transformer_layer, transformer_call_plan
 from .collectives import collective_device
 
@@ -383,17 +383,13 @@ def full_backbones(nlp: Any, *, rank: int) -> Iterator[None]:
     """Collective: gathers each sharded backbone's full state dict (on CPU) to rank 0, where it
     is the module of the shim while the block runs (``nlp.to_disk`` writes it); on the other
     ranks the block runs with nothing changed."""
-    from modeling.checkpoint import parameters_on_meta
-
     shims = [shim for _, shim in sharded_shims(nlp)]
     for shim in shims:
         state = gather_full_state(shim._model, keep=rank == 0)
         if rank == 0:
             if shim.model_cls is None:  # pragma: no cover - a Transformer layer always has one
                 raise ValueError("cannot rebuild the full backbone: the shim has no model class")
-            config = shim._model.config
-            with parameters_on_meta():
-                full = shim.model_cls(config.copy(), **shim.model_kwargs)
+            full = empty_like(shim._model, shim.model_cls, **shim.model_kwargs)  # LoRA layers too
             full.load_state_dict(state, assign=True)
             shim.full_module = full.train(shim._model.training)
         del state
