@@ -37,6 +37,11 @@ float32 (``MixedPrecisionPolicy(param_dtype=bf16, reduce_dtype=fp32)``), while t
 master weights and Adam moments stay float32 — the "bf16" row of `memory_plan`. On CPU
 (gloo) the default is float32. fp16 loss scaling is not supported with FSDP.
 
+LoRA (backbone setting ``lora``): the frozen base is sharded like the rest (and gathered in
+bf16 on a GPU), but only the adapters have gradients, so only they are reduce-scattered and
+stepped; the base may be bfloat16 (``dtype``) while the adapters are float32 (FSDP needs one
+dtype among the Parameters that train only). `full_backbones` rebuilds the adapters too.
+
 Limits: every rank first builds (or loads) the full float32 backbone, which is then sharded
 (for a moment, on the GPU with ``--gpu``); a 1-D mesh over all ranks (no
 hybrid sharding across nodes); with one process nothing is sharded. The call counts mirror
