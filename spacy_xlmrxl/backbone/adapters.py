@@ -17,8 +17,8 @@ The fingerprint (`base_fingerprint`) is a sha256 over the checkpoint's files (`c
 ``config.json``, shard index, weight files): each file's name and size, all of ``config.json``,
 the index and every safetensors header (the name, dtype, shape and offsets of every tensor),
 every file under 1 MiB whole, and of larger files 16 blocks of 64 KiB spread evenly from the
-first to the last byte. It reads about 1 MiB per weight file (milliseconds for the 14 GB of XL)
-and catches another checkpoint, a re-saved or converted one, a truncated file and any change
+first to the last byte. It reads about 1 MiB per weight file, whatever its size, and catches
+another checkpoint, a re-saved or converted one, a truncated file and any change
 inside the sampled blocks; a change confined to bytes outside them (one weight edited in place)
 goes unnoticed: it is a guard against mixing up bases, not a cryptographic seal.
 """

@@ -34,7 +34,7 @@ from spacy_xlmrxl.distributed.ddp import GradientSync
 from spacy_xlmrxl.export import export_ner_to_hf, export_peft, export_textcat_to_hf
 
 from .test_qa import xquad_examples
-from .xlmr_helpers import WINDOW, sib_examples, tiny_backbone_config, uner_examples
+from .xlmr_helpers import WINDOW, sib_examples, tiny_backbone_config, uner_examples, update_steps
 
 REPO = Path(__file__).resolve().parents[2]
 LORA = {"r": 4, "alpha": 8, "dropout": 0.0, "targets": ["query", "value"]}
@@ -75,15 +75,6 @@ def shims_of(nlp: spacy.Language) -> List[Any]:
 def base_state(module: torch.nn.Module) -> Dict[str, torch.Tensor]:
     """Every tensor of ``module`` but the adapters, copied."""
     return {k: v.detach().clone() for k, v in module.state_dict().items() if ".lora_" not in k}
-
-
-def train_steps(nlp: spacy.Language, examples: List[Any], optimizer: Any, steps: int) -> List[float]:
-    history = []
-    for _ in range(steps):
-        losses: Dict[str, float] = {}
-        nlp.update(examples, sgd=optimizer, losses=losses)
-        history.append(sum(losses.values()))
-    return history
 
 
 def trained_torch_names(shim: Any, spy: SpyOptimizer) -> Set[str]:
@@ -136,7 +127,7 @@ def ner_trained(base_dir, spm_model_path, shared_data, tiny_corpora):
                    for name in ("W", "b")}
     examples = uner_examples(nlp, shared_data, 4)
     spy = SpyOptimizer(Adam(0.01))
-    history = train_steps(nlp, examples, spy, 6)
+    history = update_steps(nlp, examples, spy, 6)
     texts = [eg.reference.text for eg in examples] + ["Anna bor i Aarhus og arbejder i København."]
     return nlp, shim, before, head_before, spy, history, texts
 
@@ -207,7 +198,7 @@ def test_textcat_with_bf16_base_and_mixed_precision_trains_float32_adapters(spm_
     assert {p.dtype for n, p in shim.float_module.named_parameters() if ".lora_" not in n} == {torch.bfloat16}
     before = base_state(shim.float_module)
     spy = SpyOptimizer(Adam(0.01))
-    history = train_steps(nlp, examples, spy, 6)
+    history = update_steps(nlp, examples, spy, 6)
     assert history[-1] < history[0]
     assert_only_adapters_and_head_trained(shim, before, spy)
 
@@ -226,7 +217,7 @@ def test_qa_trains_adapters_and_its_float32_head_over_a_bf16_base(base_dir, spm_
     assert all(p.dtype == torch.float32 and p.requires_grad for p in heads.values())
     before = base_state(shim.float_module)
     spy = SpyOptimizer(Adam(0.01))
-    history = train_steps(nlp, examples, spy, 6)
+    history = update_steps(nlp, examples, spy, 6)
     assert history[-1] < history[0]
     assert_only_adapters_and_head_trained(shim, before, spy)
 
@@ -251,7 +242,7 @@ def test_fill_mask_trains_adapters_and_lm_head_but_not_the_tied_decoder(spm_mode
                                             "lm_head.layer_norm.weight", "lm_head.layer_norm.bias"}
     before = base_state(module)
     spy = SpyOptimizer(Adam(0.01))
-    history = train_steps(nlp, examples, spy, 8)
+    history = update_steps(nlp, examples, spy, 8)
     assert history[-1] < history[0]
     assert_only_adapters_and_head_trained(shim, before, spy)
 
@@ -337,7 +328,7 @@ def test_fill_mask_adapters_only_round_trip_carries_the_lm_head(spm_model_path, 
     examples = [spacy.training.Example(nlp.make_doc(t), nlp.make_doc(t)) for t in FILL_CORPUS]
     fix_random_seed(0)
     nlp.initialize(lambda: examples)
-    train_steps(nlp, examples, Adam(0.01), 3)
+    update_steps(nlp, examples, Adam(0.01), 3)
     nlp.to_disk(tmp_path / "p")
     assert not (tmp_path / "p" / "xlmrxl_fill_mask" / "backbone" / "model.safetensors").exists()
     loaded = spacy.load(tmp_path / "p")
@@ -455,7 +446,7 @@ def test_peft_export_of_textcat_and_refusals(spm_model_path, shared_data, base_d
     examples = sib_examples(nlp, shared_data, 4)
     fix_random_seed(0)
     nlp.initialize(lambda: examples)
-    train_steps(nlp, examples, Adam(0.01), 2)
+    update_steps(nlp, examples, Adam(0.01), 2)
     export_peft(nlp, "xlmrxl_textcat", tmp_path / "peft")
     textcat = nlp.get_pipe("xlmrxl_textcat")
     hf = transformers.XLMRobertaXLForSequenceClassification.from_pretrained(base_dir, num_labels=len(textcat.labels))
