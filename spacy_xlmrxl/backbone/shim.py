@@ -187,9 +187,11 @@ class TorchModuleShim(Shim):
         for name, param in named:
             if not found_inf:
                 if param.dtype != torch.float32:
+                    hint = (" (with lora, mixed_precision = \"bf16\" alone keeps a bf16 base and trains the head "
+                            "in float32)" if self.lora is not None else "")
                     raise BackboneError(
                         f"training needs float32 weights, {name} is {param.dtype}: set dtype = "
-                        "\"float32\" and use mixed_precision = \"bf16\" or \"fp16\" instead"
+                        f"\"float32\" and use mixed_precision = \"bf16\" or \"fp16\" instead{hint}"
                     )
                 new_data, _ = optimizer((self.id, name), torch2xp(param.data), torch2xp(param.grad))
                 if not shares_memory(param.data, new_data):

@@ -222,6 +222,18 @@ def test_qa_trains_adapters_and_its_float32_head_over_a_bf16_base(base_dir, spm_
     assert_only_adapters_and_head_trained(shim, before, spy)
 
 
+def test_bf16_head_without_mixed_precision_is_refused_with_a_hint(spm_model_path, shared_data):
+    nlp = spacy.blank("en")
+    nlp.add_pipe("xlmrxl_qa", config={"model": {"backbone": tiny_backbone_config(
+        spm_model_path, seed=0, dtype="bfloat16", lora=LORA)}, "max_length": 96, "doc_stride": 16,
+        "max_question_length": 24})
+    examples = xquad_examples(nlp, shared_data, n_paragraphs=1, n_questions=1)
+    nlp.initialize(lambda: examples)
+    with pytest.raises(BackboneError, match=r"training needs float32 weights, qa_outputs\.\w+ is torch\.bfloat16.*"
+                                            r"with lora, mixed_precision = \"bf16\" alone"):
+        nlp.update(examples, sgd=Adam(0.01))
+
+
 def fill_mask_nlp(spm_model_path: Path, **backbone: Any) -> spacy.Language:
     nlp = spacy.blank("xx")
     nlp.add_pipe("xlmrxl_fill_mask", config={"model": {"backbone": tiny_backbone_config(spm_model_path, seed=0, **backbone),
@@ -278,6 +290,22 @@ def test_adapters_only_save_references_the_base_and_predicts_identically(ner_tra
     # loaded again from the base, it saves again in both layouts
     loaded.to_disk(tmp_path / "again")
     assert json.loads((tmp_path / "again" / "transformer" / "backbone" / BASE_FILE).read_text()) == reference
+
+
+def test_a_loaded_full_pipeline_saves_adapters_only_against_its_own_base(ner_trained, tmp_path):
+    nlp, _, _, _, _, _, texts = ner_trained
+    nlp.to_disk(tmp_path / "full")
+    adapters_only = {"components": {"transformer": {"model": {"backbone": {"lora_save": "adapters"}}}}}
+    loaded = spacy.load(tmp_path / "full", config=adapters_only)
+    own_base = tmp_path / "full" / "transformer" / "backbone"
+    assert shims_of(loaded)[0].base.path == str(own_base.resolve())
+    with pytest.raises(BackboneError, match="lies in the directory being replaced"):
+        loaded.to_disk(tmp_path / "full")
+    assert (own_base / "model.safetensors").is_file()  # left as it was
+    loaded.to_disk(tmp_path / "small")
+    again = spacy.load(tmp_path / "small")
+    for ours, theirs in zip(ner_probs(nlp, texts), ner_probs(again, texts)):
+        numpy.testing.assert_array_equal(ours, theirs)
 
 
 def test_adapters_only_pipeline_refuses_a_missing_or_changed_base(ner_trained, spm_model_path, tmp_path):
