@@ -11,7 +11,8 @@ Owns
   and ``lora/`` (PEFT files: ``adapter_config.json`` + ``adapter_model.safetensors`` holding the
   adapters and the task head's Parameters, `modeling.lora.head_parameters`); `load_adapters_dir`
   finds the base (the recorded path, else the backbone's ``checkpoint`` setting), refuses one
-  whose fingerprint differs, loads it and puts the adapters and head on it.
+  whose fingerprint differs, loads it and puts the adapters and head on it; `load_backbone_dir`
+  loads a saved backbone directory of either layout.
 
 The fingerprint (`base_fingerprint`) is a sha256 over the checkpoint's files (`checkpoint_files`:
 ``config.json``, shard index, weight files): each file's name and size, all of ``config.json``,
@@ -49,7 +50,7 @@ from modeling.lora import (
 )
 
 from .source import CONFIG_FILE, TOKENIZER_FILE, BackboneError, PathLike, resolve_checkpoint, torch_dtype
-from .weights import LORA_DIR
+from .weights import LORA_DIR, load_module_dir
 
 BASE_FILE = "base.json"
 LORA_SAVE_MODES = ("full", "adapters")
@@ -230,3 +231,19 @@ def load_adapters_dir(model_cls: Type[torch.nn.Module], directory: PathLike, *, 
     load_peft_adapter(module, directory / LORA_DIR, freeze_base=True)
     found = BaseReference(path=str(base.resolve()), fingerprint=reference.fingerprint, dtype=reference.dtype)
     return module, found
+
+
+def load_backbone_dir(model_cls: Type[torch.nn.Module], directory: Path, *, source: Any = None,
+                      device: Optional[torch.device] = None,
+                      **model_kwargs: Any) -> Tuple[torch.nn.Module, Optional[BaseReference]]:
+    """The module of a saved backbone directory, either layout, and the `BaseReference` of its
+    base when it has LoRA adapters (an adapters-only save: the checkpoint it was found at; a full
+    save: ``directory`` itself, which holds the base). ``source`` (the layer's `BackboneSource`):
+    its ``dtype`` converts the weights tensor by tensor while loading (null keeps the saved
+    dtype, memory-mapped), its ``checkpoint`` is where an adapters-only save's base may have moved."""
+    dtype = getattr(source, "dtype", None)
+    if is_adapters_dir(directory):
+        return load_adapters_dir(model_cls, directory, checkpoint=getattr(source, "checkpoint", None), dtype=dtype,
+                                 device=device, **model_kwargs)
+    module = load_module_dir(model_cls, directory, device=device, dtype=torch_dtype(dtype) or "auto", **model_kwargs)
+    return module, BaseReference.of(directory, module) if lora_layers(module) else None

@@ -28,11 +28,11 @@ from thinc.api import Model
 from modeling.checkpoint import atomic_directory
 from modeling.lora import lora_layers
 
-from ..backbone.adapters import BaseReference, is_adapters_dir, load_adapters_dir, save_adapters_dir
+from ..backbone.adapters import load_backbone_dir, save_adapters_dir
 from ..backbone.devices import torch_device
 from ..backbone.nodes import backbone_nodes, backbone_shim, install_backbone
-from ..backbone.source import TOKENIZER_FILE, torch_dtype
-from ..backbone.weights import load_module_dir, save_module_dir
+from ..backbone.source import TOKENIZER_FILE
+from ..backbone.weights import save_module_dir
 
 PathLike = Union[str, os.PathLike]
 
@@ -101,7 +101,7 @@ class BackbonePipe:
             raise FileNotFoundError(f"{path}: no such component directory")
         cfg = srsly.read_json(path / "cfg") if (path / "cfg").exists() and "cfg" not in exclude else None
         model_bytes = _read(path / "model") if "model" not in exclude else None
-        loaded: List[Tuple[Model, torch.nn.Module, bytes]] = []
+        loaded: List[Tuple[Model, torch.nn.Module, bytes, Any]] = []
         for index, node in enumerate(backbone_nodes(self.model)):
             folder = path / backbone_dir_name(index)
             if "model" in exclude or not folder.is_dir():
@@ -112,15 +112,8 @@ class BackbonePipe:
             # the layer's dtype setting (e.g. a dtype = "bfloat16" override at spacy.load) converts
             # tensor by tensor while loading; null keeps the saved dtype (memory-mapped, no copy)
             source = node.attrs.get("source")
-            if is_adapters_dir(folder):
-                module, base = load_adapters_dir(shim.model_cls, folder, checkpoint=getattr(source, "checkpoint", None),
-                                                 dtype=getattr(source, "dtype", None),
-                                                 device=torch_device(self.model.ops), **shim.model_kwargs)
-            else:
-                dtype = torch_dtype(getattr(source, "dtype", None)) or "auto"
-                module = load_module_dir(shim.model_cls, folder, device=torch_device(self.model.ops), dtype=dtype,
-                                         **shim.model_kwargs)
-                base = BaseReference.of(folder, module) if lora_layers(module) else None  # the base is here
+            module, base = load_backbone_dir(shim.model_cls, folder, source=source, device=torch_device(self.model.ops),
+                                             **shim.model_kwargs)
             loaded.append((node, module, _read(folder / TOKENIZER_FILE), base))
         # everything is read: now change the component
         if cfg is not None:
