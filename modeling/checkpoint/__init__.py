@@ -12,7 +12,8 @@ Owns everything between files on disk and model parameters, one module per conce
   messages refusing pickles that need more than tensors;
 - `fairseq`: the fairseq -> HF key map and what fairseq leaves implicit;
 - `discovery`: `open_checkpoint` finds the weights of a directory or file (shards and indexes
-  checked) and returns a `Checkpoint`, every tensor under its HF key;
+  checked) and returns a `Checkpoint`, every tensor under its HF key; `checkpoint_files` lists
+  a checkpoint's files without opening them;
 - `inference`: config values read from tensor shapes (`find_key`, `shape_facts`,
   `infer_config`, `check_config`);
 - `building`: `parameters_on_meta` and the load plan (which key fills which tied parameters);
@@ -24,7 +25,7 @@ The dtype names and safetensors dtype codes are `modeling.dtypes`'. Every failur
 """
 
 from .building import parameters_on_meta
-from .discovery import Checkpoint, open_checkpoint
+from .discovery import Checkpoint, checkpoint_files, open_checkpoint
 from .fairseq import GeneratedTensors, fairseq_to_hf_key
 from .files import (
     FAIRSEQ_NAME,
@@ -48,7 +49,7 @@ from .torch_pickle import PickledFile
 __all__ = [
     "FAIRSEQ_NAME", "PT_INDEX_NAME", "PT_WEIGHTS_NAME", "SAFE_INDEX_NAME", "SAFE_WEIGHTS_NAME", "WEIGHT_FILE_NAMES",
     "CheckpointError", "DTypeLike", "PathLike", "Shape", "TensorFile", "SafetensorsFile", "PickledFile",
-    "GeneratedTensors", "Checkpoint", "open_checkpoint", "fairseq_to_hf_key", "find_key", "shape_facts",
+    "GeneratedTensors", "Checkpoint", "open_checkpoint", "checkpoint_files", "fairseq_to_hf_key", "find_key", "shape_facts",
     "infer_config", "check_config", "resolve_dtype", "parameters_on_meta", "load_pretrained", "load_state_dict",
     "TensorSpec", "parse_size", "write_safetensors", "write_shards", "save_pretrained", "atomic_directory",
 ]

@@ -16,7 +16,7 @@ from .files import WEIGHT_FILE_NAMES, CheckpointError, PathLike, Shape, TensorFi
 from .safetensors import SafetensorsFile
 from .torch_pickle import PickledFile
 
-__all__ = ["Checkpoint", "open_checkpoint"]
+__all__ = ["Checkpoint", "open_checkpoint", "checkpoint_files"]
 
 _IGNORED_KEY = re.compile(r"(^|\.)embeddings\.(position_ids|token_type_ids)$")
 
@@ -50,18 +50,32 @@ class Checkpoint:
             file.close()
 
 
-def open_checkpoint(path: PathLike) -> Checkpoint:
-    """Find and open the weights at ``path`` (directory or file); no tensor data is read yet."""
-    path = Path(path)
+def _locate(path: Path) -> Tuple[Path, Path]:
+    """(weights file or shard index, the ``config.json`` beside it, which may not exist) of ``path``."""
     if path.is_dir():
         weights = next((path / name for name in WEIGHT_FILE_NAMES if (path / name).is_file()), None)
         if weights is None:
             raise CheckpointError(f"{path}: no weights found (looked for {', '.join(WEIGHT_FILE_NAMES)})")
-        config_file = path / CONFIG_NAME
-    elif path.is_file():
-        weights, config_file = path, path.parent / CONFIG_NAME
-    else:
-        raise CheckpointError(f"{path}: no such file or directory")
+        return weights, path / CONFIG_NAME
+    if path.is_file():
+        return path, path.parent / CONFIG_NAME
+    raise CheckpointError(f"{path}: no such file or directory")
+
+
+def checkpoint_files(path: PathLike) -> List[Path]:
+    """The files the checkpoint at ``path`` consists of, none opened: its ``config.json`` (when
+    there is one), its shard index (when sharded) and its weight files (checked to exist)."""
+    weights, config_file = _locate(Path(path))
+    files = [config_file] if config_file.is_file() else []
+    if weights.name.endswith(".json"):
+        files.append(weights)
+    return files + _weight_files(weights)
+
+
+def open_checkpoint(path: PathLike) -> Checkpoint:
+    """Find and open the weights at ``path`` (directory or file); no tensor data is read yet."""
+    path = Path(path)
+    weights, config_file = _locate(path)
     files = [_open_file(file) for file in _weight_files(weights)]
     checkpoint = Checkpoint(
         source=path,

@@ -3,12 +3,15 @@
 Owns finding the target Linear layers of a backbone or task model (by `LoraConfig.targets`),
 replacing them with `LoraLinear` (same Parameters, so the base state dict keys and a memory map
 stay as they were), freezing the backbone, and folding the adapters back into plain Linear
-layers, after which the model saves as an ordinary HF checkpoint.
+layers, after which the model saves as an ordinary HF checkpoint; for a while only
+(`without_adapters`: the base alone, `merged_adapters`: the folded weights), or for good
+(`merge_lora`). Also which Parameters of a task model are its head (`head_parameters`).
 """
 
 from __future__ import annotations
 
-from typing import Dict, Iterator, List, Optional, Tuple
+import contextlib
+from typing import Callable, Dict, Iterator, List, Optional, Tuple
 
 import torch
 from torch import nn
@@ -16,7 +19,8 @@ from torch import nn
 from .layer import LoraLinear
 from .settings import LoraConfig, target_of
 
-__all__ = ["apply_lora", "merge_lora", "lora_layers", "lora_parameters", "lora_config_of", "backbone_of"]
+__all__ = ["apply_lora", "merge_lora", "lora_layers", "lora_parameters", "lora_config_of", "backbone_of",
+           "head_parameters", "without_adapters", "merged_adapters"]
 
 
 def backbone_of(model: nn.Module) -> nn.Module:
@@ -47,12 +51,12 @@ def _targets(model: nn.Module, config: LoraConfig) -> List[Tuple[str, nn.Module]
             raise ValueError(f"{path} already has a LoRA adapter (apply_lora was called twice; merge_lora first)")
         if type(module) is not nn.Linear:
             raise ValueError(
-                f"lora targets {list(config.targets)}: {path} is a {type(module).__module__}.{type(module).__name__}, "
+                f"lora.targets {list(config.targets)}: {path} is a {type(module).__module__}.{type(module).__name__}, "
                 "not a torch.nn.Linear: LoRA needs the float weights (apply it before quantizing, or without int8)"
             )
     missing = wanted - {target_of(path) for path, _ in found}
     if missing:
-        raise ValueError(f"lora targets {sorted(missing)}: no such Linear layers in {type(model).__name__} "
+        raise ValueError(f"lora.targets {sorted(missing)}: no such Linear layers in {type(model).__name__} "
                          "(expected encoder.layer.N.… modules)")
     return found
 
@@ -108,6 +112,44 @@ def merge_lora(model: nn.Module) -> nn.Module:
     for path, layer in lora_layers(model).items():
         _replace(model, path, layer.merged())
     return model
+
+
+@contextlib.contextmanager
+def _swapped(model: nn.Module, make: Callable[[LoraLinear], nn.Linear]) -> Iterator[nn.Module]:
+    layers = lora_layers(model)
+    for path, layer in layers.items():
+        _replace(model, path, make(layer))
+    try:
+        yield model
+    finally:
+        for path, layer in layers.items():
+            _replace(model, path, layer)
+
+
+def without_adapters(model: nn.Module) -> "contextlib.AbstractContextManager[nn.Module]":
+    """While active, each `LoraLinear` of ``model`` is a plain Linear holding its base weight and
+    bias (the same Parameters, no copy): ``model`` computes, and its state dict holds, the base
+    alone (``save_pretrained`` writes the base as an HF checkpoint). The adapters come back on exit."""
+    return _swapped(model, LoraLinear.base_linear)
+
+
+def merged_adapters(model: nn.Module) -> "contextlib.AbstractContextManager[nn.Module]":
+    """While active, each `LoraLinear` of ``model`` is its `LoraLinear.merged` Linear (a new
+    weight ``W + scaling * B A`` per adapted layer: extra memory for those layers only; the base
+    weights are not written): ``model`` computes and saves as merged. The adapters come back on exit."""
+    return _swapped(model, LoraLinear.merged)
+
+
+def head_parameters(model: nn.Module) -> Dict[str, nn.Parameter]:
+    """The Parameters of ``model`` outside its backbone (`backbone_of`) by name, each once, none
+    of them a backbone Parameter: a task model's head (``qa_outputs.weight``, the LM head's
+    ``dense`` / ``layer_norm`` / ``bias``, but not its decoder weight, which is the tied word
+    embedding matrix). Empty for a bare backbone."""
+    backbone = backbone_of(model)
+    if backbone is model:
+        return {}
+    inside = {id(param) for param in backbone.parameters()}
+    return {name: param for name, param in model.named_parameters() if id(param) not in inside}
 
 
 def lora_config_of(model: nn.Module) -> LoraConfig:

@@ -135,6 +135,15 @@ class LoraLinear(nn.Module):
             linear.bias = self.bias
         return linear
 
+    def base_linear(self) -> nn.Linear:
+        """A plain Linear holding this layer's own weight and bias Parameters (no copy): the
+        layer without its adapter."""
+        linear = nn.Linear(self.in_features, self.out_features, bias=self.bias is not None, device="meta")
+        linear.weight = self.weight
+        if self.bias is not None:
+            linear.bias = self.bias
+        return linear
+
     def extra_repr(self) -> str:
         return (f"in_features={self.in_features}, out_features={self.out_features}, r={self.r}, "
                 f"alpha={self.alpha:g}, base_dtype={self.weight.dtype}, adapter_dtype={self.lora_A.weight.dtype}")

@@ -39,13 +39,18 @@ _UNSUPPORTED = {"use_dora": False, "use_rslora": False, "fan_in_fan_out": False,
 def peft_state_dict(model: nn.Module, *, modules_to_save: Sequence[str] = ()) -> Dict[str, Tensor]:
     """The adapters of ``model`` under PEFT's keys (``base_model.model.<path>.lora_A.weight``:
     (r, in); ``lora_B.weight``: (out, r)), plus every Parameter of the ``modules_to_save``
-    (module paths such as ``"classifier"``) under ``base_model.model.<path>.<name>``."""
+    (module paths such as ``"classifier"``, or the path of one Parameter such as
+    ``"lm_head.bias"``, which PEFT itself cannot express) under ``base_model.model.<path>.<name>``."""
     state = {PEFT_PREFIX + name: param.detach() for name, param in lora_parameters(model)}
     for path in modules_to_save:
         try:
             module = model.get_submodule(path)
         except AttributeError:
-            raise ValueError(f"modules_to_save: {type(model).__name__} has no module {path!r}") from None
+            try:
+                state[PEFT_PREFIX + path] = model.get_parameter(path).detach()
+                continue
+            except AttributeError:
+                raise ValueError(f"modules_to_save: {type(model).__name__} has no module or parameter {path!r}") from None
         for name, param in module.named_parameters():
             state[f"{PEFT_PREFIX}{path}.{name}"] = param.detach()
     return state

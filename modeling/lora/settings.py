@@ -66,17 +66,17 @@ class LoraConfig:
     def __init__(self, *, r: int = 8, alpha: float = 16.0, dropout: float = 0.0,
                  targets: Iterable[str] = ("query", "value")) -> None:
         if not isinstance(r, int) or isinstance(r, bool) or r <= 0:
-            raise ValueError(f"lora r must be a positive integer, got {r!r}")
+            raise ValueError(f"lora.r must be a positive integer, got {r!r}")
         if not _is_number(alpha) or alpha <= 0:
-            raise ValueError(f"lora alpha must be a positive number, got {alpha!r}")
+            raise ValueError(f"lora.alpha must be a positive number, got {alpha!r}")
         if not _is_number(dropout) or not 0.0 <= dropout < 1.0:
-            raise ValueError(f"lora dropout must be in [0, 1), got {dropout!r}")
+            raise ValueError(f"lora.dropout must be in [0, 1), got {dropout!r}")
         if isinstance(targets, str):
-            raise ValueError(f"lora targets must be a list of names from {list(TARGETS)}, got the string {targets!r}")
+            raise ValueError(f"lora.targets must be a list of names from {list(TARGETS)}, got the string {targets!r}")
         given = list(targets)
         unknown = [name for name in given if name not in TARGETS]
         if unknown or not given:
-            raise ValueError(f"lora targets must be names from {list(TARGETS)}, got {given!r}"
+            raise ValueError(f"lora.targets must be names from {list(TARGETS)}, got {given!r}"
                              + (f" (unknown: {unknown})" if unknown else " (none)"))
         object.__setattr__(self, "r", r)
         object.__setattr__(self, "alpha", float(alpha))
@@ -101,7 +101,7 @@ class LoraConfig:
         """From a mapping with the keys of `to_dict` (a config block); unknown keys raise `ValueError`."""
         unknown = sorted(set(data) - {"r", "alpha", "dropout", "targets"})
         if unknown:
-            raise ValueError(f"unknown lora settings {unknown}: expected r, alpha, dropout, targets")
+            raise ValueError(f"unknown lora settings {unknown}: expected lora.r, lora.alpha, lora.dropout, lora.targets")
         return cls(**data)
 
 

@@ -5,7 +5,9 @@
 - `precision`: mixed precision (bf16 / fp16 autocast, the fp16 loss scaler), native-bf16 detection;
 - `quantize`: int8 CPU inference;
 - `shim`: `TorchModuleShim`, the thinc shim that owns a torch module;
-- `weights`: a torch module as an HF checkpoint directory (and as bytes);
+- `weights`: a torch module as an HF checkpoint directory (and as bytes), LoRA adapters in ``lora/``;
+- `adapters`: LoRA on a backbone (the ``lora`` setting applied), the base reference and the
+  adapters-only backbone directory (``lora_save = "adapters"``);
 - `nodes`: the one way to find, configure and install the backbones inside a thinc model;
 - `settings`: `BackboneSettings`, every backbone setting with its default, registered as the
   config block ``spacy-xlmrxl.Backbone.v1`` (``spacy.registry.misc``).

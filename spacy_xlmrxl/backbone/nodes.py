@@ -3,17 +3,20 @@
 Owns the one way to find a backbone in any thinc model of this package (`backbone_nodes`: the
 layers that own a `TorchModuleShim`; `backbone_shim`: that shim), `set_backbone_source` (the
 ``checkpoint`` / ``preset`` / ``tokenizer`` given to a component's ``initialize``),
-`install_backbone` (a built or loaded module and its tokenizer into a layer, with the checks
-that they belong together) and `get_tokenizer`.
+`build_backbone` (a layer's ``init``: its module built from its source), `install_backbone` (a
+built or loaded module and its tokenizer into a layer, with the checks that they belong
+together) and `get_tokenizer`.
 """
 
 from __future__ import annotations
 
-from typing import Any, List
+from typing import Any, Dict, List, Optional
 
 import torch
 from thinc.api import Model
 
+from .adapters import BaseReference
+from .devices import torch_device
 from .shim import TorchModuleShim
 from .source import BackboneSource, load_tokenizer
 
@@ -40,10 +43,26 @@ def set_backbone_source(model: Model, **changes: Any) -> None:
             node.attrs["source"] = node.attrs["source"].replace(**changes).validate()
 
 
-def install_backbone(model: Model, module: torch.nn.Module, tokenizer_model: bytes) -> None:
-    """Give the layer its torch module and tokenizer; set ``nO`` and check the window size."""
+def build_backbone(model: Model, model_cls: Any, *, config_overrides: Optional[Dict[str, Any]] = None,
+                   model_kwargs: Optional[Dict[str, Any]] = None) -> None:
+    """A layer's ``init``: build ``model_cls`` from the layer's `BackboneSource` (on the ops'
+    device) and install it; with LoRA, the `BaseReference` of its checkpoint is kept."""
+    source: BackboneSource = model.attrs["source"]
+    tokenizer_path = source.tokenizer_path()  # fail before building a large model
+    module = source.build(model_cls, device=torch_device(model.ops), config_overrides=config_overrides,
+                          model_kwargs=model_kwargs)
+    checkpoint = source.checkpoint_path()
+    base = BaseReference.of(checkpoint, module) if checkpoint is not None and backbone_shim(model).lora else None
+    install_backbone(model, module, tokenizer_path.read_bytes(), base=base)
+
+
+def install_backbone(model: Model, module: torch.nn.Module, tokenizer_model: bytes, *,
+                     base: Optional[BaseReference] = None) -> None:
+    """Give the layer its torch module and tokenizer (``base``: the checkpoint under its LoRA
+    adapters); set ``nO`` and check the window size."""
     shim = backbone_shim(model)
     shim.set_module(module)
+    shim.base = base
     model.attrs["tokenizer_model"] = tokenizer_model
     model.attrs["tokenizer"] = None
     tokenizer = get_tokenizer(model)

@@ -22,8 +22,11 @@ from typing import Any, Dict, List, Mapping, Optional, Type, Union
 import torch
 from spacy.util import registry
 
+from modeling.lora import LoraConfig
+
+from .adapters import LORA_SAVE_MODES
 from .precision import normalise_mixed_precision
-from .quantize import check_quantize_dtype, check_quantize_precision
+from .quantize import check_quantize_dtype, check_quantize_precision, normalise_quantize
 from .shim import TorchModuleShim
 from .source import DEFAULT_CHECKPOINT, BackboneError, BackboneSource
 
@@ -48,7 +51,16 @@ class BackboneSettings:
         freeze_word_embeddings: train everything but the vocab x hidden word-embedding matrix
         (no gradient, no optimizer state for it); quantize: null or ``"int8"`` (CPU inference
         only: dynamic int8 ``nn.Linear`` layers over float32 weights, which are what is saved;
-        training raises); seed: random init of a preset (null: torch's global generator).
+        training raises); seed: random init of a preset (null: torch's global generator), and
+        of the LoRA adapters; lora: null, or LoRA adapters to train instead of the backbone,
+        e.g. ``{"r": 8, "alpha": 16, "dropout": 0.0, "targets": ["query", "value"]}``
+        (`modeling.lora.LoraConfig`; targets: query, key, value, attention_output, intermediate,
+        output): the backbone is frozen (no gradients, no optimizer state; it may stay
+        memory-mapped and in ``dtype = "bfloat16"``), the float32 adapters and the task head
+        train; lora_save: how ``to_disk`` writes a backbone with adapters: ``"full"`` (the base
+        and the adapters: the pipeline needs nothing else) or ``"adapters"`` (the adapters, the
+        task head and a reference to the base checkpoint: its path and a fingerprint, checked
+        at load; see `spacy_xlmrxl.backbone.adapters`).
 
     Every check that needs no file system runs here, and its `BackboneError` names the setting.
     """
@@ -64,6 +76,8 @@ class BackboneSettings:
     freeze_word_embeddings: bool = False
     quantize: Optional[str] = None
     seed: Optional[int] = None
+    lora: Optional[Dict[str, Any]] = None
+    lora_save: str = "full"
 
     def __post_init__(self) -> None:
         if isinstance(self.max_batch_pieces, bool) or not isinstance(self.max_batch_pieces, int) \
@@ -75,6 +89,25 @@ class BackboneSettings:
         precision = normalise_mixed_precision(self.mixed_precision)
         check_quantize_dtype(self.quantize, self.dtype)
         check_quantize_precision(self.quantize, precision)
+        if self.lora_save not in LORA_SAVE_MODES:
+            raise BackboneError(f"lora_save must be one of {LORA_SAVE_MODES}, got {self.lora_save!r}")
+        if self.lora_config() is not None and normalise_quantize(self.quantize) is not None:
+            raise BackboneError(
+                f"lora cannot be combined with quantize = {self.quantize!r}: int8 layers are an inference-only copy "
+                "that cannot carry trainable adapters. Train with quantize = null (a bf16 base, dtype = \"bfloat16\", "
+                "saves memory instead); for int8 inference, merge the adapters first (spacy-xlmrxl merge-lora)")
+
+    def lora_config(self) -> Optional[LoraConfig]:
+        """The ``lora`` setting as a checked `LoraConfig` (None when it is null); a bad value
+        raises `BackboneError` naming it (``lora.r``, ``lora.targets``, ...)."""
+        if self.lora is None:
+            return None
+        if not isinstance(self.lora, Mapping):
+            raise BackboneError(f"lora must be null or a table such as {LoraConfig().to_dict()}, got {self.lora!r}")
+        try:
+            return LoraConfig.from_dict(self.lora)
+        except (TypeError, ValueError) as error:
+            raise BackboneError(str(error)) from None
 
     @classmethod
     def from_arguments(cls, arguments: Mapping[str, Any]) -> "BackboneSettings":
@@ -94,7 +127,8 @@ class BackboneSettings:
         return TorchModuleShim(None, mixed_precision=self.mixed_precision, frozen=self.freeze,
                                grad_checkpointing=self.grad_checkpointing, quantize=self.quantize,
                                freeze_word_embeddings=self.freeze_word_embeddings, model_cls=model_cls,
-                               model_kwargs=model_kwargs)
+                               model_kwargs=model_kwargs, lora=self.lora_config(), lora_save=self.lora_save,
+                               lora_seed=self.seed)
 
 
 def backbone_config(**changes: Any) -> Dict[str, Any]:

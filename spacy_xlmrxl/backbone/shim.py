@@ -2,9 +2,9 @@
 
 Owns what thinc needs from a torch module: optimizer steps (`finish_update`), ``use_params``,
 device moves, byte serialisation (safetensors files, never pickle), copies; and the training
-switches applied to the module it is given: ``freeze``, ``freeze_word_embeddings``, gradient
-checkpointing, mixed precision (`spacy_xlmrxl.backbone.precision`) and the int8 inference copy
-(`spacy_xlmrxl.backbone.quantize`).
+switches applied to the module it is given: LoRA adapters (`spacy_xlmrxl.backbone.adapters`),
+``freeze``, ``freeze_word_embeddings``, gradient checkpointing, mixed precision
+(`spacy_xlmrxl.backbone.precision`) and the int8 inference copy (`spacy_xlmrxl.backbone.quantize`).
 """
 
 from __future__ import annotations
@@ -18,6 +18,9 @@ from thinc.api import CupyOps, get_current_ops
 from thinc.shims import Shim
 from thinc.util import torch2xp, xp2torch
 
+from modeling.lora import LoraConfig, apply_lora, lora_config_of, lora_layers
+
+from .adapters import LORA_SAVE_MODES, BaseReference, attach_lora, check_no_adapters
 from .devices import torch_device
 from .precision import LossScaler, autocast, normalise_mixed_precision, warn_if_bf16_emulated
 from .quantize import check_quantize_precision, normalise_quantize, quantize_linear_int8
@@ -41,6 +44,13 @@ class TorchModuleShim(Shim):
     returns and the forward passes run; the float weights stay in `float_module` and are what
     is saved, exported and copied, so a saved pipeline is a float HF checkpoint and loading it
     quantises again, identically. Inference only: a training forward raises `BackboneError`.
+    ``lora`` (a `modeling.lora.LoraConfig`): every module given to `set_module` gets those
+    adapters (`attach_lora`: a module that has adapters already must have these), its backbone
+    frozen, so `finish_update` hands the optimizer the adapters and the task head only (the
+    other Parameters get no gradient); ``lora_save`` says how `BackbonePipe` writes them (see
+    `spacy_xlmrxl.backbone.adapters`) and ``base`` is the `BaseReference` of the checkpoint the
+    base was loaded from (None for a preset).
+
     Memory: the int8 Linear weights (one byte per Linear parameter) on top of
     the float weights, whose Linear pages are handed back to the kernel after quantisation
     (`quantize_linear_int8`): when they are memory-mapped (``spacy.load``, or ``initialize`` from
@@ -53,11 +63,21 @@ class TorchModuleShim(Shim):
                  frozen: bool = False, grad_checkpointing: bool = False,
                  model_cls: Optional[Type[torch.nn.Module]] = None,
                  model_kwargs: Optional[Dict[str, Any]] = None, quantize: Union[str, bool, None] = None,
-                 freeze_word_embeddings: bool = False) -> None:
+                 freeze_word_embeddings: bool = False, lora: Optional[LoraConfig] = None, lora_save: str = "full",
+                 lora_seed: Optional[int] = None) -> None:
         super().__init__(module, config={})
         self.precision = normalise_mixed_precision(mixed_precision)
         self.quantize = normalise_quantize(quantize)
         check_quantize_precision(self.quantize, self.precision)
+        if lora is not None and self.quantize is not None:
+            raise BackboneError(f"lora cannot be combined with quantize = {self.quantize!r} (an inference-only int8 "
+                                "copy): train the adapters with quantize = null")
+        if lora_save not in LORA_SAVE_MODES:
+            raise BackboneError(f"lora_save must be one of {LORA_SAVE_MODES}, got {lora_save!r}")
+        self.lora = lora
+        self.lora_save = lora_save
+        self.lora_seed = lora_seed
+        self.base: Optional[BaseReference] = None
         self._runner: Optional[torch.nn.Module] = None  # the quantised copy, when quantize is set
         self.frozen = frozen
         self.freeze_word_embeddings = bool(freeze_word_embeddings)
@@ -102,6 +122,10 @@ class TorchModuleShim(Shim):
             self.cfg = dict(config)
         elif hasattr(module, "config") and hasattr(module.config, "to_dict"):
             self.cfg = module.config.to_dict()
+        if self.lora is not None:
+            attach_lora(module, self.lora, seed=self.lora_seed, float32_head=self.precision != "none")
+        else:
+            check_no_adapters(module)
         if self.frozen:
             module.requires_grad_(False)
         if self.freeze_word_embeddings:
@@ -158,9 +182,11 @@ class TorchModuleShim(Shim):
         for name, param in named:
             if not found_inf:
                 if param.dtype != torch.float32:
+                    hint = (" (with lora, mixed_precision = \"bf16\" alone keeps a bf16 base and trains the head "
+                            "in float32)" if self.lora is not None else "")
                     raise BackboneError(
                         f"training needs float32 weights, {name} is {param.dtype}: set dtype = "
-                        "\"float32\" and use mixed_precision = \"bf16\" or \"fp16\" instead"
+                        f"\"float32\" and use mixed_precision = \"bf16\" or \"fp16\" instead{hint}"
                     )
                 new_data, _ = optimizer((self.id, name), torch2xp(param.data), torch2xp(param.grad))
                 if not shares_memory(param.data, new_data):
@@ -175,13 +201,14 @@ class TorchModuleShim(Shim):
         if not state or self._model is None:
             yield
             return
-        backup = {k: v.detach().clone() for k, v in self._model.state_dict().items()}
+        current = self._model.state_dict()
+        backup = {k: current[k].detach().clone() for k in state if k in current}  # e.g. the adapters only
         self._model.load_state_dict({k: xp2torch(v, device=self.device) for k, v in state.items()}, strict=False)
         self._requantize()
         try:
             yield
         finally:
-            self._model.load_state_dict(backup)
+            self._model.load_state_dict(backup, strict=False)
             self._requantize()
 
     def _requantize(self) -> None:
@@ -207,7 +234,8 @@ class TorchModuleShim(Shim):
         files = None
         if self._model is not None and not self.external:
             files = module_to_bytes(self._model)
-        return srsly.msgpack_dumps({"config": self.cfg, "files": files})
+        base = self.base.to_dict() if self.base is not None else None
+        return srsly.msgpack_dumps({"config": self.cfg, "files": files, "base": base})
 
     def from_bytes(self, data: bytes) -> "TorchModuleShim":
         import srsly
@@ -218,13 +246,16 @@ class TorchModuleShim(Shim):
         if self.model_cls is None:
             raise BackboneError("cannot restore a backbone from bytes: the shim has no model class")
         self.set_module(module_from_bytes(self.model_cls, msg["files"], **self.model_kwargs), config=msg["config"])
+        self.base = BaseReference(**msg["base"]) if msg.get("base") else None
         return self
 
     def __deepcopy__(self, memo: Dict[int, Any]) -> "TorchModuleShim":
         clone = TorchModuleShim(None, mixed_precision=self.precision, frozen=self.frozen,
                                 grad_checkpointing=self.grad_checkpointing, model_cls=self.model_cls,
                                 model_kwargs=self.model_kwargs, quantize=self.quantize,
-                                freeze_word_embeddings=self.freeze_word_embeddings)
+                                freeze_word_embeddings=self.freeze_word_embeddings, lora=self.lora,
+                                lora_save=self.lora_save, lora_seed=self.lora_seed)
+        clone.base = self.base
         if self._model is not None:
             clone.set_module(self._compact_module(), config=dict(self.cfg))
         return clone
@@ -243,6 +274,8 @@ class TorchModuleShim(Shim):
         self.__dict__.setdefault("quantize", None)
         self.__dict__.setdefault("freeze_word_embeddings", False)
         self.__dict__.setdefault("_runner", None)
+        for name, default in (("lora", None), ("lora_save", "full"), ("lora_seed", None), ("base", None)):
+            self.__dict__.setdefault(name, default)
         self._requantize()
 
     def _compact_module(self) -> torch.nn.Module:
@@ -265,12 +298,21 @@ def freeze_word_embeddings(module: torch.nn.Module) -> None:
     get().weight.requires_grad_(False)
 
 
-def clone_module(module: torch.nn.Module, model_cls: Type[torch.nn.Module], **model_kwargs: Any) -> torch.nn.Module:
-    """A copy of ``module`` whose tensors own exactly their data (no shared memory maps)."""
+def empty_like(module: torch.nn.Module, model_cls: Type[torch.nn.Module], **model_kwargs: Any) -> torch.nn.Module:
+    """A ``model_cls`` of ``module``'s config and structure (its LoRA layers too) on the meta
+    device, ready for ``load_state_dict(module's state, assign=True)``."""
     from modeling.checkpoint import parameters_on_meta
 
     with parameters_on_meta():
-        clone = model_cls(module.config.copy(), **model_kwargs)  # type: ignore[union-attr]
+        empty = model_cls(module.config.copy(), **model_kwargs)  # type: ignore[union-attr]
+    if lora_layers(module):
+        apply_lora(empty, lora_config_of(module), freeze_base=False)
+    return empty
+
+
+def clone_module(module: torch.nn.Module, model_cls: Type[torch.nn.Module], **model_kwargs: Any) -> torch.nn.Module:
+    """A copy of ``module`` whose tensors own exactly their data (no shared memory maps)."""
+    clone = empty_like(module, model_cls, **model_kwargs)
     state = {name: tensor.detach().clone() for name, tensor in module.state_dict().items()}
     clone.load_state_dict(state, assign=True)
     for theirs, mine in zip(module.parameters(), clone.parameters()):

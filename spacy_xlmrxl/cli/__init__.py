@@ -15,10 +15,13 @@ Owns the subcommands the project workflow (``project.yml``) runs:
 * ``merge-config``: a training config + a partial override file (``configs/xl_gpu.cfg``);
 * ``metrics-table``: metrics JSON files -> Markdown tables for the README;
 * ``export-hf``: a trained NER / textcat / QA / fill-mask component -> a Hugging Face model
-  directory (`spacy_xlmrxl.export`).
+  directory (`spacy_xlmrxl.export`; LoRA adapters merged);
+* ``merge-lora``: a pipeline trained with LoRA adapters -> the pipeline with the adapters folded
+  into its backbones (`spacy_xlmrxl.merging`);
+* ``export-peft``: a component's LoRA adapters and head -> an HF PEFT adapter directory.
 
-One module per group of subcommands (`convert`, `evaluate`, `config`, `tables`, `export`); this
-one builds the parser.
+One module per group of subcommands (`convert`, `evaluate`, `config`, `tables`, `export`,
+`lora`); this one builds the parser.
 """
 
 from __future__ import annotations
@@ -26,13 +29,13 @@ from __future__ import annotations
 import argparse
 from typing import Optional, Sequence
 
-from . import config, convert, evaluate, export, tables
+from . import config, convert, evaluate, export, lora, tables
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="spacy-xlmrxl", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for module in (convert, evaluate, config, tables, export):
+    for module in (convert, evaluate, config, tables, export, lora):
         module.add_commands(sub)
     return parser
 

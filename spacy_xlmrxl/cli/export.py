@@ -1,5 +1,5 @@
 """``export-hf``: a trained NER / textcat / QA / fill-mask component -> a Hugging Face model
-directory (`spacy_xlmrxl.export`).
+directory (`spacy_xlmrxl.export`; LoRA adapters merged into the weights).
 """
 
 from __future__ import annotations

@@ -37,6 +37,11 @@ float32 (``MixedPrecisionPolicy(param_dtype=bf16, reduce_dtype=fp32)``), while t
 master weights and Adam moments stay float32 — the "bf16" row of `memory_plan`. On CPU
 (gloo) the default is float32. fp16 loss scaling is not supported with FSDP.
 
+LoRA (backbone setting ``lora``): the frozen base is sharded like the rest (and gathered in
+bf16 on a GPU), but only the adapters have gradients, so only they are reduce-scattered and
+stepped; the base may be bfloat16 (``dtype``) while the adapters are float32 (FSDP needs one
+dtype among the Parameters that train only). `full_backbones` rebuilds the adapters too.
+
 Limits: every rank first builds (or loads) the full float32 backbone, which is then sharded
 (for a moment, on the GPU with ``--gpu``); a 1-D mesh over all ranks (no
 hybrid sharding across nodes); with one process nothing is sharded. The call counts mirror
@@ -57,7 +62,7 @@ import torch
 import torch.distributed as dist
 
 from ..backbone.nodes import backbone_nodes, backbone_shim, get_tokenizer
-from ..backbone.shim import TorchModuleShim, shares_memory
+from ..backbone.shim import TorchModuleShim, empty_like, shares_memory
 from ..ml.transformer import is_transformer_layer, transformer_call_plan
 from .collectives import collective_device
 
@@ -383,17 +388,13 @@ def full_backbones(nlp: Any, *, rank: int) -> Iterator[None]:
     """Collective: gathers each sharded backbone's full state dict (on CPU) to rank 0, where it
     is the module of the shim while the block runs (``nlp.to_disk`` writes it); on the other
     ranks the block runs with nothing changed."""
-    from modeling.checkpoint import parameters_on_meta
-
     shims = [shim for _, shim in sharded_shims(nlp)]
     for shim in shims:
         state = gather_full_state(shim._model, keep=rank == 0)
         if rank == 0:
             if shim.model_cls is None:  # pragma: no cover - a Transformer layer always has one
                 raise ValueError("cannot rebuild the full backbone: the shim has no model class")
-            config = shim._model.config
-            with parameters_on_meta():
-                full = shim.model_cls(config.copy(), **shim.model_kwargs)
+            full = empty_like(shim._model, shim.model_cls, **shim.model_kwargs)  # LoRA layers too
             full.load_state_dict(state, assign=True)
             shim.full_module = full.train(shim._model.training)
         del state

@@ -31,10 +31,9 @@ from spacy.util import registry
 from thinc.api import Model
 from thinc.types import Floats2d, Floats3d
 
-from ..backbone.devices import to_torch, to_xp, torch_device
-from ..backbone.nodes import backbone_shim, install_backbone
+from ..backbone.devices import to_torch, to_xp
+from ..backbone.nodes import backbone_shim, build_backbone
 from ..backbone.settings import BackboneSettings
-from ..backbone.source import BackboneSource
 from .windows import WindowBatch, WindowMaker, make_strided_windows
 
 QA_MODEL_NAME = "xlmrxl-qa"
@@ -85,11 +84,7 @@ _CONFIG_OVERRIDES: Dict[str, Dict[str, Any]] = {"XLMRobertaXLForQuestionAnswerin
 
 
 def _task_init(model: Model, X: Any = None, Y: Any = None) -> None:
-    source: BackboneSource = model.attrs["source"]
-    tokenizer_path = source.tokenizer_path()  # fail before building a large model
-    module = source.build(head_class(model.attrs["model_cls"]), device=torch_device(model.ops),
-                          config_overrides=_CONFIG_OVERRIDES.get(model.attrs["model_cls"]))
-    install_backbone(model, module, tokenizer_path.read_bytes())
+    build_backbone(model, head_class(model.attrs["model_cls"]), config_overrides=_CONFIG_OVERRIDES.get(model.attrs["model_cls"]))
 
 
 def _torch_inputs(batch: WindowBatch, device: torch.device) -> Tuple[torch.Tensor, torch.Tensor]:

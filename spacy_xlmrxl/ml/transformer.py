@@ -19,10 +19,9 @@ from spacy.tokens import Doc
 from spacy.util import registry
 from thinc.api import Model
 
-from ..backbone.devices import to_torch, to_xp, torch_device
-from ..backbone.nodes import backbone_shim, get_tokenizer, install_backbone
+from ..backbone.devices import to_torch, to_xp
+from ..backbone.nodes import backbone_shim, build_backbone, get_tokenizer
 from ..backbone.settings import BackboneSettings, default_model_config
-from ..backbone.source import BackboneSource
 from .alignment import POOLING_MODES, StreamingPooler, align_tokens_to_pieces, pool_pieces
 from .doc_data import XLMRDocData, XLMRGrad
 from .windows import (
@@ -89,11 +88,7 @@ def backbone_class() -> Any:
 
 
 def _transformer_init(model: Model, X: Optional[List[Doc]] = None, Y: Any = None) -> None:
-    source: BackboneSource = model.attrs["source"]
-    tokenizer_path = source.tokenizer_path()  # fail before building a large model
-    module = source.build(backbone_class(), device=torch_device(model.ops),
-                          model_kwargs={"add_pooling_layer": False})
-    install_backbone(model, module, tokenizer_path.read_bytes())
+    build_backbone(model, backbone_class(), model_kwargs={"add_pooling_layer": False})
 
 
 def is_transformer_layer(model: Model) -> bool:

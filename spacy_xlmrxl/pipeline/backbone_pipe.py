@@ -11,6 +11,9 @@ the component (a file that cannot be used raises an error naming it; a directory
 against the model, `_check_loaded`), and memory-maps the weights (no copy; a ``dtype`` setting
 converts tensor by tensor). A backbone with ``quantize = "int8"`` saves its float weights, so
 the directory stays a float HF checkpoint and loading quantises again (identical predictions).
+A backbone with LoRA adapters is written as its base plus ``lora/``
+(`spacy_xlmrxl.backbone.weights`), or, with ``lora_save = "adapters"``, as adapters + task head +
+a reference to the base checkpoint (`spacy_xlmrxl.backbone.adapters`).
 """
 
 from __future__ import annotations
@@ -27,11 +30,13 @@ from thinc.api import Model
 from thinc.util import convert_recursive, is_xp_array
 
 from modeling.checkpoint import atomic_directory
+from modeling.lora import lora_layers
 
+from ..backbone.adapters import load_backbone_dir, save_adapters_dir
 from ..backbone.devices import torch_device
 from ..backbone.nodes import backbone_nodes, backbone_shim, install_backbone
-from ..backbone.source import TOKENIZER_FILE, load_tokenizer, torch_dtype
-from ..backbone.weights import load_module_dir, save_module_dir
+from ..backbone.source import TOKENIZER_FILE, load_tokenizer
+from ..backbone.weights import save_module_dir
 from .saving import SAVE_FILE, PipelineFileError, check_saved_together, save_stamp
 
 PathLike = Union[str, os.PathLike]
@@ -95,8 +100,8 @@ class BackbonePipe:
                 "model": lambda p: self._write_model(p, nodes),
             }
             for index, node in enumerate(nodes):
-                serialize[backbone_dir_name(index)] = lambda p, node=node: save_module_dir(
-                    backbone_shim(node).float_module, p, tokenizer_model=node.attrs.get("tokenizer_model"))
+                serialize[backbone_dir_name(index)] = lambda p, node=node, index=index: _save_backbone(
+                    node, p, final=path / backbone_dir_name(index))
             serialize[SAVE_FILE] = lambda p: srsly.write_json(p, stamp)  # last: the directory is complete
             util.to_disk(staging, serialize, exclude)
 
@@ -121,15 +126,15 @@ class BackbonePipe:
             self.vocab.from_disk(path / "vocab", exclude=exclude)
         if model_msg is not None:
             self._apply_model_msg(model_msg)
-        for node, module, proto in loaded:
-            install_backbone(node, module, proto)
+        for node, module, proto, base in loaded:
+            install_backbone(node, module, proto, base=base)
         self._after_load()
         return self
 
-    def _read_backbones(self, path: Path) -> List[Tuple[Model, torch.nn.Module, bytes]]:
+    def _read_backbones(self, path: Path) -> List[Tuple[Model, torch.nn.Module, bytes, Any]]:
         """Each backbone directory of ``path``: its tokenizer checked, its weights loaded
         (memory-mapped)."""
-        loaded: List[Tuple[Model, torch.nn.Module, bytes]] = []
+        loaded: List[Tuple[Model, torch.nn.Module, bytes, Any]] = []
         for index, node in enumerate(backbone_nodes(self.model)):
             folder = path / backbone_dir_name(index)
             if not folder.is_dir():
@@ -140,10 +145,9 @@ class BackbonePipe:
             # the layer's dtype setting (e.g. a dtype = "bfloat16" override at spacy.load) converts
             # tensor by tensor while loading; null keeps the saved dtype (memory-mapped, no copy)
             source = node.attrs.get("source")
-            dtype = torch_dtype(getattr(source, "dtype", None)) or "auto"
-            module = load_module_dir(shim.model_cls, folder, device=torch_device(self.model.ops), dtype=dtype,
-                                     **shim.model_kwargs)
-            loaded.append((node, module, proto))
+            module, base = load_backbone_dir(shim.model_cls, folder, source=source, device=torch_device(self.model.ops),
+                                             **shim.model_kwargs)
+            loaded.append((node, module, proto, base))
         return loaded
 
     def _read_model_msg(self, data: bytes, origin: Union[Path, str]) -> ModelMsg:
@@ -183,10 +187,21 @@ class BackbonePipe:
             self._apply_model_msg(model_msg)
             for node in backbone_nodes(self.model):
                 node.attrs["tokenizer"] = None  # rebuilt from the restored tokenizer model
-                if backbone_shim(node).has_module:
-                    install_backbone(node, backbone_shim(node).float_module, node.attrs["tokenizer_model"])
+                shim = backbone_shim(node)
+                if shim.has_module:
+                    install_backbone(node, shim.float_module, node.attrs["tokenizer_model"], base=shim.base)
         self._after_load()
         return self
+
+
+def _save_backbone(node: Model, path: Path, *, final: Path) -> None:
+    """Write a backbone layer's module as ``path`` (staged; ``final``: where it will live)."""
+    shim = backbone_shim(node)
+    tokenizer_model = node.attrs.get("tokenizer_model")
+    if shim.lora_save == "adapters" and lora_layers(shim.float_module):
+        save_adapters_dir(shim.float_module, path, base=shim.base, tokenizer_model=tokenizer_model, replaces=final)
+    else:
+        save_module_dir(shim.float_module, path, tokenizer_model=tokenizer_model)
 
 
 def _read(path: Path) -> bytes:

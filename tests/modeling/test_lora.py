@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from modeling import cpu_features
-from modeling.checkpoint import CheckpointError, save_pretrained
+from modeling.checkpoint import CheckpointError, checkpoint_files, load_pretrained, save_pretrained
 from modeling.config import XLMRobertaXLConfig
 from modeling.heads import XLMRobertaXLForTokenClassification
 from modeling.lora import (
@@ -27,6 +27,7 @@ from modeling.lora import (
     LoraConfig,
     LoraLinear,
     apply_lora,
+    head_parameters,
     load_peft_adapter,
     lora_config_of,
     lora_layers,
@@ -34,9 +35,11 @@ from modeling.lora import (
     lora_parameters,
     lora_training_bytes,
     merge_lora,
+    merged_adapters,
     peft_state_dict,
     save_peft_adapter,
     upcast_linear,
+    without_adapters,
 )
 from modeling.lora import layer as lora_layer_module
 from modeling.model import XLMRobertaXLModel
@@ -106,11 +109,11 @@ def token_batch(num_labels: int = 2) -> Dict[str, Tensor]:
 
 # ---------------------------------------------------------------------------------- settings
 @pytest.mark.parametrize("kwargs,named", [
-    ({"r": 0}, "lora r"), ({"r": -2}, "lora r"), ({"r": 2.5}, "lora r"), ({"r": True}, "lora r"),
-    ({"alpha": 0}, "lora alpha"), ({"alpha": -1.0}, "lora alpha"), ({"alpha": float("nan")}, "lora alpha"),
-    ({"dropout": -0.1}, "lora dropout"), ({"dropout": 1.0}, "lora dropout"),
-    ({"targets": ["query", "dense"]}, r"lora targets.*unknown: \['dense'\]"),
-    ({"targets": []}, "lora targets.*none"), ({"targets": "query"}, "lora targets.*string"),
+    ({"r": 0}, r"lora\.r"), ({"r": -2}, r"lora\.r"), ({"r": 2.5}, r"lora\.r"), ({"r": True}, r"lora\.r"),
+    ({"alpha": 0}, r"lora\.alpha"), ({"alpha": -1.0}, r"lora\.alpha"), ({"alpha": float("nan")}, r"lora\.alpha"),
+    ({"dropout": -0.1}, r"lora\.dropout"), ({"dropout": 1.0}, r"lora\.dropout"),
+    ({"targets": ["query", "dense"]}, r"lora\.targets.*unknown: \['dense'\]"),
+    ({"targets": []}, r"lora\.targets.*none"), ({"targets": "query"}, r"lora\.targets.*string"),
 ])
 def test_bad_settings_name_the_setting(kwargs: Dict[str, Any], named: str) -> None:
     with pytest.raises(ValueError, match=named):
@@ -281,6 +284,65 @@ def test_merged_model_saves_as_hf_checkpoint_with_our_outputs(tmp_path: Any) -> 
     save_pretrained(ours, tmp_path / "merged")
     hf = transformers.XLMRobertaXLForTokenClassification.from_pretrained(tmp_path / "merged").eval()
     assert_close(outputs(hf, **inputs), expected)
+
+
+def test_without_adapters_and_merged_adapters_are_temporary_views(tmp_path: Any) -> None:
+    _, plain = make_pair("ForTokenClassification")
+    _, ours = make_pair("ForTokenClassification")
+    apply_lora(ours, LoraConfig(r=4, alpha=8, targets=ALL_TARGETS), seed=0)
+    randomise_adapters(ours)
+    ours.eval(), plain.eval()
+    inputs = padded_inputs()
+    adapted = outputs(ours, **inputs)
+    layers = lora_layers(ours)
+    with without_adapters(ours) as view:
+        assert view is ours and not lora_layers(ours) and set(ours.state_dict()) == set(plain.state_dict())
+        assert ours.roberta.encoder.layer[0].attention.self.query.weight is layers[
+            "roberta.encoder.layer.0.attention.self.query"].weight  # the base Parameters, not copies
+        assert_close(outputs(ours, **inputs), outputs(plain, **inputs), atol=0.0)
+        save_pretrained(ours, tmp_path / "base")
+    with merged_adapters(ours):
+        assert not lora_layers(ours)
+        assert_close(outputs(ours, **inputs), adapted)
+        save_pretrained(ours, tmp_path / "merged")
+    assert lora_layers(ours) == layers and all(ours.get_submodule(p) is m for p, m in layers.items())
+    assert_close(outputs(ours, **inputs), adapted, atol=0.0)
+    base = load_pretrained(XLMRobertaXLForTokenClassification, tmp_path / "base").eval()
+    assert_close(outputs(base, **inputs), outputs(plain, **inputs), atol=0.0)
+    merged = transformers.XLMRobertaXLForTokenClassification.from_pretrained(tmp_path / "merged").eval()
+    assert_close(outputs(merged, **inputs), adapted)
+
+
+def test_head_parameters_leave_out_the_backbone_and_tied_weights() -> None:
+    from modeling.heads import XLMRobertaXLForMaskedLM, XLMRobertaXLForQuestionAnswering
+
+    assert head_parameters(XLMRobertaXLModel(tiny_config())) == {}
+    assert set(head_parameters(XLMRobertaXLForQuestionAnswering(tiny_config(num_labels=2)))) == {
+        "qa_outputs.weight", "qa_outputs.bias"}
+    mlm = XLMRobertaXLForMaskedLM(tiny_config())
+    heads = head_parameters(mlm)
+    assert set(heads) == {"lm_head.bias", "lm_head.dense.weight", "lm_head.dense.bias", "lm_head.layer_norm.weight",
+                          "lm_head.layer_norm.bias"}
+    assert all(param is not mlm.roberta.embeddings.word_embeddings.weight for param in heads.values())
+    # a Parameter path (lm_head.bias, whose module holds the tied decoder) as modules_to_save
+    apply_lora(mlm, SETTINGS)
+    state = peft_state_dict(mlm, modules_to_save=["lm_head.dense", "lm_head.bias"])
+    assert {k for k in state if "lora_" not in k} == {"base_model.model.lm_head.bias", "base_model.model.lm_head.dense.weight",
+                                                      "base_model.model.lm_head.dense.bias"}
+    with pytest.raises(ValueError, match="no module or parameter 'lm_head.nothing'"):
+        peft_state_dict(mlm, modules_to_save=["lm_head.nothing"])
+
+
+def test_checkpoint_files_lists_config_index_and_shards(tmp_path: Any) -> None:
+    model = XLMRobertaXLModel(tiny_config())
+    save_pretrained(model, tmp_path / "one")
+    assert [p.name for p in checkpoint_files(tmp_path / "one")] == ["config.json", "model.safetensors"]
+    save_pretrained(model, tmp_path / "sharded", max_shard_size=200_000)
+    names = [p.name for p in checkpoint_files(tmp_path / "sharded")]
+    assert names[:2] == ["config.json", "model.safetensors.index.json"] and len(names) > 3
+    assert [p.name for p in checkpoint_files(tmp_path / "one" / "model.safetensors")] == ["config.json", "model.safetensors"]
+    with pytest.raises(CheckpointError, match="no such file or directory"):
+        checkpoint_files(tmp_path / "missing")
 
 
 # ---------------------------------------------------------------------------------- training
@@ -489,9 +551,9 @@ def test_applying_twice_or_to_quantized_layers_is_refused() -> None:
     with pytest.raises(ValueError, match="already has a LoRA adapter"):
         apply_lora(model, SETTINGS)
     quantized = torch.ao.quantization.quantize_dynamic(XLMRobertaXLModel(tiny_config()), {nn.Linear}, dtype=torch.qint8)
-    with pytest.raises(ValueError, match=r"lora targets.*encoder\.layer\.0\.attention\.self\.query.*not a torch\.nn\.Linear"):
+    with pytest.raises(ValueError, match=r"lora\.targets.*encoder\.layer\.0\.attention\.self\.query.*not a torch\.nn\.Linear"):
         apply_lora(quantized, SETTINGS)
-    with pytest.raises(ValueError, match=r"lora targets \['query'\]: no such Linear layers in Sequential"):
+    with pytest.raises(ValueError, match=r"lora\.targets \['query'\]: no such Linear layers in Sequential"):
         apply_lora(nn.Sequential(nn.Linear(2, 2)), LoraConfig(targets=["query"]))
 
 

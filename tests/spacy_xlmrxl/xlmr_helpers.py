@@ -68,6 +68,11 @@ def train(nlp: Language, examples: List[Example], steps: int, *, learn_rate: Opt
     optimizer = nlp.initialize(lambda: examples)
     if learn_rate is not None:
         optimizer = Adam(learn_rate)
+    return update_steps(nlp, examples, optimizer, steps)
+
+
+def update_steps(nlp: Language, examples: List[Example], optimizer: Any, steps: int) -> List[float]:
+    """``steps`` calls of ``nlp.update(examples)``; the summed loss of every step."""
     totals = []
     for _ in range(steps):
         losses: Dict[str, float] = {}
