@@ -9,7 +9,8 @@ Owns
   first line (``"step": null``) written when training starts, after the pipeline was initialised;
 - the exit report: when ``$XLMRXL_BENCH_REPORT`` names a file, the process writes its peak
   resident memory (``VmHWM``: initialisation, training and the final save) and peak GPU memory
-  there as JSON when it exits.
+  (``peak_gpu``: the whole process; ``peak_gpu_training``: from the first step on, as the GPU
+  peak is reset when training starts) there as JSON when it exits.
 spaCy's own console logger reports accumulated losses at evaluations only; this one reports every step.
 """
 
@@ -30,20 +31,30 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench.common import current_rss, peak_rss  # noqa: E402
 
 REPORT_ENV = "XLMRXL_BENCH_REPORT"
+_GPU_PEAK_BEFORE_TRAINING: Dict[str, int] = {}
+
+
+def _cuda() -> Any:
+    torch = sys.modules.get("torch")
+    if torch is None or not torch.cuda.is_available() or not torch.cuda.is_initialized():
+        return None
+    return torch.cuda
 
 
 def peak_gpu_bytes() -> Optional[int]:
     """``torch.cuda.max_memory_allocated()`` when this process uses CUDA, else None."""
-    torch = sys.modules.get("torch")
-    if torch is None or not torch.cuda.is_available() or not torch.cuda.is_initialized():
-        return None
-    return int(torch.cuda.max_memory_allocated())
+    cuda = _cuda()
+    return None if cuda is None else int(cuda.max_memory_allocated())
 
 
 def _write_report() -> None:
     path = os.environ.get(REPORT_ENV)
     if path:
-        Path(path).write_text(json.dumps({"peak_rss": peak_rss(), "peak_gpu": peak_gpu_bytes()}))
+        training = peak_gpu_bytes()
+        before = _GPU_PEAK_BEFORE_TRAINING.get("bytes")
+        overall = None if training is None else max(training, before or 0)
+        Path(path).write_text(json.dumps({"peak_rss": peak_rss(), "peak_gpu": overall,
+                                          "peak_gpu_training": training}))
 
 
 atexit.register(_write_report)
@@ -101,6 +112,10 @@ def step_logger(path: str) -> Callable:
             out.flush()
 
         write({"step": None, "event": "training starts"})
+        cuda = _cuda()
+        if cuda is not None:  # from here on the GPU peak is the training steps'
+            _GPU_PEAK_BEFORE_TRAINING["bytes"] = int(cuda.max_memory_allocated())
+            cuda.reset_peak_memory_stats()
 
         def log_step(info: Optional[Dict[str, Any]]) -> None:
             nonlocal step

@@ -30,10 +30,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
-import statistics
-import subprocess
 import sys
 import time
 from dataclasses import fields
@@ -44,6 +41,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from bench.common import SHARED, TOKENIZER_DIR, machine_line, native_bf16, peak_rss  # noqa: E402
+from bench.spacy_train import log_tail, merged_config, run_logged, train_child  # noqa: E402
 from bench.xl_load import ensure_checkpoint, xl_config  # noqa: E402
 
 UNER_DA = SHARED / "data" / "ner" / "uner" / "da"
@@ -74,25 +72,16 @@ def convert_uner(scratch: Path) -> Dict[str, Path]:
             raise SystemExit(f"{source} is missing: ../shared/data (UNER) must be beside the repository")
         partial = path.with_suffix(".partial.spacy")
         partial.parent.mkdir(parents=True, exist_ok=True)
-        run([sys.executable, "-m", "spacy_xlmrxl.cli", "convert-uner", str(source), "--output", str(partial),
-             "--no-progress"], log=None)
+        log = path.with_suffix(".log")
+        if run_logged([sys.executable, "-m", "spacy_xlmrxl.cli", "convert-uner", str(source), "--output",
+                       str(partial), "--no-progress"], log=log) != 0:
+            raise SystemExit(f"convert-uner {source} failed: {log_tail(log)}")
         partial.replace(path)
     return out
 
 
-def run(command: Sequence[str], *, log: Optional[Path], env: Optional[Dict[str, str]] = None) -> int:
-    """Run ``command`` from the repository root (output to ``log``); raise on failure when no log."""
-    environment = {**os.environ, "TQDM_DISABLE": "1", "PYTHONPATH": str(REPO), **(env or {})}
-    if log is None:
-        subprocess.run(list(command), cwd=REPO, env=environment, check=True, stdout=subprocess.DEVNULL)
-        return 0
-    with open(log, "w", encoding="utf8") as handle:
-        return subprocess.run(list(command), cwd=REPO, env=environment, stdout=handle, stderr=subprocess.STDOUT).returncode
-
-
 # ---------------------------------------------------------------------------------- config
-def mode_settings(args: argparse.Namespace, mode: str, corpus: Dict[str, Path], checkpoint: Path,
-                  log: Path) -> Dict[str, Any]:
+def mode_settings(args: argparse.Namespace, mode: str, corpus: Dict[str, Path], checkpoint: Path) -> Dict[str, Any]:
     """This script's part of the training config of ``mode`` (merged over ner.cfg + the LoRA overrides)."""
     dtype, lora = MODES[mode]
     backbone: Dict[str, Any] = {"dtype": dtype}
@@ -103,7 +92,6 @@ def mode_settings(args: argparse.Namespace, mode: str, corpus: Dict[str, Path], 
             backbone["lora_save"] = args.lora_save
     training: Dict[str, Any] = {
         "max_steps": args.steps - 1, "eval_frequency": args.steps, "patience": 0, "max_epochs": 0,
-        "logger": {"@loggers": "spacy-xlmrxl-bench.step_logger.v1", "path": str(log)},
         "optimizer": {"learn_rate": {"warmup_steps": 1}},
     }
     corpora: Dict[str, Any] = {"dev": {"limit": args.dev_sentences}}
@@ -115,62 +103,24 @@ def mode_settings(args: argparse.Namespace, mode: str, corpus: Dict[str, Path], 
             "backbone": backbone, "training": training, "corpora": corpora}
 
 
-def write_config(args: argparse.Namespace, mode: str, corpus: Dict[str, Path], checkpoint: Path, out: Path) -> Path:
-    from thinc.api import Config
-
-    from spacy_xlmrxl.cli.config import merge_config
-
-    if not args.overrides.is_file():
-        raise SystemExit(f"{args.overrides} is missing (the LoRA overrides for configs/ner.cfg)")
-    config = merge_config(Config().from_disk(BASE_CONFIG, interpolate=False),
-                          Config().from_disk(args.overrides, interpolate=False))
-    config = merge_config(config, mode_settings(args, mode, corpus, checkpoint, out / "steps.jsonl"))
-    path = out / "config.cfg"
-    config.to_disk(path)
-    return path
+def mode_config(args: argparse.Namespace, mode: str, corpus: Dict[str, Path], checkpoint: Path) -> Any:
+    """configs/ner.cfg + the LoRA overrides + `mode_settings`."""
+    return merged_config(BASE_CONFIG, [args.overrides], mode_settings(args, mode, corpus, checkpoint))
 
 
 # ------------------------------------------------------------------------------- training
 def train(args: argparse.Namespace, mode: str, corpus: Dict[str, Path], checkpoint: Path) -> Dict[str, Any]:
     """One ``spacy train`` child for ``mode``: its peak RSS, step times and losses."""
     out = args.scratch / "xl-train" / f"{args.tag}-{mode}"
-    out.mkdir(parents=True, exist_ok=True)
-    config = write_config(args, mode, corpus, checkpoint, out)
-    report = out / "report.json"
-    report.unlink(missing_ok=True)
-    print(f"  {mode}: spacy train {config} ({args.steps} steps) ...", flush=True)
-    start = time.perf_counter()
-    code = run([sys.executable, "-m", "spacy", "train", str(config), "--output", str(out / "model"),
-                "--code", str(REPO / "bench" / "train_hooks.py")],
-               log=out / "train.log", env={"XLMRXL_BENCH_REPORT": str(report)})
-    result: Dict[str, Any] = {"mode": mode, "seconds": time.perf_counter() - start, "returncode": code,
-                              "pipeline": str(out / "model" / "model-last")}
-    if code != 0:
-        tail = (out / "train.log").read_text(errors="replace").strip().splitlines()[-5:]
-        result["error"] = " | ".join(tail) or f"exit status {code}"
-        print(f"  {mode}: FAILED ({code}): {result['error']}", flush=True)
+    print(f"  {mode}: spacy train {out / 'config.cfg'} ({args.steps} steps) ...", flush=True)
+    result = {"mode": mode, "pipeline": str(out / "model" / "model-last"),
+              **train_child(mode_config(args, mode, corpus, checkpoint), out)}
+    if "error" in result:
+        print(f"  {mode}: FAILED ({result['returncode']}): {result['error']}", flush=True)
         return result
-    result.update(json.loads(report.read_text()))
-    result.update(step_figures([json.loads(line) for line in (out / "steps.jsonl").read_text().splitlines()]))
     print(f"  {mode}: peak RSS {result['peak_rss'] / GiB:.2f} GiB, {result['seconds_per_step']:.2f} s/step, "
           f"loss {fmt_losses(result['losses'])}", flush=True)
     return result
-
-
-def step_figures(records: List[Dict[str, Any]]) -> Dict[str, Any]:
-    """Median seconds per step (steps after the first that did not evaluate), the summed loss of
-    every step, whether all are finite and whether the last is below the first."""
-    steps = [r for r in records if r.get("step") is not None]
-    timed = [r["seconds"] for r in steps[1:] if not r["evaluated"] and r["seconds"] is not None]
-    losses = [sum(r["losses"].values()) for r in steps]
-    start = next((r for r in records if r.get("step") is None), {})
-    return {
-        "seconds_per_step": statistics.median(timed) if timed else float("nan"),
-        "first_step_seconds": steps[0]["seconds"] if steps else float("nan"),
-        "losses": losses, "loss_finite": all(math.isfinite(x) for x in losses),
-        "loss_falling": len(losses) > 1 and losses[-1] < losses[0],
-        "rss_after_init": start.get("rss"),
-    }
 
 
 def fmt_losses(losses: Sequence[float]) -> str:
@@ -224,7 +174,7 @@ def child_pipe(pipeline: Path, variant: str, count: int) -> Dict[str, Any]:
 
 
 def run_child(args: List[str], log: Path) -> Dict[str, Any]:
-    code = run([sys.executable, __file__, "--child", *args], log=log)
+    code = run_logged([sys.executable, __file__, "--child", *args], log=log)
     lines = log.read_text(errors="replace").strip().splitlines()
     if code != 0 or not lines:
         return {"error": " | ".join(lines[-3:]) or f"exit status {code}"}
@@ -313,7 +263,8 @@ def run_all(args: argparse.Namespace) -> Dict[str, Any]:
     if not args.skip_train and modes:
         out = args.scratch / "xl-train" / f"{args.tag}-baseline"
         out.mkdir(parents=True, exist_ok=True)
-        config = write_config(args, modes[0], corpus, checkpoint, out)
+        config = out / "config.cfg"
+        mode_config(args, modes[0], corpus, checkpoint).to_disk(config)
         shape = run_child(["baseline", "--dir", str(config), "--train", str(corpus["train"]),
                            "--batch-sentences", str(args.batch_sentences)], out / "baseline.log")
         if "error" in shape:
@@ -324,7 +275,7 @@ def run_all(args: argparse.Namespace) -> Dict[str, Any]:
         for mode in modes:
             row = train(args, mode, corpus, checkpoint)
             if "error" not in row:
-                plan = planned(model_config, mode, Path(row["pipeline"]).parent.parent / "config.cfg", shape)
+                plan = planned(model_config, mode, args.scratch / "xl-train" / f"{args.tag}-{mode}" / "config.cfg", shape)
                 row["planned_total"] = plan.total
                 from spacy_xlmrxl.distributed.memory_plan import format_cpu_plan
 

@@ -12,7 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from bench.xl_train import step_figures, summary
+from bench.spacy_train import step_figures
+from bench.xl_train import summary
 from spacy_xlmrxl.backbone.settings import BackboneSettings
 
 REPO = Path(__file__).resolve().parents[2]
