@@ -12,6 +12,9 @@ Owns
   (``peak_gpu``: the whole process; ``peak_gpu_training``: from the first step on, as the GPU
   peak is reset when training starts) there as JSON when it exits.
 spaCy's own console logger reports accumulated losses at evaluations only; this one reports every step.
+Importing this file also imports `spacy_xlmrxl`, which registers the project's factories and
+architectures: a child then trains where the project is on ``PYTHONPATH`` without being
+installed (the GPU machine of bench/gpu_check.sh, which has no entry points for it).
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ from spacy.util import registry
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+import spacy_xlmrxl  # noqa: E402,F401  (registrations, for a project that is not installed)
 from bench.common import current_rss, peak_rss  # noqa: E402
 
 REPORT_ENV = "XLMRXL_BENCH_REPORT"

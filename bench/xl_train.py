@@ -182,25 +182,28 @@ def run_child(args: List[str], log: Path) -> Dict[str, Any]:
 
 
 # -------------------------------------------------------------------------------- planner
-def lora_of(config_path: Path) -> Optional[Any]:
-    """The `LoraConfig` of the first backbone block of a training config (None: no LoRA)."""
+def backbone_block(config_path: Path) -> Dict[str, Any]:
+    """The first backbone settings block of a training config."""
     from thinc.api import Config
 
-    from modeling.lora import LoraConfig
     from spacy_xlmrxl.backbone.settings import backbone_blocks
 
     blocks = backbone_blocks(Config().from_disk(config_path, interpolate=False))
-    lora = blocks[0].get("lora") if blocks else None
-    return LoraConfig.from_dict(lora) if lora else None
+    return dict(blocks[0]) if blocks else {}
 
 
 def planned(model_config: Any, mode: str, config_path: Path, shape: Dict[str, Any]) -> Any:
+    """The planner's estimate for the training config of ``mode`` on the measured batch shape."""
+    from modeling.lora import LoraConfig
     from spacy_xlmrxl.distributed.memory_plan import plan_cpu_training
 
-    dtype, _ = MODES[mode]
-    return plan_cpu_training(model_config, lora=lora_of(config_path), base_dtype=dtype,
-                             batch_size=shape["batch_size"], seq_length=shape["seq_length"],
-                             runtime_bytes=shape["runtime"])
+    block = backbone_block(config_path)
+    lora = block.get("lora")
+    return plan_cpu_training(model_config, lora=LoraConfig.from_dict(lora) if lora else None,
+                             base_dtype=MODES[mode][0], batch_size=shape["batch_size"],
+                             seq_length=shape["seq_length"], runtime_bytes=shape["runtime"],
+                             checkpointing=bool(block.get("grad_checkpointing")),
+                             freeze_word_embeddings=bool(block.get("freeze_word_embeddings")))
 
 
 def memory_total() -> int:
