@@ -96,7 +96,7 @@ def step_figures(records: List[Dict[str, Any]]) -> Dict[str, Any]:
     losses = [sum(r["losses"].values()) for r in steps]
     start = next((r for r in records if r.get("step") is None), {})
     gpu = [r["peak_gpu"] for r in steps if r.get("peak_gpu") is not None]
-    scores = [r["score"] for r in steps if r.get("evaluated")]
+    scores = [r.get("score") for r in steps if r.get("evaluated")]
     return {
         "steps": len(steps),
         "seconds_per_step": statistics.median(timed) if timed else float("nan"),

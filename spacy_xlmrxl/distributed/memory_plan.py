@@ -1,8 +1,11 @@
-"""Per-GPU training memory of XLM-RoBERTa-XL/XXL: DDP vs FSDP, fp32 vs bf16, checkpointing.
+"""Training memory of XLM-RoBERTa-XL/XXL: per GPU (DDP vs FSDP, fp32 vs bf16, checkpointing, LoRA)
+and per CPU process.
 
-Owns the arithmetic (`plan_memory` -> `MemoryPlan`), the activation model of our
-``modeling`` layers (`activation_bytes`) and the table printed by ``bench/memory_plan.py``.
-Pure Python over an `XLMRobertaXLConfig`; nothing is allocated.
+Owns the arithmetic (`plan_memory` -> `MemoryPlan`; `plan_lora` -> `LoraPlan` with the smallest
+GPU class; `plan_cpu_training` -> `CpuTrainingPlan`, the peak RSS of a NER training process),
+the activation model of our ``modeling`` layers (`activation_bytes`, trained or frozen with
+LoRA adapters) and the tables printed by ``bench/memory_plan.py``. Pure Python over an
+`XLMRobertaXLConfig`; nothing is allocated.
 
 Model state per parameter (P = ``config.num_parameters()``), before sharding:
 

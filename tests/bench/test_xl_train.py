@@ -72,12 +72,12 @@ def test_step_figures_leave_out_the_first_and_evaluating_steps():
     records = [{"step": None, "rss": 10},
                {"step": 0, "seconds": 9.0, "losses": {"ner": 5.0, "transformer": 0.0}, "evaluated": True},
                {"step": 1, "seconds": 2.0, "losses": {"ner": 4.0}, "evaluated": False},
-               {"step": 2, "seconds": 7.0, "losses": {"ner": 3.0}, "evaluated": True},
+               {"step": 2, "seconds": 7.0, "losses": {"ner": 3.0}, "evaluated": True, "score": 0.25},
                {"step": 3, "seconds": 4.0, "losses": {"ner": 2.5}, "evaluated": False}]
     figures = step_figures(records)
     assert figures["seconds_per_step"] == 3.0 and figures["first_step_seconds"] == 9.0
     assert figures["losses"] == [5.0, 4.0, 3.0, 2.5] and figures["loss_falling"] and figures["loss_finite"]
-    assert figures["rss_after_init"] == 10
+    assert figures["rss_after_init"] == 10 and figures["last_score"] == 0.25 and figures["steps"] == 4
     records[-1]["losses"] = {"ner": float("nan")}
     worse = step_figures(records)
     assert not worse["loss_finite"] and not worse["loss_falling"]
