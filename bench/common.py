@@ -2,7 +2,7 @@
 
 Owns the timing discipline every script follows on a shared machine (warm-up, then rounds in
 which each contender runs once in a rotating order, medians reported), the one-line machine
-description printed above each table, the reconstruction of UNER test sentences from
+description printed above each table, a process's current and peak resident memory, the reconstruction of UNER test sentences from
 ``../shared/data/ner/uner/*/test.iob2`` (``# text =`` lines plus the gold entity spans), the
 CPU feature check for native bf16 matmuls, and plain-text table printing.
 """
@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import os
 import platform
+import resource
 import statistics
 import time
 from dataclasses import dataclass
@@ -128,6 +129,26 @@ def machine_line() -> str:
         f"native bf16 matmul: {'yes' if native_bf16() else 'NO'}), load average {load:.1f}, "
         f"timed on the {CLOCK['name']} clock"
     )
+
+
+def current_rss() -> int:
+    """Resident bytes of this process now."""
+    with open("/proc/self/statm") as handle:
+        return int(handle.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def peak_rss() -> int:
+    """``VmHWM`` of this process, the high-water mark of its own address space (``ru_maxrss``,
+    the fallback where /proc is missing, carries the parent's peak into a child across fork +
+    exec on Linux)."""
+    try:
+        with open("/proc/self/status") as handle:
+            for line in handle:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # KiB on Linux
 
 
 def matmul_gflops(dtype: torch.dtype, *, m: int = 1024, k: int = 2560, n: int = 2560, rounds: int = 3) -> float:

@@ -30,7 +30,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import subprocess
 import sys
 import time
@@ -46,6 +45,7 @@ TOKENIZER_DIR = REPO.parent / "shared" / "data" / "tokenizer"
 SHORT_TEXT = "The dog is cute and lives in the garden house"
 PIPELINE_MARKER = "xl_load_source.json"
 
+from bench.common import current_rss, peak_rss  # noqa: E402
 from modeling import checkpoint as ck  # noqa: E402
 from modeling.config import XLMRobertaXLConfig  # noqa: E402
 from modeling.model import XLMRobertaXLModel  # noqa: E402
@@ -57,9 +57,9 @@ GB = 1e9
 
 
 # ---------------------------------------------------------------------------------- checkpoint
-def xl_config(layers: int) -> XLMRobertaXLConfig:
+def xl_config(layers: int, preset: str = "xl") -> XLMRobertaXLConfig:
     return XLMRobertaXLConfig.from_preset(
-        "xl", num_hidden_layers=layers, architectures=["XLMRobertaXLModel"], torch_dtype="float32"
+        preset, num_hidden_layers=layers, architectures=["XLMRobertaXLModel"], torch_dtype="float32"
     )
 
 
@@ -73,14 +73,14 @@ def random_tensor(name: str, shape: tuple) -> torch.Tensor:
     return torch.randn(shape, generator=generator) * 0.02
 
 
-def write_checkpoint(directory: Path, layers: int, shard_size: str) -> None:
+def write_checkpoint(directory: Path, layers: int, shard_size: str, *, preset: str = "xl") -> None:
     """Stream a random checkpoint into ``directory`` (atomically: a half-written one is never reused)."""
-    config = xl_config(layers)
+    config = xl_config(layers, preset)
     with ck.parameters_on_meta():
         model = XLMRobertaXLModel(config)
     specs = [ck.TensorSpec(name, torch.float32, tuple(t.shape)) for name, t in model.state_dict().items()]
     total = sum(spec.nbytes for spec in specs)
-    print(f"writing a random XL checkpoint ({layers} layers, {total / GB:.1f} GB fp32) to {directory} ...", flush=True)
+    print(f"writing a random {preset} checkpoint ({layers} layers, {total / GB:.1f} GB fp32) to {directory} ...", flush=True)
     start = time.perf_counter()
     shapes = {spec.name: spec.shape for spec in specs}
     with ck.atomic_directory(directory) as staging:
@@ -93,13 +93,16 @@ def checkpoint_bytes(directory: Path) -> int:
     return sum(p.stat().st_size for p in directory.glob("*.safetensors"))
 
 
-def ensure_checkpoint(directory: Path, layers: int, shard_size: str) -> None:
+def ensure_checkpoint(directory: Path, layers: int, shard_size: str, *, preset: str = "xl") -> None:
+    """Write the random checkpoint unless ``directory`` holds one of these shapes already."""
     config_file = directory / "config.json"
     if config_file.is_file() and any((directory / name).is_file() for name in (ck.SAFE_INDEX_NAME, ck.SAFE_WEIGHTS_NAME)):
-        if json.loads(config_file.read_text())["num_hidden_layers"] == layers:
+        found = json.loads(config_file.read_text())
+        wanted = xl_config(layers, preset)
+        if (found["num_hidden_layers"], found["hidden_size"]) == (layers, wanted.hidden_size):
             print(f"reusing {directory} ({checkpoint_bytes(directory) / GB:.1f} GB)", flush=True)
             return
-    write_checkpoint(directory, layers, shard_size)
+    write_checkpoint(directory, layers, shard_size, preset=preset)
 
 
 def warm_page_cache(directory: Path) -> None:
@@ -172,23 +175,6 @@ def files_of(impl: str, checkpoint: Path, pipeline: Path) -> Path:
 
 
 # ---------------------------------------------------------------------------------- child
-def current_rss() -> int:
-    with open("/proc/self/statm") as handle:
-        return int(handle.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-
-
-def peak_rss() -> int:
-    """``VmHWM`` of this process (falls back to ``ru_maxrss`` where /proc is missing)."""
-    try:
-        with open("/proc/self/status") as handle:
-            for line in handle:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # KiB on Linux
-
-
 def child(impl: str, directory: Path, dtype_name: str) -> Dict[str, float]:
     if impl in ("spacy", "spacy-int8"):
         return child_spacy(directory, dtype_name, quantize=impl == "spacy-int8")

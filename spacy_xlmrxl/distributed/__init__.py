@@ -10,5 +10,6 @@ initialised ``torch.distributed``:
 - `spacy_xlmrxl.distributed.fsdp`: the backbone sharded with FSDP2 ``fully_shard`` for that loop
   (``shard_backbones``, ``CallBalancer``, ``full_backbones``).
 - `spacy_xlmrxl.distributed.memory_plan`: per-GPU memory of XL/XXL training, DDP vs FSDP,
-  fp32 vs bf16, gradient checkpointing (``plan_memory``; table: ``bench/memory_plan.py``).
+  fp32 vs bf16, gradient checkpointing (``plan_memory``), LoRA (``plan_lora``) and a CPU
+  process's (``plan_cpu_training``); tables: ``bench/memory_plan.py``.
 """
