@@ -31,6 +31,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import subprocess
 import sys
 import time
 from dataclasses import fields
@@ -238,11 +239,26 @@ def pipe_variants(args: argparse.Namespace) -> List[str]:
     return [v for v in variants if v not in args.skip_variant]
 
 
+def merged_pipeline(pipeline: Path) -> Path:
+    """``pipeline`` with its LoRA adapters folded into the base (``spacy-xlmrxl merge-lora``), the
+    form int8 inference needs (int8 layers carry no adapters); ``pipeline`` itself if it has none."""
+    merged = pipeline.parent / f"{pipeline.name}-merged"
+    if not merged.is_dir():
+        done = subprocess.run([sys.executable, "-m", "spacy_xlmrxl.cli", "merge-lora", str(pipeline), str(merged)],
+                              capture_output=True, text=True)
+        if done.returncode != 0:
+            print(f"  merge-lora: not merged ({' | '.join(done.stderr.strip().splitlines()[-3:])}); int8 runs on {pipeline}",
+                  flush=True)
+            return pipeline
+    return merged
+
+
 def run_pipes(args: argparse.Namespace, pipeline: Path) -> List[Dict[str, Any]]:
     rows = []
     for variant in pipe_variants(args):
-        print(f"  nlp.pipe {variant}: {args.sentences} sentences ...", flush=True)
-        row = {"variant": variant, **run_child(["pipe", "--dir", str(pipeline), "--variant", variant,
+        source = merged_pipeline(pipeline) if variant == "int8" else pipeline
+        print(f"  nlp.pipe {variant}: {args.sentences} sentences of {source.name} ...", flush=True)
+        row = {"variant": variant, **run_child(["pipe", "--dir", str(source), "--variant", variant,
                                                 "--sentences", str(args.sentences)],
                                                pipeline.parent.parent / f"pipe-{variant}.log")}
         print(f"  nlp.pipe {variant}: " + (f"FAILED: {row['error']}" if "error" in row else
