@@ -56,14 +56,12 @@ def test_full_fine_tuning_run_at_tiny_scale(tmp_path, shared_data):
         assert pipe["sentences"] == 5 and pipe["words"] > 20 and pipe["words_per_s"] > 0
 
 
-@pytest.mark.skipif(not HAS_LORA, reason="BackboneSettings has no 'lora' setting yet (branch lora-spacy adds it); "
-                                         "this runs once it is merged")
-@pytest.mark.skipif(not LORA_OVERRIDES.is_file(), reason="configs/xl_lora_cpu.cfg (branch lora-spacy) is not here yet")
 def test_lora_modes_at_tiny_scale(tmp_path, shared_data):
-    figures = _run(tmp_path, "--steps", "2", "--skip-variant", "bf16")
+    # 3 steps: the learning-rate warm-up of configs/ner.cfg starts at 0, so step 2 repeats step 1's loss
+    figures = _run(tmp_path, "--steps", "3", "--skip-variant", "bf16")
     assert [row["mode"] for row in figures["train"]] == ["lora-fp32", "lora-bf16"]
     for row in figures["train"]:
-        _check_training(row, 2)
+        _check_training(row, 3)
     assert figures["full_plan"] > max(row["planned_total"] for row in figures["train"])
     assert all("error" not in pipe for pipe in figures["pipe"])
 
