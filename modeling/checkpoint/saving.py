@@ -42,8 +42,10 @@ def _unique_state(model: nn.Module) -> Dict[str, Tensor]:
     return {name: state[name] for name in sorted(first.values(), key=order.__getitem__)}
 
 
-def save_pretrained(model: nn.Module, directory: PathLike, *, max_shard_size: Union[int, str] = "5GB") -> Path:
-    """Write ``config.json`` and (sharded) safetensors for ``model`` into ``directory``, atomically.
+def save_pretrained(model: nn.Module, directory: PathLike, *, max_shard_size: Union[int, str] = "5GB",
+                    safe_serialization: bool = True) -> Path:
+    """Write ``config.json`` and (sharded) safetensors for ``model`` into ``directory``, atomically
+    (``pytorch_model*.bin`` torch pickles instead with ``safe_serialization=False``).
 
     Everything is written into a new directory beside ``directory`` and renamed into place, so
     an interrupted save leaves an existing checkpoint untouched; files of an existing directory
@@ -62,7 +64,8 @@ def save_pretrained(model: nn.Module, directory: PathLike, *, max_shard_size: Un
     specs = [TensorSpec(name, tensor.dtype, tuple(tensor.shape)) for name, tensor in state.items()]
     with atomic_directory(directory) as staging:
         config.save_pretrained(staging)
-        write_shards(staging, specs, lambda name: state[name], max_shard_size=max_shard_size)
+        write_shards(staging, specs, lambda name: state[name], max_shard_size=max_shard_size,
+                     safe_serialization=safe_serialization)
     return directory
 
 

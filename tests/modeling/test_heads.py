@@ -21,6 +21,7 @@ from .test_model import (
     TINY,
     assert_close,
     assert_grads_close,
+    assert_same_structure,
     make_pair,
     max_diff,
     random_ids,
@@ -121,6 +122,36 @@ def test_task_model_parity_with_hf(case: str, attn: str) -> None:
     hf_out.loss.backward()
     our_out.loss.backward()
     assert_grads_close(hf, ours)
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_tuple_output_equals_hf(case: str) -> None:
+    """return_dict=False (argument, or config.return_dict=False) gives HF's tuple, loss first."""
+    name, overrides, build, _ = CASES[case]
+    hf, ours = make_pair(name, attn="eager", **overrides)
+    inputs = build()
+    kwargs = dict(output_hidden_states=True, output_attentions=True, return_dict=False)
+    assert_same_structure(ours(**inputs, **kwargs), hf(**inputs, **kwargs))
+    unlabelled = {k: v for k, v in inputs.items() if k not in ("labels", "start_positions", "end_positions")}
+    ours.config.return_dict = hf.config.return_dict = False
+    assert_same_structure(ours(**unlabelled), hf(**unlabelled))
+    if name == "ForCausalLM":  # with the cache: logits, past_key_values
+        got, expected = ours(**unlabelled, use_cache=True), hf(**unlabelled, use_cache=True)
+        assert len(got) == len(expected) == 2 and len(got[1]) == TINY["num_hidden_layers"]
+        assert_same_structure(got, expected)
+
+
+def test_forward_signatures_name_hfs_arguments() -> None:
+    """HF's Trainer keeps the dataset columns that forward names: the same names, in HF's order."""
+    import inspect
+
+    for name in ("Model", *{case[0] for case in CASES.values()}):
+        ours = getattr(__import__("modeling"), f"XLMRobertaXL{name}")
+        expected = [p for p in inspect.signature(getattr(transformers, f"XLMRobertaXL{name}").forward).parameters
+                    if p != "kwargs"]
+        got = list(inspect.signature(ours.forward).parameters)
+        assert got[: len(expected)] == expected, name
+        assert not [p for p in inspect.signature(ours.forward).parameters.values() if p.kind is p.VAR_KEYWORD], name
 
 
 def test_heads_without_labels_give_no_loss() -> None:
