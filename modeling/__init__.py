@@ -22,6 +22,7 @@ _EXPORTS = {
     "XLMRobertaXLForMultipleChoice": "heads",
     "XLMRobertaXLForTokenClassification": "heads",
     "XLMRobertaXLForQuestionAnswering": "heads",
+    "GenerationConfig": "generation_config",
     "CheckpointError": "checkpoint",
     "load_state_dict": "checkpoint",
     "XLMRobertaTokenizer": "tokenizer",

@@ -20,7 +20,7 @@ import json
 import os
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any, Dict, Optional, Tuple, Union
+from typing import Any, ClassVar, Dict, Optional, Tuple, Union
 
 from .dtypes import TORCH_DTYPE_NAMES
 from .hub import HUB_OPTIONS, resolve_path
@@ -42,6 +42,14 @@ class ConfigNotFoundError(ConfigError, FileNotFoundError):
 @dataclass
 class XLMRobertaXLConfig:
     """Hyper-parameters of XLM-RoBERTa-XL/XXL; defaults are those of ``facebook/xlm-roberta-xl``."""
+
+    # HF PretrainedConfig's class-level facts (not fields: never written by `to_dict`)
+    model_type: ClassVar[str] = MODEL_TYPE
+    is_encoder_decoder: ClassVar[bool] = False
+    sub_configs: ClassVar[Dict[str, Any]] = {}
+    #: what HF reports as the attention kernel: ours is ``scaled_dot_product_attention`` unless
+    #: attention weights or a head mask need the explicit softmax (same results either way)
+    _attn_implementation: ClassVar[str] = "sdpa"
 
     vocab_size: int = 250880
     hidden_size: int = 2560
@@ -156,6 +164,10 @@ class XLMRobertaXLConfig:
             raise ConfigError("add_cross_attention=True needs is_decoder=True")
 
     # ------------------------------------------------------------------ derived
+    def get_text_config(self, decoder: bool = False) -> "XLMRobertaXLConfig":
+        """HF's accessor of a multimodal config's text part: a text model's config is its own."""
+        return self
+
     @property
     def use_return_dict(self) -> bool:
         """HF's name for the ``return_dict`` default."""

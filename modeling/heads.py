@@ -2,7 +2,7 @@
 
 Owns `compute_loss` (every task's loss), the head modules (`LMHead`, `ClassificationHead`), the
 shared task-model base (backbone under ``.roberta``, head initialisation, backbone call) and the
-task models: masked LM, causal LM (with a greedy ``generate`` using the key/value cache),
+task models: masked LM, causal LM (with ``generate``, `modeling.generation`),
 sequence classification / regression, multiple choice, token classification and extractive
 question answering. Parameter names are HF's (``roberta.*``, ``lm_head.*``, ``classifier.*``,
 ``qa_outputs.*``). Shapes: B = batch, S = sequence length, H = hidden size, V = vocabulary,
@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .config import XLMRobertaXLConfig
-from .layers import position_ids_from_input_ids
+from .generation import GenerationConfig, GenerationMixin
 from .model import XLMRobertaXLModel
 from .outputs import (
     BackboneOutput,
@@ -201,9 +201,14 @@ class XLMRobertaXLForMaskedLM(_LanguageModel):
         return self._result(result, out, return_dict)
 
 
-class XLMRobertaXLForCausalLM(_LanguageModel):
+class XLMRobertaXLForCausalLM(_LanguageModel, GenerationMixin):
     """Left-to-right language model (use with ``config.is_decoder=True``): logits (B, S, V);
-    loss predicts labels[i + 1] from position i. Returns the key/value cache."""
+    loss predicts labels[i + 1] from position i. Returns the key/value cache; ``generate``
+    continues prompts (`modeling.generation`), with ``generation_config`` as its defaults."""
+
+    def __init__(self, config: XLMRobertaXLConfig) -> None:
+        super().__init__(config)
+        self.generation_config = GenerationConfig.from_model_config(config)
 
     @classmethod
     def can_generate(cls) -> bool:
@@ -225,48 +230,6 @@ class XLMRobertaXLForCausalLM(_LanguageModel):
                                 hidden_states=out.hidden_states, attentions=out.attentions,
                                 cross_attentions=out.cross_attentions)
         return self._result(result, out, return_dict)
-
-    @torch.no_grad()
-    def generate(
-        self,
-        input_ids: Tensor,
-        *,
-        max_new_tokens: int,
-        eos_token_id: Optional[int] = None,
-        attention_mask: Optional[Tensor] = None,
-    ) -> Tensor:
-        """Greedy decoding (as HF ``generate(do_sample=False)``): (B, S) -> (B, S + n), n <= max_new_tokens.
-
-        Uses the key/value cache in decoder mode (recomputes the whole prefix otherwise). Without
-        ``attention_mask`` pads (``config.pad_token_id``) are masked. A row that produced
-        ``eos_token_id`` continues with pads; decoding stops when every row has finished.
-        Positions are counted over the whole sequence, skipping pads, as HF does.
-        """
-        pad = self.config.pad_token_id
-        if attention_mask is None:
-            attention_mask = input_ids.ne(pad).long()
-        finished = torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
-        past = None
-        for _ in range(max_new_tokens):
-            positions = position_ids_from_input_ids(input_ids, padding_idx=pad)
-            start = 0 if past is None else past[0][0].shape[2]
-            out = self(
-                input_ids[:, start:],
-                attention_mask=attention_mask,
-                position_ids=positions[:, start:],
-                past_key_values=past,
-                use_cache=True,
-            )
-            past = out.past_key_values
-            next_tokens = out.logits[:, -1].argmax(dim=-1)
-            if eos_token_id is not None:
-                next_tokens = next_tokens.masked_fill(finished, pad)
-                finished |= next_tokens.eq(eos_token_id)
-            input_ids = torch.cat([input_ids, next_tokens[:, None]], dim=1)
-            attention_mask = torch.cat([attention_mask, attention_mask.new_ones(attention_mask.shape[0], 1)], dim=1)
-            if bool(finished.all()):
-                break
-        return input_ids
 
 
 class XLMRobertaXLForSequenceClassification(XLMRobertaXLTaskModel):

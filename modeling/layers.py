@@ -432,7 +432,8 @@ class Encoder(nn.Module):
         super().__init__()
         self.layer = nn.ModuleList(TransformerLayer(config=config) for _ in range(config.num_hidden_layers))
         self.LayerNorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
-        self.gradient_checkpointing = False
+        # HF's legacy switch: a config (or config.json) with gradient_checkpointing=True turns it on
+        self.gradient_checkpointing = bool(getattr(config, "gradient_checkpointing", False))
         #: keywords of ``torch.utils.checkpoint.checkpoint`` (``use_reentrant`` defaults to False)
         self.checkpoint_options: Dict[str, object] = {}
 

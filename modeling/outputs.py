@@ -159,3 +159,33 @@ class QuestionAnsweringModelOutput(ModelOutput):
     end_logits: Optional[Tensor] = None
     hidden_states: Optional[Tuple[Tensor, ...]] = None
     attentions: Optional[Tuple[Tensor, ...]] = None
+
+
+@dataclass
+class GenerateDecoderOnlyOutput(ModelOutput):
+    """``generate`` with ``return_dict_in_generate`` (greedy search, sampling): ``sequences`` (R, T);
+    per new token: ``scores`` (processed) and ``logits`` (raw), each (R, V), the model's
+    ``attentions`` and ``hidden_states`` (one tuple per step); the final cache."""
+
+    sequences: Optional[Tensor] = None
+    scores: Optional[Tuple[Tensor, ...]] = None
+    logits: Optional[Tuple[Tensor, ...]] = None
+    attentions: Optional[Tuple[Tuple[Tensor, ...], ...]] = None
+    hidden_states: Optional[Tuple[Tuple[Tensor, ...], ...]] = None
+    past_key_values: Optional[Cache] = None
+
+
+@dataclass
+class GenerateBeamDecoderOnlyOutput(ModelOutput):
+    """``generate`` with beams and ``return_dict_in_generate``: as `GenerateDecoderOnlyOutput`, plus
+    ``sequences_scores`` (R,) (length-penalised) and ``beam_indices`` (R, new tokens): for each
+    new token, the beam row it extended (-1 after the end); ``scores`` are log-probabilities."""
+
+    sequences: Optional[Tensor] = None
+    sequences_scores: Optional[Tensor] = None
+    scores: Optional[Tuple[Tensor, ...]] = None
+    logits: Optional[Tuple[Tensor, ...]] = None
+    beam_indices: Optional[Tensor] = None
+    attentions: Optional[Tuple[Tuple[Tensor, ...], ...]] = None
+    hidden_states: Optional[Tuple[Tuple[Tensor, ...], ...]] = None
+    past_key_values: Optional[Cache] = None

@@ -10,7 +10,9 @@ and ``from_pretrained`` / ``save_pretrained`` with HF's keywords, which delegate
 
 from __future__ import annotations
 
+import copy
 import os
+from pathlib import Path
 from typing import Any, Dict, Iterable, Optional, Tuple, Union
 
 import torch
@@ -38,6 +40,19 @@ class XLMRobertaXLPreTrainedModel(nn.Module):
     main_input_name = "input_ids"
     supports_gradient_checkpointing = True
     _tied_weights_keys: Tuple[str, ...] = ()
+    # HF's capability flags, which HF's tooling and test suites read: SDPA attention yes; HF's
+    # cache classes, static caches, flash / flex attention no; no module must stay in float32
+    _supports_sdpa = True
+    _supports_flash_attn_2 = False
+    _supports_flex_attn = False
+    _supports_cache_class = False
+    _supports_static_cache = False
+    _supports_quantized_cache = False
+    _is_stateful = False
+    _keep_in_fp32_modules = None
+    _no_split_modules = ["TransformerLayer"]
+    _keys_to_ignore_on_load_missing = None
+    _keys_to_ignore_on_load_unexpected = None
 
     def __init__(self, config: XLMRobertaXLConfig) -> None:
         super().__init__()
@@ -62,6 +77,19 @@ class XLMRobertaXLPreTrainedModel(nn.Module):
     def base_model(self) -> nn.Module:
         """The backbone: ``self.roberta`` in a task model, the model itself otherwise."""
         return getattr(self, self.base_model_prefix, self)
+
+    @property
+    def vocab_size(self) -> int:
+        return self.config.vocab_size
+
+    @classmethod
+    def _from_config(cls, config: XLMRobertaXLConfig, *, torch_dtype: Optional[torch.dtype] = None,
+                     attn_implementation: Optional[str] = None, **kwargs: Any) -> "XLMRobertaXLPreTrainedModel":
+        """HF's constructor from a config (a copy of it), in ``torch_dtype``, recording ``attn_implementation``."""
+        config = copy.deepcopy(config)
+        _set_attention_implementation(config, attn_implementation)
+        model = cls(config, **kwargs)
+        return model.to(torch_dtype) if torch_dtype is not None else model
 
     @classmethod
     def can_generate(cls) -> bool:
@@ -94,6 +122,9 @@ class XLMRobertaXLPreTrainedModel(nn.Module):
         (``mean_resizing``, HF's distribution) or from N(0, initializer_range); a tied LM decoder
         stays tied and its bias is padded with zeros. Updates ``config.vocab_size`` and returns
         the new embedding module (the old one when nothing changes)."""
+        if pad_to_multiple_of is not None and (not isinstance(pad_to_multiple_of, int) or pad_to_multiple_of < 1):
+            raise ValueError(f"pad_to_multiple_of: asking to pad the embedding matrix to a multiple of "
+                             f"`{pad_to_multiple_of}`, which is not and integer. Please make sure to pass an integer")
         old = self.get_input_embeddings()
         count = old.num_embeddings if new_num_tokens is None else int(new_num_tokens)
         if pad_to_multiple_of is not None:
@@ -193,7 +224,7 @@ class XLMRobertaXLPreTrainedModel(nn.Module):
     @classmethod
     def from_pretrained(
         cls,
-        pretrained_model_name_or_path: PathLike,
+        pretrained_model_name_or_path: Optional[PathLike],
         *,
         config: Any = None,
         torch_dtype: Any = None,
@@ -220,7 +251,10 @@ class XLMRobertaXLPreTrainedModel(nn.Module):
         - ``subfolder``: a folder inside the checkpoint; the Hub options of `modeling.hub` are
           accepted; ``low_cpu_mem_usage`` is accepted (loading never holds two copies anyway);
           ``attn_implementation``: ``"eager"`` or ``"sdpa"`` (the same results here);
-        - ``check_finite=False`` loads weights holding NaN / inf instead of refusing them.
+        - ``check_finite=False`` loads weights holding NaN / inf instead of refusing them;
+        - ``pretrained_model_name_or_path=None`` with ``config`` and ``state_dict``: the weights
+          come from that state dict (HF's way to build without files);
+        - a ``generation_config.json`` beside the weights becomes the ``generation_config``.
 
         Other ``kwargs`` change config fields or go to the constructor (``add_pooling_layer``);
         anything else is a ``TypeError`` naming it.
@@ -228,14 +262,20 @@ class XLMRobertaXLPreTrainedModel(nn.Module):
         from .checkpoint import load_pretrained
 
         hub_options = {name: kwargs.pop(name) for name in list(kwargs) if name in HUB_OPTIONS}
-        path = resolve_path(pretrained_model_name_or_path, subfolder=subfolder, **hub_options)
-        if attn_implementation not in ATTENTION_IMPLEMENTATIONS:
-            raise ValueError(f"attn_implementation must be one of {ATTENTION_IMPLEMENTATIONS}, got {attn_implementation!r}")
         if dtype is not None and torch_dtype is not None and dtype != torch_dtype:
             raise ValueError(f"give torch_dtype ({torch_dtype!r}) or dtype ({dtype!r}), not both")
-        model = load_pretrained(cls, path, dtype=dtype if dtype is not None else torch_dtype,
-                                device=_device_from_map(device, device_map), config=config, check_finite=check_finite,
-                                ignore_mismatched_sizes=ignore_mismatched_sizes, **kwargs)
+        state_dict = kwargs.pop("state_dict", None)
+        if pretrained_model_name_or_path is None:
+            model = _from_state_dict(cls, config, state_dict, kwargs)
+        else:
+            if state_dict is not None:
+                raise ValueError("give state_dict without a checkpoint path (pretrained_model_name_or_path=None)")
+            path = resolve_path(pretrained_model_name_or_path, subfolder=subfolder, **hub_options)
+            model = load_pretrained(cls, path, dtype=dtype if dtype is not None else torch_dtype,
+                                    device=_device_from_map(device, device_map), config=config,
+                                    check_finite=check_finite, ignore_mismatched_sizes=ignore_mismatched_sizes, **kwargs)
+            _read_generation_config(model, path)
+        _set_attention_implementation(model.config, attn_implementation)
         return (model, dict(model.loading_info)) if output_loading_info else model
 
     def save_pretrained(
@@ -262,6 +302,33 @@ def _device_from_map(device: Optional[Union[str, torch.device]], device_map: Any
     if device is not None and torch.device(device) != torch.device(device_map):
         raise ValueError(f"device ({device!r}) and device_map ({device_map!r}) disagree")
     return device_map
+
+
+def _set_attention_implementation(config: XLMRobertaXLConfig, name: Optional[str]) -> None:
+    """Record HF's ``attn_implementation`` on the config (both names compute the same attention)."""
+    if name not in ATTENTION_IMPLEMENTATIONS:
+        raise ValueError(f"attn_implementation must be one of {ATTENTION_IMPLEMENTATIONS}, got {name!r}")
+    if name is not None:
+        config._attn_implementation = name
+
+
+def _from_state_dict(cls: type, config: Any, state_dict: Optional[Dict[str, Tensor]], kwargs: Dict[str, Any]) -> Any:
+    """HF's ``from_pretrained(None, config=..., state_dict=...)``: build, then load the tensors."""
+    if not isinstance(config, XLMRobertaXLConfig) or state_dict is None:
+        raise ValueError("from_pretrained(None, ...) needs config=XLMRobertaXLConfig(...) and state_dict=...")
+    config, unused = XLMRobertaXLConfig.from_dict(config.to_dict(), return_unused_kwargs=True, **kwargs)
+    model = cls(config, **unused)
+    result = model.load_state_dict(state_dict, strict=False)
+    model.loading_info = {"missing_keys": list(result.missing_keys), "unexpected_keys": list(result.unexpected_keys),
+                          "mismatched_keys": [], "error_msgs": []}
+    return model.eval()
+
+
+def _read_generation_config(model: nn.Module, path: Path) -> None:
+    """A model that generates takes the ``generation_config.json`` of its checkpoint directory."""
+    file = path / "generation_config.json" if path.is_dir() else path.parent / "generation_config.json"
+    if getattr(model, "generation_config", None) is not None and file.is_file():
+        model.generation_config = type(model.generation_config).from_pretrained(file)
 
 
 def _retie_after_load(module: nn.Module, incompatible_keys: Any) -> None:

@@ -48,7 +48,8 @@ def load_pretrained(
       file must not be truncated or rewritten in place while the model lives — our own
       `save_pretrained` replaces files, so saving over the loaded directory is safe); others
       are cast chunk by chunk.
-    - ``device``: where the weights are materialised (default CPU).
+    - ``device``: where the weights are materialised (default: torch's default device, CPU unless
+      a ``with torch.device(...)`` block says otherwise; on ``meta`` nothing is read).
     - ``config``: an `XLMRobertaXLConfig`, a dict or a path; ``overrides`` change config fields
       (and keys of the checkpoint's ``config.json``); constructor keywords such as
       ``add_pooling_layer`` are passed to ``model_cls``; any other keyword is a ``TypeError``.
@@ -91,7 +92,7 @@ def _load(
     if config_source is not None and not ignore_mismatched_sizes:
         check_config(config, checkpoint, config_source=config_source)
     target_dtype = resolve_dtype(dtype, config=config, checkpoint=checkpoint)
-    target_device = torch.device(device) if device is not None else torch.device("cpu")
+    target_device = torch.device(device) if device is not None else _default_device()
     with parameters_on_meta():
         model = model_cls(config, **model_kwargs)
     prefix = getattr(model_cls, "base_model_prefix", "roberta")
@@ -123,6 +124,12 @@ def _loading_info(model: nn.Module, plan: LoadPlan, checkpoint: Checkpoint) -> D
         )
     return {"missing_keys": missing, "unexpected_keys": list(plan.unexpected), "mismatched_keys": mismatched,
             "error_msgs": []}
+
+
+def _default_device() -> torch.device:
+    """torch's default device (``with torch.device(...)`` sets it; CPU otherwise), as HF loads there."""
+    get = getattr(torch, "get_default_device", None)  # torch >= 2.3
+    return torch.device(get()) if get is not None else torch.device("cpu")
 
 
 def _initialise_missing(model: nn.Module, plan: LoadPlan, *, dtype: torch.dtype, device: torch.device) -> None:
@@ -168,8 +175,11 @@ def _materialise(
                 current = state[names[0]]
                 wanted = dtype if current.is_floating_point() else current.dtype
                 name_in_file = checkpoint.tensors[key][1]
-                tensor = file.materialize(name_in_file, dtype=wanted, device=device)
-                if check_finite and tensor.is_floating_point():
+                if device.type == "meta":  # a model without memory: nothing to read
+                    tensor = torch.empty(file.shape(name_in_file), dtype=wanted, device=device)
+                else:
+                    tensor = file.materialize(name_in_file, dtype=wanted, device=device)
+                if check_finite and tensor.is_floating_point() and not tensor.is_meta:
                     _refuse_non_finite(file, name_in_file, key, tensor)
                 value: Tensor = tensor
                 if isinstance(current, nn.Parameter):
@@ -236,7 +246,7 @@ def _finish(model: nn.Module, *, dtype: torch.dtype, device: torch.device) -> No
     tie = getattr(model, "tie_weights", None)
     if tie is not None:
         tie()
-    left = [name for name, tensor in model.state_dict(keep_vars=True).items() if tensor.is_meta]
+    left = [name for name, tensor in model.state_dict(keep_vars=True).items() if tensor.is_meta and device.type != "meta"]
     if left:
         raise CheckpointError(f"internal error: {left[0]!r} was neither loaded nor initialised")
 

@@ -205,7 +205,7 @@ def test_dict_and_json_api(tmp_path: Path) -> None:
     config = XLMRobertaXLConfig.from_dict({**TINY, "custom_flag": 7})
     assert config.custom_flag == 7  # unknown config.json keys read as attributes, as in HF
     with pytest.raises(AttributeError, match="no_such_key"):
-        getattr(config, "no_such_key")
+        config.no_such_key  # noqa: B018
     config.update({"hidden_dropout_prob": 0.3, "num_labels": 4, "finetuning_task": "ner"})
     assert config.hidden_dropout_prob == 0.3 and len(config.id2label) == 4 and config.finetuning_task == "ner"
     path = config.to_json_file(tmp_path / "c.json")
@@ -242,3 +242,12 @@ def test_settings_changed_after_construction_are_checked_when_a_model_is_built()
     config.num_attention_heads = 5
     with pytest.raises(ConfigError, match="num_attention_heads"):
         XLMRobertaXLModel(config)
+
+
+def test_class_level_facts_equal_hfs() -> None:
+    transformers = pytest.importorskip("transformers")
+    config = XLMRobertaXLConfig(**TINY)
+    assert XLMRobertaXLConfig.model_type == transformers.XLMRobertaXLConfig.model_type == config.model_type
+    assert config.is_encoder_decoder is False and config.get_text_config() is config
+    assert config._attn_implementation == "sdpa"
+    assert not {"is_encoder_decoder", "_attn_implementation", "sub_configs"} & set(config.to_dict())

@@ -233,3 +233,43 @@ def test_question_answering_config_default_still_two_labels(tmp_path: Path) -> N
     model = XLMRobertaXLForQuestionAnswering(XLMRobertaXLConfig(**TINY))
     model.save_pretrained(tmp_path)
     assert XLMRobertaXLForQuestionAnswering.from_pretrained(tmp_path, torch_dtype="auto").qa_outputs.out_features == 2
+
+
+# ------------------------------------------------------------------ HF conventions around loading
+def test_attn_implementation_is_recorded_and_changes_nothing(saved: Path) -> None:
+    default = XLMRobertaXLForTokenClassification.from_pretrained(saved)
+    eager = XLMRobertaXLForTokenClassification.from_pretrained(saved, attn_implementation="eager")
+    assert default.config._attn_implementation == "sdpa" and eager.config._attn_implementation == "eager"
+    assert "_attn_implementation" not in json.loads(eager.config.to_json_string(use_diff=False))
+    ids, mask = random_ids()
+    assert_close(eager(ids, attention_mask=mask).logits, default(ids, attention_mask=mask).logits)
+    built = XLMRobertaXLForTokenClassification._from_config(default.config, torch_dtype=torch.float16,
+                                                           attn_implementation="eager")
+    assert built.dtype == torch.float16 and built.config._attn_implementation == "eager"
+    assert default.config._attn_implementation == "sdpa"  # _from_config works on a copy
+
+
+def test_loading_under_a_device_context_and_from_a_state_dict(saved: Path) -> None:
+    with torch.device("meta"):
+        meta = XLMRobertaXLForTokenClassification.from_pretrained(saved)
+    assert {p.device.type for p in meta.parameters()} == {"meta"}
+    hf, ours = make_pair("ForTokenClassification", num_labels=3)
+    rebuilt, info = XLMRobertaXLForTokenClassification.from_pretrained(
+        None, config=ours.config, state_dict=ours.state_dict(), output_loading_info=True)
+    assert info["missing_keys"] == [] and info["unexpected_keys"] == []
+    ids, mask = random_ids()
+    assert_close(rebuilt(ids, attention_mask=mask).logits, hf(ids, attention_mask=mask).logits)
+    with pytest.raises(ValueError, match="state_dict"):
+        XLMRobertaXLForTokenClassification.from_pretrained(saved, state_dict=ours.state_dict())
+
+
+def test_hf_flags_vocab_size_and_legacy_checkpointing_switch() -> None:
+    config = XLMRobertaXLConfig(**TINY)
+    model = XLMRobertaXLForMaskedLM(config)
+    assert model.vocab_size == TINY["vocab_size"] and model._supports_sdpa and not model._supports_static_cache
+    model.resize_token_embeddings(TINY["vocab_size"] + 3)
+    assert model.vocab_size == TINY["vocab_size"] + 3
+    with pytest.raises(ValueError, match="pad_to_multiple_of"):
+        model.resize_token_embeddings(TINY["vocab_size"], pad_to_multiple_of=1.3)
+    legacy = XLMRobertaXLConfig.from_dict({**TINY, "gradient_checkpointing": True})  # old HF config.json key
+    assert XLMRobertaXLModel(legacy).is_gradient_checkpointing and not XLMRobertaXLModel(config).is_gradient_checkpointing
