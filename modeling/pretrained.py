@@ -123,8 +123,9 @@ class XLMRobertaXLPreTrainedModel(nn.Module):
         stays tied and its bias is padded with zeros. Updates ``config.vocab_size`` and returns
         the new embedding module (the old one when nothing changes)."""
         if pad_to_multiple_of is not None and (not isinstance(pad_to_multiple_of, int) or pad_to_multiple_of < 1):
-            raise ValueError(f"pad_to_multiple_of: asking to pad the embedding matrix to a multiple of "
-                             f"`{pad_to_multiple_of}`, which is not and integer. Please make sure to pass an integer")
+            # HF's wording (its tests match it)
+            raise ValueError(f"Asking to pad the embedding matrix to a multiple of `{pad_to_multiple_of}`, which is "
+                             "not and integer. Please make sure to pass an integer (pad_to_multiple_of)")
         old = self.get_input_embeddings()
         count = old.num_embeddings if new_num_tokens is None else int(new_num_tokens)
         if pad_to_multiple_of is not None:
