@@ -42,10 +42,11 @@ ARCHIVE_URL = "https://codeload.github.com/huggingface/transformers/tar.gz/refs/
 MODEL_TEST = "tests/models/xlm_roberta_xl/test_modeling_xlm_roberta_xl.py"
 # what the model test file needs: the package markers, the top-level mixins, the generation and
 # pipeline mixins (imported by tests/test_pipeline_mixin.py), the config fixture of
-# tests/test_configuration_common.py, the tiny-model list of the pipeline mixin (with the custom config it imports from utils/test_module/) and
-# the model folder itself
+# tests/test_configuration_common.py (with the custom config it imports from utils/test_module/),
+# the pipeline mixin's tiny-model list, and the model folder itself
 NEEDED = (re.compile(r"^tests/[^/]+\.py$"), re.compile(r"^tests/(generation|pipelines)/[^/]+\.py$"),
-          re.compile(r"^tests/utils/(__init__\.py|test_configuration_utils\.py|tiny_model_summary\.json)$"), re.compile(r"^utils/test_module/[^/]+\.py$"),
+          re.compile(r"^tests/utils/(__init__\.py|test_configuration_utils\.py|tiny_model_summary\.json)$"),
+          re.compile(r"^utils/test_module/[^/]+\.py$"),
           re.compile(r"^tests/models/__init__\.py$"), re.compile(r"^tests/models/xlm_roberta_xl/[^/]+\.py$"))
 # modules of transformers whose XLM-RoBERTa-XL names `modeling` provides under the same names
 MODEL_MODULES = ("transformers", "transformers.models.xlm_roberta_xl",
@@ -89,7 +90,8 @@ def copy_folder(source: Path, target: Path) -> int:
     if root is None:
         raise SystemExit(f"--source {source}: no tests/ folder in it or in a folder directly below it")
     count = 0
-    for file in [*(root / "tests").rglob("*.py"), *(root / "tests").rglob("*.json"), *(root / "utils").glob("test_module/*.py")]:
+    files = [*(root / "tests").rglob("*.py"), *(root / "tests").rglob("*.json"), *(root / "utils").glob("test_module/*.py")]
+    for file in files:
         path = file.relative_to(root).as_posix()
         if needed(path):
             destination = target / path

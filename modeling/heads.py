@@ -117,7 +117,7 @@ OptBool = Optional[bool]
 #: the forward arguments a task model hands to the backbone unchanged
 _BACKBONE_ARGUMENTS = ("attention_mask", "token_type_ids", "position_ids", "head_mask", "inputs_embeds",
                        "encoder_hidden_states", "encoder_attention_mask", "past_key_values", "use_cache",
-                       "output_attentions", "output_hidden_states")
+                       "output_attentions", "output_hidden_states", "skip_padding")
 
 
 class XLMRobertaXLTaskModel(XLMRobertaXLPreTrainedModel):
@@ -125,7 +125,8 @@ class XLMRobertaXLTaskModel(XLMRobertaXLPreTrainedModel):
 
     Subclasses build their head modules, then call `post_init` to tie and initialise them. Their
     ``forward`` has HF's signature (named arguments, in HF's order: HF's Trainer reads it to pick
-    dataset columns); the backbone arguments among them go to the backbone unchanged.
+    dataset columns) plus ours, ``skip_padding`` (see `XLMRobertaXLModel.forward`); the backbone
+    arguments among them go to the backbone unchanged.
     """
 
     add_pooling_layer = False
@@ -142,7 +143,7 @@ class XLMRobertaXLTaskModel(XLMRobertaXLPreTrainedModel):
     def forward(self, input_ids: OptTensor = None, attention_mask: OptTensor = None, token_type_ids: OptTensor = None,
                 position_ids: OptTensor = None, head_mask: OptTensor = None, inputs_embeds: OptTensor = None,
                 labels: OptTensor = None, output_attentions: OptBool = None, output_hidden_states: OptBool = None,
-                return_dict: OptBool = None) -> Any:
+                return_dict: OptBool = None, skip_padding: bool = False) -> Any:
         """HF's forward of the sequence and token classifiers: the backbone, then `_head`."""
         out = self._encode(input_ids, locals())
         return self._result(self._head(out, labels=labels, attention_mask=attention_mask), out, return_dict)
@@ -193,7 +194,7 @@ class XLMRobertaXLForMaskedLM(_LanguageModel):
                 inputs_embeds: OptTensor = None, encoder_hidden_states: OptTensor = None,
                 encoder_attention_mask: OptTensor = None, labels: OptTensor = None,
                 output_attentions: OptBool = None, output_hidden_states: OptBool = None,
-                return_dict: OptBool = None) -> Any:
+                return_dict: OptBool = None, skip_padding: bool = False) -> Any:
         out = self._encode(input_ids, locals())
         logits = self.lm_head(out.last_hidden_state)
         loss = None if labels is None else compute_loss(logits, labels, problem_type="single_label_classification")
@@ -220,7 +221,7 @@ class XLMRobertaXLForCausalLM(_LanguageModel, GenerationMixin):
                 encoder_attention_mask: OptTensor = None, labels: OptTensor = None,
                 past_key_values: Optional[Cache] = None, use_cache: OptBool = None,
                 output_attentions: OptBool = None, output_hidden_states: OptBool = None,
-                return_dict: OptBool = None) -> Any:
+                return_dict: OptBool = None, skip_padding: bool = False) -> Any:
         if labels is not None:
             use_cache = False
         out = self._encode(input_ids, locals())
@@ -282,7 +283,8 @@ class XLMRobertaXLForMultipleChoice(XLMRobertaXLTaskModel):
     def forward(self, input_ids: OptTensor = None, token_type_ids: OptTensor = None,
                 attention_mask: OptTensor = None, labels: OptTensor = None, position_ids: OptTensor = None,
                 head_mask: OptTensor = None, inputs_embeds: OptTensor = None, output_attentions: OptBool = None,
-                output_hidden_states: OptBool = None, return_dict: OptBool = None) -> Any:
+                output_hidden_states: OptBool = None, return_dict: OptBool = None,
+                skip_padding: bool = False) -> Any:
         arguments = locals()
         num_choices = (input_ids if input_ids is not None else inputs_embeds).shape[1]
         flat = {k: v.flatten(0, 1) if k in self._choice_inputs and v is not None else v for k, v in arguments.items()}
@@ -353,7 +355,7 @@ class XLMRobertaXLForQuestionAnswering(XLMRobertaXLTaskModel):
                 token_type_ids: OptTensor = None, position_ids: OptTensor = None, head_mask: OptTensor = None,
                 inputs_embeds: OptTensor = None, start_positions: OptTensor = None, end_positions: OptTensor = None,
                 output_attentions: OptBool = None, output_hidden_states: OptBool = None,
-                return_dict: OptBool = None) -> Any:
+                return_dict: OptBool = None, skip_padding: bool = False) -> Any:
         if self.qa_outputs.out_features < 2:
             raise ValueError(
                 f"XLMRobertaXLForQuestionAnswering needs num_labels >= 2 (start and end logits; 2 is the QA "

@@ -381,3 +381,19 @@ def test_question_answering_num_labels_inferred_from_bare_weights(tmp_path) -> N
                                                               num_attention_heads=TINY["num_attention_heads"])
     assert loaded.config.num_labels == 3
     torch.testing.assert_close(loaded.qa_outputs.weight, model.qa_outputs.weight, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("case", ["masked_lm", "token_classification", "question_answering", "multiple_choice"])
+def test_skip_padding_through_task_models(case: str) -> None:
+    """Our ``skip_padding`` (not HF's) reaches the backbone from every encoder task model, and the
+    real positions' results equal the padded forward's."""
+    name, overrides, build, fields = CASES[case]
+    _, ours = make_pair(name, **overrides)
+    inputs = {k: v for k, v in build().items() if k not in ("labels", "start_positions", "end_positions")}
+    padded, skipped = ours(**inputs), ours(**inputs, skip_padding=True)
+    real = inputs["attention_mask"].bool()
+    for field in fields:
+        expected, got = getattr(padded, field), getattr(skipped, field)
+        if case != "multiple_choice":  # per-position outputs: compare the real positions
+            expected, got = expected[real], got[real]
+        assert_close(got, expected, what=field)
