@@ -1,9 +1,16 @@
 """`XLMRobertaXLConfig`: the model's hyper-parameters, HF ``config.json`` I/O, validation, presets.
 
 Owns every field of the documented HF signature (same names, same defaults), the fields that
-task models need (labels, problem type, decoder switches), reading and writing HF
-``config.json`` without dropping keys we do not know, and named size presets (``xl``, ``xxl``
+task models need (labels, problem type, decoder switches), the output switches that HF's
+``PretrainedConfig`` holds (``return_dict``, ``output_attentions``, ``output_hidden_states``:
+defaults of every forward), reading and writing HF ``config.json`` without dropping keys we do
+not know (they stay readable as attributes, as in HF), HF's label-map semantics (setting
+``num_labels`` regenerates ``id2label`` / ``label2id``) and named size presets (``xl``, ``xxl``
 and tiny ones for tests and demos).
+
+Validation is stricter than HF's: impossible values raise `ConfigError` at construction (and
+again when a model is built from a config changed since), and an unknown constructor keyword is a
+``TypeError`` instead of a new attribute.
 """
 
 from __future__ import annotations
@@ -13,9 +20,10 @@ import json
 import os
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any, Dict, Optional, Union
+from typing import Any, ClassVar, Dict, Optional, Tuple, Union
 
 from .dtypes import TORCH_DTYPE_NAMES
+from .hub import HUB_OPTIONS, resolve_path
 
 MODEL_TYPE = "xlm-roberta-xl"
 CONFIG_NAME = "config.json"
@@ -27,9 +35,21 @@ class ConfigError(ValueError):
     """A configuration value is impossible; the message names the setting."""
 
 
+class ConfigNotFoundError(ConfigError, FileNotFoundError):
+    """No ``config.json`` where one was asked for (an ``OSError`` too, as HF raises)."""
+
+
 @dataclass
 class XLMRobertaXLConfig:
     """Hyper-parameters of XLM-RoBERTa-XL/XXL; defaults are those of ``facebook/xlm-roberta-xl``."""
+
+    # HF PretrainedConfig's class-level facts (not fields: never written by `to_dict`)
+    model_type: ClassVar[str] = MODEL_TYPE
+    is_encoder_decoder: ClassVar[bool] = False
+    sub_configs: ClassVar[Dict[str, Any]] = {}
+    #: what HF reports as the attention kernel: ours is ``scaled_dot_product_attention`` unless
+    #: attention weights or a head mask need the explicit softmax (same results either way)
+    _attn_implementation: ClassVar[str] = "sdpa"
 
     vocab_size: int = 250880
     hidden_size: int = 2560
@@ -58,6 +78,10 @@ class XLMRobertaXLConfig:
     add_cross_attention: bool = False
     torch_dtype: Optional[str] = None
     architectures: Optional[list] = None
+    # HF PretrainedConfig's output switches: the defaults of every forward's arguments of that name
+    return_dict: bool = True
+    output_attentions: bool = False
+    output_hidden_states: bool = False
     # keys of a config.json that we do not model; written back unchanged
     extra: Dict[str, Any] = field(default_factory=dict, repr=False)
 
@@ -74,6 +98,25 @@ class XLMRobertaXLConfig:
         if self.torch_dtype is not None:
             self.torch_dtype = str(self.torch_dtype).replace("torch.", "")
         self.validate()
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        # HF's label semantics once the fields exist: a new label count replaces the label maps,
+        # and new label maps set the count
+        ready = "label2id" in self.__dict__
+        if ready and name == "num_labels" and len(self.id2label or {}) != value:
+            super().__setattr__("id2label", {i: f"LABEL_{i}" for i in range(value)})
+            super().__setattr__("label2id", {f"LABEL_{i}": i for i in range(value)})
+        elif ready and name == "id2label" and value is not None:
+            value = {int(k): str(v) for k, v in value.items()}
+            super().__setattr__("num_labels", len(value))
+        super().__setattr__(name, value)
+
+    def __getattr__(self, name: str) -> Any:
+        # reached only when no field or attribute has the name: the config.json keys we keep
+        extra = self.__dict__.get("extra")
+        if extra is not None and name in extra:
+            return extra[name]
+        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
 
     # ------------------------------------------------------------------ validation
     def validate(self) -> None:
@@ -121,6 +164,15 @@ class XLMRobertaXLConfig:
             raise ConfigError("add_cross_attention=True needs is_decoder=True")
 
     # ------------------------------------------------------------------ derived
+    def get_text_config(self, decoder: bool = False) -> "XLMRobertaXLConfig":
+        """HF's accessor of a multimodal config's text part: a text model's config is its own."""
+        return self
+
+    @property
+    def use_return_dict(self) -> bool:
+        """HF's name for the ``return_dict`` default."""
+        return self.return_dict
+
     @property
     def head_dim(self) -> int:
         return self.hidden_size // self.num_attention_heads
@@ -159,9 +211,26 @@ class XLMRobertaXLConfig:
         data["model_type"] = MODEL_TYPE
         return data
 
+    def to_diff_dict(self) -> Dict[str, Any]:
+        """`to_dict` without the output switches that hold HF's defaults (what ``config.json`` stores)."""
+        return {k: v for k, v in self.to_dict().items() if k not in _SWITCHES or v != _SWITCHES[k]}
+
     @classmethod
-    def from_dict(cls, data: Dict[str, Any], **overrides: Any) -> "XLMRobertaXLConfig":
-        data = {**data, **overrides}
+    def from_dict(
+        cls, config_dict: Dict[str, Any], *, return_unused_kwargs: bool = False, **kwargs: Any
+    ) -> Union["XLMRobertaXLConfig", Tuple["XLMRobertaXLConfig", Dict[str, Any]]]:
+        """A config from ``config.json`` content (keys we do not model are kept, see ``extra``).
+
+        ``kwargs`` change fields (and keys of ``config_dict``); a new ``num_labels`` replaces the
+        stored label maps, as HF's setter does. Other ``kwargs`` raise ``TypeError`` naming them,
+        or with ``return_unused_kwargs=True`` come back: ``(config, unused)``.
+        """
+        known = CONFIG_FIELDS | set(config_dict)
+        unused = {k: v for k, v in kwargs.items() if k not in known}
+        if unused and not return_unused_kwargs:
+            raise TypeError(f"{', '.join(map(repr, unused))}: no field of {cls.__name__}")
+        overrides = {k: v for k, v in kwargs.items() if k not in unused}
+        data = {**config_dict, **overrides}
         if "num_labels" in overrides and "id2label" not in overrides:
             # a new label count replaces the stored label maps (as HF's num_labels setter does)
             stored = data.get("id2label")
@@ -171,45 +240,68 @@ class XLMRobertaXLConfig:
         model_type = data.get("model_type")
         if model_type not in (None, MODEL_TYPE):
             raise ConfigError(f"model_type is {model_type!r}, expected {MODEL_TYPE!r}")
-        known = {f.name for f in fields(cls)} - {"extra"}
-        kwargs = {k: v for k, v in data.items() if k in known}
-        extra = {k: v for k, v in data.items() if k not in known and k != "model_type"}
+        extra = {k: v for k, v in data.items() if k not in CONFIG_FIELDS and k not in ("model_type", "extra")}
         extra.update(data.get("extra", {}) or {})
-        return cls(**kwargs, extra=extra)
+        config = cls(**{k: v for k, v in data.items() if k in CONFIG_FIELDS}, extra=extra)
+        return (config, unused) if return_unused_kwargs else config
 
-    def to_json_string(self) -> str:
-        return json.dumps(self.to_dict(), indent=2, sort_keys=True, ensure_ascii=False) + "\n"
+    def update(self, config_dict: Dict[str, Any]) -> None:
+        """Set the given values (HF's ``update``): fields by attribute, other keys kept in ``extra``."""
+        for key, value in config_dict.items():
+            if key in CONFIG_FIELDS:
+                setattr(self, key, value)
+            elif key != "model_type":
+                self.extra[key] = value
 
-    def save_pretrained(self, directory: Union[str, os.PathLike]) -> Path:
-        path = Path(directory)
+    def to_json_string(self, use_diff: bool = True) -> str:
+        """JSON of `to_diff_dict` (``use_diff``, what ``config.json`` holds) or `to_dict`."""
+        data = self.to_diff_dict() if use_diff else self.to_dict()
+        return json.dumps(data, indent=2, sort_keys=True, ensure_ascii=False) + "\n"
+
+    def to_json_file(self, json_file_path: Union[str, os.PathLike], use_diff: bool = True) -> Path:
+        path = Path(json_file_path)
+        path.write_text(self.to_json_string(use_diff=use_diff), encoding="utf8")
+        return path
+
+    def save_pretrained(self, save_directory: Union[str, os.PathLike]) -> Path:
+        """Write ``config.json`` into ``save_directory`` (created if needed); returns the file."""
+        path = Path(save_directory)
         path.mkdir(parents=True, exist_ok=True)
-        target = path / CONFIG_NAME
-        target.write_text(self.to_json_string(), encoding="utf8")
-        return target
+        return self.to_json_file(path / CONFIG_NAME)
 
     @classmethod
-    def from_json_file(cls, path: Union[str, os.PathLike], **overrides: Any) -> "XLMRobertaXLConfig":
-        path = Path(path)
+    def from_json_file(cls, json_file: Union[str, os.PathLike], **kwargs: Any) -> Any:
+        """Read a ``config.json`` file; ``kwargs`` as in `from_dict`."""
+        path = Path(json_file)
         try:
             data = json.loads(path.read_text(encoding="utf8"))
+        except FileNotFoundError as err:
+            raise ConfigNotFoundError(f"{path}: no such config file") from err
         except (OSError, ValueError, RecursionError) as err:  # ValueError: not UTF-8 / JSON; too deep nesting
             raise ConfigError(f"cannot read config file {path}: {err}") from err
         if not isinstance(data, dict):
             raise ConfigError(f"config file {path} does not hold a JSON object")
         try:
-            return cls.from_dict(data, **overrides)
-        except (ConfigError, TypeError) as err:
+            return cls.from_dict(data, **kwargs)
+        except ConfigError as err:
             raise ConfigError(f"{path}: {err}") from err
+        except TypeError as err:
+            raise TypeError(f"{path}: {err}") from err
 
     @classmethod
-    def from_pretrained(cls, path: Union[str, os.PathLike], **overrides: Any) -> "XLMRobertaXLConfig":
-        """Read ``config.json`` from a checkpoint directory or the file itself."""
-        path = Path(path)
+    def from_pretrained(
+        cls, pretrained_model_name_or_path: Union[str, os.PathLike], *, subfolder: str = "", **kwargs: Any
+    ) -> Any:
+        """Read ``config.json`` from a checkpoint directory (``subfolder`` inside it) or the file
+        itself. The Hub options of `modeling.hub.resolve_path` are accepted; other ``kwargs`` as
+        in `from_dict`."""
+        hub_options = {k: kwargs.pop(k) for k in list(kwargs) if k in HUB_OPTIONS}
+        path = resolve_path(pretrained_model_name_or_path, subfolder=subfolder, **hub_options)
         if path.is_dir():
             path = path / CONFIG_NAME
         if not path.exists():
-            raise ConfigError(f"no {CONFIG_NAME} at {path}")
-        return cls.from_json_file(path, **overrides)
+            raise ConfigNotFoundError(f"no {CONFIG_NAME} at {path}")
+        return cls.from_json_file(path, **kwargs)
 
     @classmethod
     def from_preset(cls, name: str, **overrides: Any) -> "XLMRobertaXLConfig":
@@ -221,6 +313,11 @@ class XLMRobertaXLConfig:
     def copy(self, **changes: Any) -> "XLMRobertaXLConfig":
         return XLMRobertaXLConfig.from_dict(self.to_dict(), **changes)
 
+
+#: the names of the config's fields (``extra`` excepted)
+CONFIG_FIELDS = frozenset(f.name for f in fields(XLMRobertaXLConfig)) - {"extra"}
+# HF PretrainedConfig's output switches and their defaults (left out of config.json at these values)
+_SWITCHES: Dict[str, bool] = {"return_dict": True, "output_attentions": False, "output_hidden_states": False}
 
 # The vocabulary must hold every tokenizer id (250,002); the released checkpoints pad it to 250,880.
 PRESETS: Dict[str, Dict[str, Any]] = {

@@ -2,7 +2,7 @@
 
 Owns `compute_loss` (every task's loss), the head modules (`LMHead`, `ClassificationHead`), the
 shared task-model base (backbone under ``.roberta``, head initialisation, backbone call) and the
-task models: masked LM, causal LM (with a greedy ``generate`` using the key/value cache),
+task models: masked LM, causal LM (with ``generate``, `modeling.generation`),
 sequence classification / regression, multiple choice, token classification and extractive
 question answering. Parameter names are HF's (``roberta.*``, ``lm_head.*``, ``classifier.*``,
 ``qa_outputs.*``). Shapes: B = batch, S = sequence length, H = hidden size, V = vocabulary,
@@ -12,24 +12,28 @@ C = number of labels or choices.
 from __future__ import annotations
 
 import logging
-from typing import Any, Optional
+from typing import Any, Dict, Optional
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .config import XLMRobertaXLConfig
-from .layers import position_ids_from_input_ids
-from .model import XLMRobertaXLModel, XLMRobertaXLPreTrainedModel
+from .generation import GenerationConfig, GenerationMixin
+from .model import XLMRobertaXLModel
 from .outputs import (
     BackboneOutput,
+    Cache,
     CausalLMOutput,
     MaskedLMOutput,
+    ModelOutput,
     MultipleChoiceModelOutput,
     QuestionAnsweringModelOutput,
     SequenceClassifierOutput,
     TokenClassifierOutput,
+    task_tuple,
 )
+from .pretrained import XLMRobertaXLPreTrainedModel
 
 logger = logging.getLogger(__name__)
 
@@ -77,9 +81,15 @@ class LMHead(nn.Module):
         self.tie(word_embeddings)
 
     def tie(self, word_embeddings: nn.Embedding) -> None:
-        """Share the decoder weight with ``word_embeddings`` and the decoder bias with ``bias``."""
+        """Share the decoder weight with ``word_embeddings`` and the decoder bias with ``bias``
+        (cut or padded with zeros to the vocabulary size first, as HF does after a resize)."""
+        rows = word_embeddings.weight.shape[0]
+        if self.bias.shape[0] != rows:
+            kept = self.bias.detach()[:rows]
+            self.bias = nn.Parameter(F.pad(kept, (0, rows - kept.shape[0])), requires_grad=self.bias.requires_grad)
         self.decoder.weight = word_embeddings.weight
         self.decoder.bias = self.bias
+        self.decoder.out_features = rows
 
     def forward(self, hidden_states: Tensor) -> Tensor:
         return self.decoder(self.layer_norm(F.gelu(self.dense(hidden_states))))
@@ -102,13 +112,21 @@ class ClassificationHead(nn.Module):
 
 
 # ---------------------------------------------------------------------------------- task models
+OptTensor = Optional[Tensor]
+OptBool = Optional[bool]
+#: the forward arguments a task model hands to the backbone unchanged
+_BACKBONE_ARGUMENTS = ("attention_mask", "token_type_ids", "position_ids", "head_mask", "inputs_embeds",
+                       "encoder_hidden_states", "encoder_attention_mask", "past_key_values", "use_cache",
+                       "output_attentions", "output_hidden_states", "skip_padding")
+
+
 class XLMRobertaXLTaskModel(XLMRobertaXLPreTrainedModel):
     """Base of the task models: the backbone as ``.roberta`` and the head(s) beside it.
 
-    Subclasses build their head modules, then call `post_init` to tie and initialise them.
-    Their ``forward(input_ids, *, <labels>, **inputs)`` passes ``inputs`` (``attention_mask``,
-    ``token_type_ids``, ``position_ids``, ``head_mask``, ``inputs_embeds``,
-    ``output_attentions``, ``output_hidden_states``, decoder arguments) to the backbone.
+    Subclasses build their head modules, then call `post_init` to tie and initialise them. Their
+    ``forward`` has HF's signature (named arguments, in HF's order: HF's Trainer reads it to pick
+    dataset columns) plus ours, ``skip_padding`` (see `XLMRobertaXLModel.forward`); the backbone
+    arguments among them go to the backbone unchanged.
     """
 
     add_pooling_layer = False
@@ -122,12 +140,27 @@ class XLMRobertaXLTaskModel(XLMRobertaXLPreTrainedModel):
         self.tie_weights()
         self.init_weights(modules=[module for name, module in self.named_children() if name != "roberta"])
 
-    def get_input_embeddings(self) -> nn.Embedding:
-        return self.roberta.get_input_embeddings()
+    def forward(self, input_ids: OptTensor = None, attention_mask: OptTensor = None, token_type_ids: OptTensor = None,
+                position_ids: OptTensor = None, head_mask: OptTensor = None, inputs_embeds: OptTensor = None,
+                labels: OptTensor = None, output_attentions: OptBool = None, output_hidden_states: OptBool = None,
+                return_dict: OptBool = None, skip_padding: bool = False) -> Any:
+        """HF's forward of the sequence and token classifiers: the backbone, then `_head`."""
+        out = self._encode(input_ids, locals())
+        return self._result(self._head(out, labels=labels, attention_mask=attention_mask), out, return_dict)
 
-    def _encode(self, input_ids: Optional[Tensor], inputs: Any) -> BackboneOutput:
-        """Run the backbone on ``input_ids`` and the forwarded keyword ``inputs``."""
-        return self.roberta(input_ids, **inputs)
+    def _head(self, out: BackboneOutput, *, labels: OptTensor, attention_mask: OptTensor) -> ModelOutput:
+        """The task's result from the backbone output ``out`` (with the loss when ``labels`` are given)."""
+        raise NotImplementedError(f"{type(self).__name__} defines its own forward")
+
+    def _encode(self, input_ids: Optional[Tensor], arguments: Dict[str, Any]) -> BackboneOutput:
+        """Run the backbone on ``input_ids`` and the backbone arguments among ``arguments`` (a
+        forward's ``locals()``)."""
+        inputs = {name: arguments[name] for name in _BACKBONE_ARGUMENTS if name in arguments}
+        return self.roberta(input_ids, return_dict=True, **inputs)
+
+    def _result(self, result: ModelOutput, backbone: BackboneOutput, return_dict: Optional[bool]) -> Any:
+        """``result``, or HF's tuple of it with ``return_dict=False`` (`task_tuple`)."""
+        return result if self._return_dict(return_dict) else task_tuple(result, backbone)
 
 
 class _LanguageModel(XLMRobertaXLTaskModel):
@@ -146,77 +179,58 @@ class _LanguageModel(XLMRobertaXLTaskModel):
     def get_output_embeddings(self) -> nn.Linear:
         return self.lm_head.decoder
 
+    def set_output_embeddings(self, new_embeddings: nn.Linear) -> None:
+        """As HF: the new decoder's bias becomes the head's bias; its weight is tied to the word
+        embeddings at the next `tie_weights`."""
+        self.lm_head.decoder = new_embeddings
+        self.lm_head.bias = new_embeddings.bias
+
 
 class XLMRobertaXLForMaskedLM(_LanguageModel):
     """Masked language model: logits (B, S, V); loss = cross-entropy at labels != -100."""
 
-    def forward(self, input_ids: Optional[Tensor] = None, *, labels: Optional[Tensor] = None, **inputs: Any) -> MaskedLMOutput:
-        out = self._encode(input_ids, inputs)
+    def forward(self, input_ids: OptTensor = None, attention_mask: OptTensor = None,
+                token_type_ids: OptTensor = None, position_ids: OptTensor = None, head_mask: OptTensor = None,
+                inputs_embeds: OptTensor = None, encoder_hidden_states: OptTensor = None,
+                encoder_attention_mask: OptTensor = None, labels: OptTensor = None,
+                output_attentions: OptBool = None, output_hidden_states: OptBool = None,
+                return_dict: OptBool = None, skip_padding: bool = False) -> Any:
+        out = self._encode(input_ids, locals())
         logits = self.lm_head(out.last_hidden_state)
         loss = None if labels is None else compute_loss(logits, labels, problem_type="single_label_classification")
-        return MaskedLMOutput(loss=loss, logits=logits, hidden_states=out.hidden_states, attentions=out.attentions)
+        result = MaskedLMOutput(loss=loss, logits=logits, hidden_states=out.hidden_states, attentions=out.attentions)
+        return self._result(result, out, return_dict)
 
 
-class XLMRobertaXLForCausalLM(_LanguageModel):
+class XLMRobertaXLForCausalLM(_LanguageModel, GenerationMixin):
     """Left-to-right language model (use with ``config.is_decoder=True``): logits (B, S, V);
-    loss predicts labels[i + 1] from position i. Returns the key/value cache."""
+    loss predicts labels[i + 1] from position i. Returns the key/value cache; ``generate``
+    continues prompts (`modeling.generation`), with ``generation_config`` as its defaults."""
 
-    def forward(self, input_ids: Optional[Tensor] = None, *, labels: Optional[Tensor] = None, **inputs: Any) -> CausalLMOutput:
+    def __init__(self, config: XLMRobertaXLConfig) -> None:
+        super().__init__(config)
+        self.generation_config = GenerationConfig.from_model_config(config)
+
+    @classmethod
+    def can_generate(cls) -> bool:
+        return True
+
+    def forward(self, input_ids: OptTensor = None, attention_mask: OptTensor = None,
+                token_type_ids: OptTensor = None, position_ids: OptTensor = None, head_mask: OptTensor = None,
+                inputs_embeds: OptTensor = None, encoder_hidden_states: OptTensor = None,
+                encoder_attention_mask: OptTensor = None, labels: OptTensor = None,
+                past_key_values: Optional[Cache] = None, use_cache: OptBool = None,
+                output_attentions: OptBool = None, output_hidden_states: OptBool = None,
+                return_dict: OptBool = None, skip_padding: bool = False) -> Any:
         if labels is not None:
-            inputs["use_cache"] = False
-        out = self._encode(input_ids, inputs)
+            use_cache = False
+        out = self._encode(input_ids, locals())
         logits = self.lm_head(out.last_hidden_state)
         loss = None if labels is None else compute_loss(logits, labels, problem_type=CAUSAL_LM)
-        return CausalLMOutput(
-            loss=loss,
-            logits=logits,
-            past_key_values=out.past_key_values,
-            hidden_states=out.hidden_states,
-            attentions=out.attentions,
-            cross_attentions=out.cross_attentions,
-        )
-
-    @torch.no_grad()
-    def generate(
-        self,
-        input_ids: Tensor,
-        *,
-        max_new_tokens: int,
-        eos_token_id: Optional[int] = None,
-        attention_mask: Optional[Tensor] = None,
-    ) -> Tensor:
-        """Greedy decoding (as HF ``generate(do_sample=False)``): (B, S) -> (B, S + n), n <= max_new_tokens.
-
-        Uses the key/value cache in decoder mode (recomputes the whole prefix otherwise). Without
-        ``attention_mask`` pads (``config.pad_token_id``) are masked. A row that produced
-        ``eos_token_id`` continues with pads; decoding stops when every row has finished.
-        Positions are counted over the whole sequence, skipping pads, as HF does.
-        """
-        pad = self.config.pad_token_id
-        if attention_mask is None:
-            attention_mask = input_ids.ne(pad).long()
-        finished = torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
-        past = None
-        for _ in range(max_new_tokens):
-            positions = position_ids_from_input_ids(input_ids, padding_idx=pad)
-            start = 0 if past is None else past[0][0].shape[2]
-            out = self(
-                input_ids[:, start:],
-                attention_mask=attention_mask,
-                position_ids=positions[:, start:],
-                past_key_values=past,
-                use_cache=True,
-            )
-            past = out.past_key_values
-            next_tokens = out.logits[:, -1].argmax(dim=-1)
-            if eos_token_id is not None:
-                next_tokens = next_tokens.masked_fill(finished, pad)
-                finished |= next_tokens.eq(eos_token_id)
-            input_ids = torch.cat([input_ids, next_tokens[:, None]], dim=1)
-            attention_mask = torch.cat([attention_mask, attention_mask.new_ones(attention_mask.shape[0], 1)], dim=1)
-            if bool(finished.all()):
-                break
-        return input_ids
+        result = CausalLMOutput(loss=loss, logits=logits, past_key_values=out.past_key_values,
+                                hidden_states=out.hidden_states, attentions=out.attentions,
+                                cross_attentions=out.cross_attentions)
+        return self._result(result, out, return_dict)
 
 
 class XLMRobertaXLForSequenceClassification(XLMRobertaXLTaskModel):
@@ -233,15 +247,13 @@ class XLMRobertaXLForSequenceClassification(XLMRobertaXLTaskModel):
         )
         self.post_init()
 
-    def forward(
-        self, input_ids: Optional[Tensor] = None, *, labels: Optional[Tensor] = None, **inputs: Any
-    ) -> SequenceClassifierOutput:
-        out = self._encode(input_ids, inputs)
+    def _head(self, out: BackboneOutput, *, labels: OptTensor, attention_mask: OptTensor) -> ModelOutput:
         logits = self.classifier(out.last_hidden_state)
         loss = None
         if labels is not None:
             loss = compute_loss(logits, labels, problem_type=self._problem_type(labels))
-        return SequenceClassifierOutput(loss=loss, logits=logits, hidden_states=out.hidden_states, attentions=out.attentions)
+        return SequenceClassifierOutput(loss=loss, logits=logits, hidden_states=out.hidden_states,
+                                        attentions=out.attentions)
 
     def _problem_type(self, labels: Tensor) -> str:
         if self.config.problem_type is None:
@@ -256,7 +268,8 @@ class XLMRobertaXLForSequenceClassification(XLMRobertaXLTaskModel):
 
 class XLMRobertaXLForMultipleChoice(XLMRobertaXLTaskModel):
     """Multiple choice: inputs (B, C, S) (embeddings (B, C, S, H)) are flattened to (B * C, S);
-    the pooled output → dropout → linear(H, 1) gives logits (B, C); cross-entropy loss."""
+    the pooled output → dropout → linear(H, 1) gives logits (B, C); cross-entropy loss.
+    (HF's argument order, which differs from the other task models'.)"""
 
     add_pooling_layer = True
     _choice_inputs = ("attention_mask", "token_type_ids", "position_ids", "inputs_embeds")
@@ -267,15 +280,20 @@ class XLMRobertaXLForMultipleChoice(XLMRobertaXLTaskModel):
         self.classifier = nn.Linear(config.hidden_size, 1)
         self.post_init()
 
-    def forward(
-        self, input_ids: Optional[Tensor] = None, *, labels: Optional[Tensor] = None, **inputs: Any
-    ) -> MultipleChoiceModelOutput:
-        num_choices = (input_ids if input_ids is not None else inputs["inputs_embeds"]).shape[1]
-        flat = {k: v.flatten(0, 1) if k in self._choice_inputs and v is not None else v for k, v in inputs.items()}
+    def forward(self, input_ids: OptTensor = None, token_type_ids: OptTensor = None,
+                attention_mask: OptTensor = None, labels: OptTensor = None, position_ids: OptTensor = None,
+                head_mask: OptTensor = None, inputs_embeds: OptTensor = None, output_attentions: OptBool = None,
+                output_hidden_states: OptBool = None, return_dict: OptBool = None,
+                skip_padding: bool = False) -> Any:
+        arguments = locals()
+        num_choices = (input_ids if input_ids is not None else inputs_embeds).shape[1]
+        flat = {k: v.flatten(0, 1) if k in self._choice_inputs and v is not None else v for k, v in arguments.items()}
         out = self._encode(None if input_ids is None else input_ids.flatten(0, 1), flat)
         logits = self.classifier(self.dropout(out.pooler_output)).view(-1, num_choices)
         loss = None if labels is None else compute_loss(logits, labels, problem_type="single_label_classification")
-        return MultipleChoiceModelOutput(loss=loss, logits=logits, hidden_states=out.hidden_states, attentions=out.attentions)
+        result = MultipleChoiceModelOutput(loss=loss, logits=logits, hidden_states=out.hidden_states,
+                                           attentions=out.attentions)
+        return self._result(result, out, return_dict)
 
 
 class XLMRobertaXLForTokenClassification(XLMRobertaXLTaskModel):
@@ -290,16 +308,12 @@ class XLMRobertaXLForTokenClassification(XLMRobertaXLTaskModel):
         self.classifier = nn.Linear(config.hidden_size, config.num_labels)
         self.post_init()
 
-    def forward(
-        self, input_ids: Optional[Tensor] = None, *, labels: Optional[Tensor] = None, **inputs: Any
-    ) -> TokenClassifierOutput:
-        out = self._encode(input_ids, inputs)
+    def _head(self, out: BackboneOutput, *, labels: OptTensor, attention_mask: OptTensor) -> ModelOutput:
         logits = self.classifier(self.dropout(out.last_hidden_state))
         loss = None
         if labels is not None:
-            mask = inputs.get("attention_mask")
-            if mask is not None:
-                labels = labels.masked_fill(mask.reshape(labels.shape) != 1, IGNORE_INDEX)
+            if attention_mask is not None:
+                labels = labels.masked_fill(attention_mask.reshape(labels.shape) != 1, IGNORE_INDEX)
             loss = compute_loss(logits, labels, problem_type="single_label_classification")
         return TokenClassifierOutput(loss=loss, logits=logits, hidden_states=out.hidden_states, attentions=out.attentions)
 
@@ -337,20 +351,17 @@ class XLMRobertaXLForQuestionAnswering(XLMRobertaXLTaskModel):
                        "before the QA head followed num_labels): using num_labels=%d", config.num_labels, rows, rows)
         return config.copy(num_labels=int(rows))
 
-    def forward(
-        self,
-        input_ids: Optional[Tensor] = None,
-        *,
-        start_positions: Optional[Tensor] = None,
-        end_positions: Optional[Tensor] = None,
-        **inputs: Any,
-    ) -> QuestionAnsweringModelOutput:
+    def forward(self, input_ids: OptTensor = None, attention_mask: OptTensor = None,
+                token_type_ids: OptTensor = None, position_ids: OptTensor = None, head_mask: OptTensor = None,
+                inputs_embeds: OptTensor = None, start_positions: OptTensor = None, end_positions: OptTensor = None,
+                output_attentions: OptBool = None, output_hidden_states: OptBool = None,
+                return_dict: OptBool = None, skip_padding: bool = False) -> Any:
         if self.qa_outputs.out_features < 2:
             raise ValueError(
                 f"XLMRobertaXLForQuestionAnswering needs num_labels >= 2 (start and end logits; 2 is the QA "
                 f"head), this model has num_labels={self.qa_outputs.out_features}; build or load it with num_labels=2"
             )
-        out = self._encode(input_ids, inputs)
+        out = self._encode(input_ids, locals())
         qa_logits = self.qa_outputs(out.last_hidden_state)
         # HF: qa_logits.split(1, dim=-1) -> (start, end); the same two columns when num_labels > 2
         start_logits, end_logits = (t.squeeze(-1).contiguous() for t in qa_logits[..., :2].split(1, dim=-1))
@@ -367,6 +378,6 @@ class XLMRobertaXLForQuestionAnswering(XLMRobertaXLTaskModel):
                 for logits, positions in ((start_logits, start_positions), (end_logits, end_positions))
             ]
             loss = (losses[0] + losses[1]) / 2
-        return QuestionAnsweringModelOutput(
-            loss=loss, start_logits=start_logits, end_logits=end_logits, hidden_states=out.hidden_states, attentions=out.attentions
-        )
+        result = QuestionAnsweringModelOutput(loss=loss, start_logits=start_logits, end_logits=end_logits,
+                                              hidden_states=out.hidden_states, attentions=out.attentions)
+        return self._result(result, out, return_dict)

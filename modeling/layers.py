@@ -53,18 +53,11 @@ def get_activation(name: Union[str, Activation]) -> Activation:
 
 
 # ---------------------------------------------------------------------------------- positions
-def position_ids_from_input_ids(input_ids: Tensor, *, padding_idx: int, past_length: int = 0) -> Tensor:
+def position_ids_from_input_ids(input_ids: Tensor, padding_idx: int, *, past_length: int = 0) -> Tensor:
     """fairseq positions: real tokens count from ``padding_idx + 1 + past_length``, pads stay at
-    ``padding_idx``. ``input_ids`` (B, S) -> (B, S) int64."""
+    ``padding_idx``. ``input_ids`` (B, S) -> (B, S) int64. (HF: ``create_position_ids_from_input_ids``.)"""
     not_pad = input_ids.ne(padding_idx).int()
     return ((torch.cumsum(not_pad, dim=1).type_as(not_pad) + past_length) * not_pad).long() + padding_idx
-
-
-def sequential_position_ids(batch_size: int, length: int, *, padding_idx: int, device: torch.device) -> Tensor:
-    """Positions ``padding_idx + 1 .. padding_idx + length`` for every row (inputs given as
-    embeddings, where padding cannot be seen). -> (B, S) int64."""
-    positions = torch.arange(padding_idx + 1, padding_idx + 1 + length, dtype=torch.long, device=device)
-    return positions.unsqueeze(0).expand(batch_size, length)
 
 
 # ---------------------------------------------------------------------------------- masks
@@ -155,22 +148,22 @@ class PaddingLayout:
 class Embeddings(nn.Module):
     """``word + position + token_type`` embeddings, then dropout (no LayerNorm in XL)."""
 
-    def __init__(
-        self,
-        *,
-        vocab_size: int,
-        hidden_size: int,
-        max_position_embeddings: int,
-        type_vocab_size: int,
-        padding_idx: int,
-        dropout_prob: float,
-    ) -> None:
+    def __init__(self, *, config: XLMRobertaXLConfig) -> None:
         super().__init__()
-        self.padding_idx = padding_idx
-        self.word_embeddings = nn.Embedding(vocab_size, hidden_size, padding_idx=padding_idx)
-        self.position_embeddings = nn.Embedding(max_position_embeddings, hidden_size, padding_idx=padding_idx)
-        self.token_type_embeddings = nn.Embedding(type_vocab_size, hidden_size)
-        self.dropout = nn.Dropout(dropout_prob)
+        self.padding_idx = config.pad_token_id
+        self.word_embeddings = nn.Embedding(config.vocab_size, config.hidden_size, padding_idx=self.padding_idx)
+        self.position_embeddings = nn.Embedding(config.max_position_embeddings, config.hidden_size,
+                                                padding_idx=self.padding_idx)
+        self.token_type_embeddings = nn.Embedding(config.type_vocab_size, config.hidden_size)
+        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+
+    def create_position_ids_from_inputs_embeds(self, inputs_embeds: Tensor) -> Tensor:
+        """Positions of inputs given as embeddings (HF's name), where padding cannot be seen:
+        ``padding_idx + 1 .. padding_idx + S`` in every row. (B, S, H) -> (B, S) int64."""
+        batch_size, length = inputs_embeds.shape[:2]
+        start = self.padding_idx + 1
+        positions = torch.arange(start, start + length, dtype=torch.long, device=inputs_embeds.device)
+        return positions.unsqueeze(0).expand(batch_size, length)
 
     def forward(
         self,
@@ -194,11 +187,9 @@ class Embeddings(nn.Module):
         batch_size, length = inputs_embeds.shape[:2]
         if position_ids is None:
             if input_ids is not None:
-                position_ids = position_ids_from_input_ids(input_ids, padding_idx=self.padding_idx, past_length=past_length)
+                position_ids = position_ids_from_input_ids(input_ids, self.padding_idx, past_length=past_length)
             else:
-                position_ids = sequential_position_ids(
-                    batch_size, length, padding_idx=self.padding_idx, device=inputs_embeds.device
-                )
+                position_ids = self.create_position_ids_from_inputs_embeds(inputs_embeds)
         if token_type_ids is None:
             token_type_ids = torch.zeros(batch_size, length, dtype=torch.long, device=inputs_embeds.device)
         embeddings = inputs_embeds + self.token_type_embeddings(token_type_ids)
@@ -441,7 +432,10 @@ class Encoder(nn.Module):
         super().__init__()
         self.layer = nn.ModuleList(TransformerLayer(config=config) for _ in range(config.num_hidden_layers))
         self.LayerNorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
-        self.gradient_checkpointing = False
+        # HF's legacy switch: a config (or config.json) with gradient_checkpointing=True turns it on
+        self.gradient_checkpointing = bool(getattr(config, "gradient_checkpointing", False))
+        #: keywords of ``torch.utils.checkpoint.checkpoint`` (``use_reentrant`` defaults to False)
+        self.checkpoint_options: Dict[str, object] = {}
 
     def forward(
         self,
@@ -474,7 +468,7 @@ class Encoder(nn.Module):
                 past_key_value=None if past_key_values is None else past_key_values[index],
             )
             if checkpointing:
-                out = torch.utils.checkpoint.checkpoint(layer, hidden_states, inputs, use_reentrant=False, **kwargs)
+                out = self._checkpointed(layer, hidden_states, inputs, **kwargs)
             else:
                 out = layer(hidden_states, inputs, **kwargs)
             hidden_states = out.hidden_states
@@ -492,3 +486,13 @@ class Encoder(nn.Module):
             past_key_values=as_tuple(cache),
             cross_attentions=as_tuple(all_cross),
         )
+
+    def _checkpointed(self, layer: TransformerLayer, hidden_states: Tensor, inputs: LayerInputs, **kwargs: object) -> LayerOutput:
+        """``layer(hidden_states, inputs, **kwargs)`` recomputed in the backward pass. The tensors
+        that may need gradients travel as arguments (the reentrant variant only sees those)."""
+
+        def run(hidden: Tensor, encoder_hidden: Optional[Tensor]) -> Tuple[object, ...]:
+            return tuple(layer(hidden, inputs._replace(encoder_hidden_states=encoder_hidden), **kwargs))
+
+        options = {"use_reentrant": False, **self.checkpoint_options}
+        return LayerOutput(*torch.utils.checkpoint.checkpoint(run, hidden_states, inputs.encoder_hidden_states, **options))

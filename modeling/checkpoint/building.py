@@ -7,14 +7,14 @@ from __future__ import annotations
 
 import contextlib
 import threading
-from dataclasses import dataclass
-from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional
+from dataclasses import dataclass, field
+from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Tuple
 
 import torch
 from torch import Tensor, nn
 
 from .discovery import Checkpoint
-from .files import CheckpointError
+from .files import CheckpointError, Shape
 
 __all__ = ["parameters_on_meta", "LoadPlan", "plan_load", "check_plan", "set_tensor"]
 
@@ -71,6 +71,9 @@ class LoadPlan:
     sources: Dict[int, str]  # group index -> checkpoint key it is loaded from
     missing: List[str]
     unexpected: List[str]
+    # (parameter name, the checkpoint tensor's shape, the parameter's shape) skipped by ``ignore_mismatched_sizes``;
+    # their parameters are listed in ``missing`` too (they are initialised)
+    mismatched: List[Tuple[str, Shape, Shape]] = field(default_factory=list)
 
 
 def _map_prefix(keys: Iterable[str], expected: Iterable[str], prefix: str) -> Dict[str, str]:
@@ -118,10 +121,16 @@ def plan_load(model: nn.Module, checkpoint: Checkpoint, prefix: str) -> LoadPlan
     return LoadPlan(group_list, sources, missing, unexpected)
 
 
-def check_plan(plan: LoadPlan, model: nn.Module, checkpoint: Checkpoint, prefix: str, config_source: Optional[str]) -> None:
-    """Refuse missing or surplus backbone weights and mis-shaped / non-float tensors, before any read."""
+def check_plan(plan: LoadPlan, model: nn.Module, checkpoint: Checkpoint, prefix: str, config_source: Optional[str],
+               *, ignore_mismatched_sizes: bool = False) -> None:
+    """Refuse missing or surplus backbone weights and mis-shaped / non-float tensors, before any read.
+    With ``ignore_mismatched_sizes`` a mis-shaped tensor is dropped from the plan instead: its
+    parameter becomes missing (to be initialised) and the pair is listed in ``plan.mismatched``."""
     hint = f" (config from {config_source})" if config_source else " (config inferred from the shapes)"
-    fatal_missing = [key for key in plan.missing if _is_backbone(key, prefix)]
+    if ignore_mismatched_sizes:
+        _drop_mismatched(plan, model, checkpoint)
+    mismatched = {name for name, _, _ in plan.mismatched}
+    fatal_missing = [key for key in plan.missing if _is_backbone(key, prefix) and key not in mismatched]
     if fatal_missing:
         raise CheckpointError(
             f"{checkpoint.source}: missing weight {fatal_missing[0]!r} for {type(model).__name__}"
@@ -148,6 +157,17 @@ def check_plan(plan: LoadPlan, model: nn.Module, checkpoint: Checkpoint, prefix:
                 f"{checkpoint.describe(key)}: dtype {file.dtype(file_key)} cannot be read into the floating "
                 f"point weight {name!r}"
             )
+
+
+def _drop_mismatched(plan: LoadPlan, model: nn.Module, checkpoint: Checkpoint) -> None:
+    state = model.state_dict(keep_vars=True)
+    for index, key in list(plan.sources.items()):
+        name = plan.groups[index][0]
+        file, file_key = checkpoint.tensors[key]
+        if file.shape(file_key) != tuple(state[name].shape):
+            del plan.sources[index]
+            plan.missing.append(name)
+            plan.mismatched.append((name, file.shape(file_key), tuple(state[name].shape)))
 
 
 def set_tensor(model: nn.Module, name: str, value: Tensor) -> None:

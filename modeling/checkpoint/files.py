@@ -28,8 +28,9 @@ FAIRSEQ_NAME = "model.pt"
 WEIGHT_FILE_NAMES = (SAFE_WEIGHTS_NAME, SAFE_INDEX_NAME, PT_WEIGHTS_NAME, PT_INDEX_NAME, FAIRSEQ_NAME)
 
 
-class CheckpointError(Exception):
-    """A checkpoint cannot be read or does not fit the model; the message names the file (and key)."""
+class CheckpointError(RuntimeError):
+    """A checkpoint cannot be read or does not fit the model; the message names the file (and key).
+    A ``RuntimeError``, as HF's loader raises for weights that do not fit."""
 
 
 class TensorFile:

@@ -12,7 +12,7 @@ from typing import Any, Dict, Iterator, List, Optional, Tuple, Type, Union
 import torch
 from torch import Tensor, nn
 
-from ..config import ConfigError, XLMRobertaXLConfig
+from ..config import CONFIG_FIELDS, ConfigError, XLMRobertaXLConfig
 from ..dtypes import DTYPE_NAMES
 from .building import LoadPlan, check_plan, parameters_on_meta, plan_load, set_tensor
 from .discovery import Checkpoint, open_checkpoint
@@ -35,6 +35,7 @@ def load_pretrained(
     device: Optional[Union[str, torch.device]] = None,
     config: Any = None,
     check_finite: bool = True,
+    ignore_mismatched_sizes: bool = False,
     **overrides: Any,
 ) -> nn.Module:
     """Build ``model_cls`` from the checkpoint at ``path`` without holding two copies of the weights.
@@ -47,20 +48,27 @@ def load_pretrained(
       file must not be truncated or rewritten in place while the model lives — our own
       `save_pretrained` replaces files, so saving over the loaded directory is safe); others
       are cast chunk by chunk.
-    - ``device``: where the weights are materialised (default CPU).
+    - ``device``: where the weights are materialised (default: torch's default device, CPU unless
+      a ``with torch.device(...)`` block says otherwise; on ``meta`` nothing is read).
     - ``config``: an `XLMRobertaXLConfig`, a dict or a path; ``overrides`` change config fields
-      (constructor keywords such as ``add_pooling_layer`` are passed to ``model_cls``).
+      (and keys of the checkpoint's ``config.json``); constructor keywords such as
+      ``add_pooling_layer`` are passed to ``model_cls``; any other keyword is a ``TypeError``.
     - ``check_finite``: refuse (`CheckpointError` naming file and key) a floating tensor holding
       NaN or inf values as it is materialised; ``False`` loads it as it is.
+    - ``ignore_mismatched_sizes``: a tensor whose shape differs from its parameter's (e.g. a
+      classifier for another label count) is skipped and the parameter initialised (HF's
+      option) instead of refused; the config is then not checked against the shapes.
 
     Parameters the checkpoint lacks outside the backbone (task heads, pooler) are initialised
-    like the reference; they and unused checkpoint keys are logged once and stored in
-    ``model.loading_info``. The model is returned in eval mode.
+    like the reference; they, unused checkpoint keys and mismatched ones are logged once and
+    stored in ``model.loading_info`` (HF's keys: ``missing_keys``, ``unexpected_keys``,
+    ``mismatched_keys``, ``error_msgs``). The model is
+    returned in eval mode.
     """
     checkpoint = open_checkpoint(path)
     try:
         return _load(model_cls, checkpoint, dtype=dtype, device=device, config=config, check_finite=check_finite,
-                     overrides=dict(overrides))
+                     ignore_mismatched_sizes=ignore_mismatched_sizes, overrides=dict(overrides))
     finally:
         checkpoint.close()
 
@@ -73,35 +81,55 @@ def _load(
     device: Optional[Union[str, torch.device]],
     config: Any,
     check_finite: bool,
+    ignore_mismatched_sizes: bool,
     overrides: Dict[str, Any],
 ) -> nn.Module:
     model_kwargs, overrides = _split_overrides(model_cls, overrides)
-    config, config_source = _resolve_config(checkpoint, config, overrides)
+    config, config_source = _resolve_config(model_cls, checkpoint, config, overrides)
     adapt = getattr(model_cls, "config_for_weights", None)
     if adapt is not None and "num_labels" not in overrides:
         config = adapt(config, checkpoint.shapes())  # e.g. the QA head's rows decide its num_labels
-    if config_source is not None:
+    if config_source is not None and not ignore_mismatched_sizes:
         check_config(config, checkpoint, config_source=config_source)
     target_dtype = resolve_dtype(dtype, config=config, checkpoint=checkpoint)
-    target_device = torch.device(device) if device is not None else torch.device("cpu")
+    target_device = torch.device(device) if device is not None else _default_device()
     with parameters_on_meta():
         model = model_cls(config, **model_kwargs)
     prefix = getattr(model_cls, "base_model_prefix", "roberta")
     plan = plan_load(model, checkpoint, prefix)
-    check_plan(plan, model, checkpoint, prefix, config_source)
+    check_plan(plan, model, checkpoint, prefix, config_source, ignore_mismatched_sizes=ignore_mismatched_sizes)
     _initialise_missing(model, plan, dtype=target_dtype, device=target_device)
     _materialise(model, plan, checkpoint, dtype=target_dtype, device=target_device, check_finite=check_finite)
     _finish(model, dtype=target_dtype, device=target_device)
-    unexpected = list(plan.unexpected)
-    model.loading_info = {"missing_keys": list(plan.missing), "unexpected_keys": unexpected}
-    if plan.missing or unexpected:
+    model.loading_info = _loading_info(model, plan, checkpoint)
+    return model.eval()
+
+
+def _loading_info(model: nn.Module, plan: LoadPlan, checkpoint: Checkpoint) -> Dict[str, list]:
+    """HF's loading report of ``plan`` (logged once when anything was missing, unused or mismatched)."""
+    mismatched = [name for name, _, _ in plan.mismatched]
+    missing = [key for key in plan.missing if key not in mismatched]
+    if missing or plan.unexpected:
         logger.warning(
             "Loading %s from %s: %d weights not in the checkpoint were initialised (%s); %d checkpoint "
             "weights were not used (%s)",
-            type(model).__name__, checkpoint.source, len(plan.missing), ", ".join(plan.missing) or "-",
-            len(unexpected), ", ".join(unexpected) or "-",
+            type(model).__name__, checkpoint.source, len(missing), ", ".join(missing) or "-",
+            len(plan.unexpected), ", ".join(plan.unexpected) or "-",
         )
-    return model.eval()
+    if mismatched:
+        logger.warning(
+            "Loading %s from %s: %d weights were initialised because the shapes did not match: %s",
+            type(model).__name__, checkpoint.source, len(mismatched),
+            "; ".join(f"{key} (checkpoint {list(a)}, model {list(b)})" for key, a, b in plan.mismatched),
+        )
+    return {"missing_keys": missing, "unexpected_keys": list(plan.unexpected), "mismatched_keys": mismatched,
+            "error_msgs": []}
+
+
+def _default_device() -> torch.device:
+    """torch's default device (``with torch.device(...)`` sets it; CPU otherwise), as HF loads there."""
+    get = getattr(torch, "get_default_device", None)  # torch >= 2.3
+    return torch.device(get()) if get is not None else torch.device("cpu")
 
 
 def _initialise_missing(model: nn.Module, plan: LoadPlan, *, dtype: torch.dtype, device: torch.device) -> None:
@@ -147,8 +175,11 @@ def _materialise(
                 current = state[names[0]]
                 wanted = dtype if current.is_floating_point() else current.dtype
                 name_in_file = checkpoint.tensors[key][1]
-                tensor = file.materialize(name_in_file, dtype=wanted, device=device)
-                if check_finite and tensor.is_floating_point():
+                if device.type == "meta":  # a model without memory: nothing to read
+                    tensor = torch.empty(file.shape(name_in_file), dtype=wanted, device=device)
+                else:
+                    tensor = file.materialize(name_in_file, dtype=wanted, device=device)
+                if check_finite and tensor.is_floating_point() and not tensor.is_meta:
                     _refuse_non_finite(file, name_in_file, key, tensor)
                 value: Tensor = tensor
                 if isinstance(current, nn.Parameter):
@@ -214,7 +245,7 @@ def _finish(model: nn.Module, *, dtype: torch.dtype, device: torch.device) -> No
     tie = getattr(model, "tie_weights", None)
     if tie is not None:
         tie()
-    left = [name for name, tensor in model.state_dict(keep_vars=True).items() if tensor.is_meta]
+    left = [name for name, tensor in model.state_dict(keep_vars=True).items() if tensor.is_meta and device.type != "meta"]
     if left:
         raise CheckpointError(f"internal error: {left[0]!r} was neither loaded nor initialised")
 
@@ -240,20 +271,32 @@ def _split_overrides(model_cls: type, overrides: Dict[str, Any]) -> Tuple[Dict[s
 
 
 def _resolve_config(
-    checkpoint: Checkpoint, config: Any, overrides: Dict[str, Any]
+    model_cls: type, checkpoint: Checkpoint, config: Any, overrides: Dict[str, Any]
 ) -> Tuple[XLMRobertaXLConfig, Optional[str]]:
-    """The config to build with, and where it came from (``None`` when inferred from shapes)."""
+    """The config to build with, and where it came from (``None`` when inferred from shapes).
+    An override that is no config field (nor a key of the ``config.json`` read) is a ``TypeError``
+    naming it, as HF's constructor raises for what neither the config nor the model takes."""
+    unused: Dict[str, Any] = {}
     try:
+        source: Optional[str] = "the given config"
         if isinstance(config, XLMRobertaXLConfig):
-            return (config.copy(**overrides) if overrides else config), "the given config"
-        if isinstance(config, dict):
-            return XLMRobertaXLConfig.from_dict(config, **overrides), "the given config"
-        if config is not None:
-            return XLMRobertaXLConfig.from_pretrained(config, **overrides), str(config)
-        if checkpoint.config_file is not None:
-            return XLMRobertaXLConfig.from_pretrained(checkpoint.config_file, **overrides), str(checkpoint.config_file)
+            if overrides:
+                config, unused = XLMRobertaXLConfig.from_dict(config.to_dict(), return_unused_kwargs=True, **overrides)
+        elif isinstance(config, dict):
+            config, unused = XLMRobertaXLConfig.from_dict(config, return_unused_kwargs=True, **overrides)
+        elif config is not None or checkpoint.config_file is not None:
+            source = str(config if config is not None else checkpoint.config_file)
+            config, unused = XLMRobertaXLConfig.from_pretrained(source, return_unused_kwargs=True, **overrides)
+        else:
+            unused = {k: v for k, v in overrides.items() if k not in CONFIG_FIELDS}
     except (ConfigError, TypeError) as err:
         raise CheckpointError(f"{checkpoint.source}: cannot build the config: {err}") from err
+    if unused:
+        raise TypeError(f"{model_cls.__name__}.from_pretrained() got unexpected keyword argument(s) "
+                        f"{', '.join(map(repr, unused))}: neither a loading option, a config field nor a "
+                        f"keyword of {model_cls.__name__}")
+    if config is not None:
+        return config, source
     heads = overrides.pop("num_attention_heads", None)
     return infer_config(checkpoint, num_attention_heads=heads, **overrides), None
 

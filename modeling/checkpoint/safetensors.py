@@ -1,5 +1,6 @@
 """The safetensors format: `SafetensorsFile`, our reader, and the writer (`write_safetensors`,
-`write_shards` with the HF shard index, `TensorSpec`, `parse_size`).
+`write_shards` with the HF shard index, `TensorSpec`, `parse_size`); `write_shards` also lays out
+HF's torch-pickle shards (``safe_serialization=False``).
 
 The reader parses and validates the header itself and maps the data privately (copy-on-write):
 tensors stored in the wanted dtype are zero-copy views; others are cast chunk by chunk into their
@@ -21,7 +22,8 @@ import torch
 from torch import Tensor
 
 from ..dtypes import SAFETENSORS_CODES, SAFETENSORS_DTYPES, itemsize
-from .files import SAFE_INDEX_NAME, SAFE_WEIGHTS_NAME, CheckpointError, PathLike, Shape, TensorFile
+from .files import PT_INDEX_NAME, PT_WEIGHTS_NAME, SAFE_INDEX_NAME, SAFE_WEIGHTS_NAME, CheckpointError, PathLike, Shape, TensorFile
+from .torch_pickle import write_torch_pickle
 
 __all__ = ["SafetensorsFile", "TensorSpec", "parse_size", "write_safetensors", "write_shards"]
 
@@ -254,9 +256,11 @@ def write_shards(
     produce: Callable[[str], Tensor],
     *,
     max_shard_size: Union[int, str] = "5GB",
+    safe_serialization: bool = True,
 ) -> List[Path]:
     """Write ``model.safetensors``, or ``model-0000i-of-0000N.safetensors`` + the HF index when
-    the tensors exceed ``max_shard_size`` (a tensor larger than that gets a shard of its own)."""
+    the tensors exceed ``max_shard_size`` (a tensor larger than that gets a shard of its own);
+    with ``safe_serialization=False`` the same as ``pytorch_model*.bin`` torch pickles."""
     directory = Path(directory)
     limit = parse_size(max_shard_size)
     shards: List[List[TensorSpec]] = [[]]
@@ -267,15 +271,20 @@ def write_shards(
             size = 0
         shards[-1].append(spec)
         size += spec.nbytes
+    if safe_serialization:
+        write, single, stem, suffix, index_name = write_safetensors, SAFE_WEIGHTS_NAME, "model", "safetensors", SAFE_INDEX_NAME
+    else:
+        write = lambda path, shard, produce: write_torch_pickle(path, [spec.name for spec in shard], produce)  # noqa: E731
+        single, stem, suffix, index_name = PT_WEIGHTS_NAME, "pytorch_model", "bin", PT_INDEX_NAME
     if len(shards) == 1:
-        write_safetensors(directory / SAFE_WEIGHTS_NAME, specs, produce)
-        return [directory / SAFE_WEIGHTS_NAME]
+        write(directory / single, specs, produce)
+        return [directory / single]
     paths, weight_map = [], {}
     for number, shard in enumerate(shards, start=1):
-        name = f"model-{number:05d}-of-{len(shards):05d}.safetensors"
-        write_safetensors(directory / name, shard, produce)
+        name = f"{stem}-{number:05d}-of-{len(shards):05d}.{suffix}"
+        write(directory / name, shard, produce)
         paths.append(directory / name)
         weight_map.update({spec.name: name for spec in shard})
     index = {"metadata": {"total_size": sum(spec.nbytes for spec in specs)}, "weight_map": dict(sorted(weight_map.items()))}
-    (directory / SAFE_INDEX_NAME).write_text(json.dumps(index, indent=2) + "\n", encoding="utf8")
-    return paths + [directory / SAFE_INDEX_NAME]
+    (directory / index_name).write_text(json.dumps(index, indent=2) + "\n", encoding="utf8")
+    return paths + [directory / index_name]

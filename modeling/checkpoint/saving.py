@@ -32,7 +32,7 @@ __all__ = ["save_pretrained", "atomic_directory", "remove_leftovers"]
 
 # files that `save_pretrained` (re)writes; other files of an existing directory are kept
 _OWNED_FILE = re.compile(
-    r"^(config\.json|model\.safetensors(\.index\.json)?|model-\d+-of-\d+\.safetensors"
+    r"^(config\.json|generation_config\.json|model\.safetensors(\.index\.json)?|model-\d+-of-\d+\.safetensors"
     r"|pytorch_model\.bin(\.index\.json)?|pytorch_model-\d+-of-\d+\.bin)$"
 )
 
@@ -51,8 +51,11 @@ def _unique_state(model: nn.Module) -> Dict[str, Tensor]:
     return {name: state[name] for name in sorted(first.values(), key=order.__getitem__)}
 
 
-def save_pretrained(model: nn.Module, directory: PathLike, *, max_shard_size: Union[int, str] = "5GB") -> Path:
-    """Write ``config.json`` and (sharded) safetensors for ``model`` into ``directory``, atomically.
+def save_pretrained(model: nn.Module, directory: PathLike, *, max_shard_size: Union[int, str] = "5GB",
+                    safe_serialization: bool = True) -> Path:
+    """Write ``config.json`` and (sharded) safetensors for ``model`` into ``directory``, atomically
+    (``pytorch_model*.bin`` torch pickles instead with ``safe_serialization=False``), and the
+    ``generation_config.json`` of a model that has a ``generation_config``.
 
     Everything is written into a new directory beside ``directory`` and renamed into place, so
     an interrupted save leaves an existing checkpoint untouched; files of an existing directory
@@ -69,9 +72,13 @@ def save_pretrained(model: nn.Module, directory: PathLike, *, max_shard_size: Un
     floating = [t.dtype for t in state.values() if t.is_floating_point()]
     config = config.copy(architectures=[type(model).__name__], torch_dtype=dtype_name(floating[0]) if floating else None)
     specs = [TensorSpec(name, tensor.dtype, tuple(tensor.shape)) for name, tensor in state.items()]
+    generation_config = getattr(model, "generation_config", None)  # a model that generates: its defaults
     with atomic_directory(directory) as staging:
         config.save_pretrained(staging)
-        write_shards(staging, specs, lambda name: state[name], max_shard_size=max_shard_size)
+        if generation_config is not None:
+            generation_config.save_pretrained(staging)
+        write_shards(staging, specs, lambda name: state[name], max_shard_size=max_shard_size,
+                     safe_serialization=safe_serialization)
     return directory
 
 

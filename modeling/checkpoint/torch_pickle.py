@@ -1,23 +1,25 @@
 """Torch pickles (HF ``pytorch_model.bin``, fairseq ``model.pt``): `PickledFile`, read only through
-``torch.load(weights_only=True)`` (memory-mapped for zip files), and the messages that refuse a
-pickle needing more than tensors or name a truncated / corrupt file."""
+``torch.load(weights_only=True)`` (memory-mapped for zip files), the messages that refuse a
+pickle needing more than tensors or name a truncated / corrupt file, and `write_torch_pickle`
+(HF's ``safe_serialization=False`` files: a plain state dict of tensors)."""
 
 from __future__ import annotations
 
 import argparse
+import os
 import pickle
 import re
 import struct
 import zipfile
 from pathlib import Path
-from typing import Any, Dict, List
+from typing import Any, Callable, Dict, List, Sequence
 
 import torch
 from torch import Tensor
 
 from .files import CheckpointError, PathLike, Shape, TensorFile
 
-__all__ = ["PickledFile"]
+__all__ = ["PickledFile", "write_torch_pickle"]
 
 
 class PickledFile(TensorFile):
@@ -54,6 +56,17 @@ class PickledFile(TensorFile):
     def close(self) -> None:
         self._tensors = {}
 
+
+
+def write_torch_pickle(path: PathLike, names: Sequence[str], produce: Callable[[str], Tensor]) -> None:
+    """``torch.save`` the tensors ``produce(name)`` of ``names`` as a state dict into ``path``,
+    flushed to disk. Each tensor is copied into storage of its own first: a view would carry its
+    whole underlying storage (e.g. a memory-mapped file) into the pickle."""
+    state = {name: produce(name).detach().to("cpu", copy=True).contiguous() for name in names}
+    with open(path, "wb") as handle:
+        torch.save(state, handle)
+        handle.flush()
+        os.fsync(handle.fileno())
 
 
 _PICKLE_REFUSED = (

@@ -40,6 +40,7 @@ TASK_MODELS = [
 ]
 HEAD_PREFIXES = ("lm_head.", "classifier.", "qa_outputs.", "roberta.pooler.")
 LOGGER = "modeling.checkpoint"
+NOTHING_LEFT = {"missing_keys": [], "unexpected_keys": [], "mismatched_keys": [], "error_msgs": []}
 
 
 # ------------------------------------------------------------------------------- helpers
@@ -170,7 +171,7 @@ def test_our_save_loads_in_hf_and_ours(tmp_path, ids, shard):
     assert max_diff(hidden(reference, ids), hidden(model, ids)) <= 1e-5
     assert max_diff(hidden(ours, ids), hidden(model, ids)) == 0.0
     assert ours.lm_head.decoder.weight is ours.roberta.embeddings.word_embeddings.weight
-    assert ours.loading_info == {"missing_keys": [], "unexpected_keys": []}
+    assert ours.loading_info == NOTHING_LEFT
     assert not ours.training
 
 
@@ -190,7 +191,7 @@ def test_every_class_round_trips_through_hf(tmp_path, ids, cls):
     reference.save_pretrained(tmp_path / "hf")
     again = cls.from_pretrained(tmp_path / "hf")
     assert max_diff(hidden(again, ids), hidden(ours, ids)) <= 1e-5
-    assert again.loading_info == {"missing_keys": [], "unexpected_keys": []}
+    assert again.loading_info == NOTHING_LEFT
 
 
 @pytest.mark.parametrize("safe", [True, False], ids=["safetensors", "bin"])
@@ -251,7 +252,7 @@ def test_fairseq_masked_lm(tmp_path, ids, top, settings):
     with torch.no_grad():  # fairseq has no token types: compare with the HF model whose are zero
         model.roberta.embeddings.token_type_embeddings.weight.zero_()
     assert max_diff(hidden(loaded, ids), hidden(model, ids)) == 0
-    assert loaded.loading_info == {"missing_keys": [], "unexpected_keys": []}
+    assert loaded.loading_info == NOTHING_LEFT
 
 
 def test_fairseq_without_args_needs_heads_and_keeps_classification_head(tmp_path, ids):
@@ -362,7 +363,7 @@ def test_buffers_are_computed_not_left_on_meta_and_position_ids_ignored(tmp_path
     with caplog.at_level(logging.WARNING, logger=LOGGER):
         loaded = ModelWithBuffers.from_pretrained(tmp_path, dtype="bfloat16")
     assert not [r for r in caplog.records if r.name == LOGGER]
-    assert loaded.loading_info == {"missing_keys": [], "unexpected_keys": []}
+    assert loaded.loading_info == NOTHING_LEFT
     assert torch.equal(loaded.scale, torch.full((3,), 3.0, dtype=torch.bfloat16))
     assert torch.equal(loaded.steps, torch.arange(4))
 

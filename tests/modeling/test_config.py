@@ -162,3 +162,92 @@ def test_reads_and_writes_hf_config_json(tmp_path: Path) -> None:
     ours.save_pretrained(tmp_path / "ours")
     back = transformers.XLMRobertaXLConfig.from_pretrained(tmp_path / "ours")
     assert back.to_diff_dict() == hf.to_diff_dict()
+
+
+# ------------------------------------------------------------------ HF PretrainedConfig behaviour
+def test_setting_num_labels_regenerates_label_maps_like_hf(tmp_path: Path) -> None:
+    """config.num_labels = n after construction regenerates id2label / label2id (HF's setter):
+    the n-way model's checkpoint reloads in ours and in HF's classes."""
+    transformers = pytest.importorskip("transformers")
+    from modeling.heads import XLMRobertaXLForTokenClassification
+
+    ours, hf = XLMRobertaXLConfig(**TINY), transformers.XLMRobertaXLConfig(**TINY)
+    for config in (ours, hf):
+        config.num_labels = 5
+    assert ours.id2label == hf.id2label and ours.label2id == hf.label2id and ours.num_labels == 5
+    for config in (ours, hf):
+        config.num_labels = 5  # the same count keeps the maps
+        config.id2label = {0: "O", 1: "B-X", 2: "I-X"}  # new maps set the count
+    assert ours.num_labels == hf.num_labels == 3 and ours.id2label == hf.id2label
+    ours.num_labels = 4
+    model = XLMRobertaXLForTokenClassification(ours)
+    assert model.classifier.out_features == 4
+    model.save_pretrained(tmp_path)
+    assert XLMRobertaXLForTokenClassification.from_pretrained(tmp_path).config.num_labels == 4
+    reloaded = transformers.XLMRobertaXLForTokenClassification.from_pretrained(tmp_path)
+    assert reloaded.num_labels == 4 and reloaded.config.id2label == {i: f"LABEL_{i}" for i in range(4)}
+
+
+def test_output_switches_follow_hf_and_stay_out_of_config_json(tmp_path: Path) -> None:
+    config = XLMRobertaXLConfig(**TINY)
+    assert (config.return_dict, config.output_attentions, config.output_hidden_states) == (True, False, False)
+    assert config.use_return_dict and "return_dict" in config.to_dict()
+    written = json.loads(config.save_pretrained(tmp_path).read_text())
+    assert not {"return_dict", "output_attentions", "output_hidden_states"} & set(written)
+    config.output_hidden_states = True
+    config.return_dict = False
+    again = XLMRobertaXLConfig.from_pretrained(config.save_pretrained(tmp_path).parent)
+    assert again.output_hidden_states and not again.use_return_dict
+
+
+def test_dict_and_json_api(tmp_path: Path) -> None:
+    """to_dict / from_dict / update / to_json_file / from_json_file as HF's PretrainedConfig."""
+    config = XLMRobertaXLConfig.from_dict({**TINY, "custom_flag": 7})
+    assert config.custom_flag == 7  # unknown config.json keys read as attributes, as in HF
+    with pytest.raises(AttributeError, match="no_such_key"):
+        config.no_such_key  # noqa: B018
+    config.update({"hidden_dropout_prob": 0.3, "num_labels": 4, "finetuning_task": "ner"})
+    assert config.hidden_dropout_prob == 0.3 and len(config.id2label) == 4 and config.finetuning_task == "ner"
+    path = config.to_json_file(tmp_path / "c.json")
+    assert XLMRobertaXLConfig.from_json_file(path).to_dict() == config.to_dict()
+    full = json.loads(config.to_json_string(use_diff=False))
+    assert full == json.loads(json.dumps(config.to_dict())) and full["return_dict"] is True
+    again, unused = XLMRobertaXLConfig.from_dict(config.to_dict(), return_unused_kwargs=True, vocab_size=99, foo=1)
+    assert again.vocab_size == 99 and unused == {"foo": 1}
+    assert XLMRobertaXLConfig.from_dict(config.to_dict(), custom_flag=8).custom_flag == 8  # a key of the dict
+    with pytest.raises(TypeError, match="'foo'"):
+        XLMRobertaXLConfig.from_dict(config.to_dict(), foo=1)
+
+
+def test_from_pretrained_subfolder_hub_options_and_missing_file(tmp_path: Path) -> None:
+    XLMRobertaXLConfig(**TINY).save_pretrained(tmp_path / "sub")
+    config = XLMRobertaXLConfig.from_pretrained(tmp_path, subfolder="sub", revision="main", cache_dir=str(tmp_path),
+                                                token=None, local_files_only=True)
+    assert config.hidden_size == TINY["hidden_size"]
+    with pytest.raises(OSError, match="no config.json"):  # HF raises OSError; ours is a ConfigError too
+        XLMRobertaXLConfig.from_pretrained(tmp_path / "missing")
+    with pytest.raises(TypeError, match="'revisoin'"):
+        XLMRobertaXLConfig.from_pretrained(tmp_path, subfolder="sub", revisoin="main")
+
+
+def test_settings_changed_after_construction_are_checked_when_a_model_is_built() -> None:
+    """relative_key (and any impossible value) is refused at construction and when set later."""
+    with pytest.raises(ConfigError, match="position_embedding_type"):
+        XLMRobertaXLConfig(**TINY, position_embedding_type="relative_key")
+    config = XLMRobertaXLConfig(**TINY)
+    config.position_embedding_type = "relative_key"
+    with pytest.raises(ConfigError, match="position_embedding_type"):
+        XLMRobertaXLModel(config)
+    config.position_embedding_type = "absolute"
+    config.num_attention_heads = 5
+    with pytest.raises(ConfigError, match="num_attention_heads"):
+        XLMRobertaXLModel(config)
+
+
+def test_class_level_facts_equal_hfs() -> None:
+    transformers = pytest.importorskip("transformers")
+    config = XLMRobertaXLConfig(**TINY)
+    assert XLMRobertaXLConfig.model_type == transformers.XLMRobertaXLConfig.model_type == config.model_type
+    assert config.is_encoder_decoder is False and config.get_text_config() is config
+    assert config._attn_implementation == "sdpa"
+    assert not {"is_encoder_decoder", "_attn_implementation", "sub_configs"} & set(config.to_dict())

@@ -1,4 +1,4 @@
-"""Tests of modeling/heads.py: the six task models against HF transformers, losses, tying, generate."""
+"""Tests of modeling/heads.py: the six task models against HF transformers, losses, tying, outputs."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ from modeling.heads import (
 )
 from modeling.outputs import MaskedLMOutput, QuestionAnsweringModelOutput
 
-from .test_model import TINY, assert_close, assert_grads_close, make_pair, max_diff, random_ids
+from .test_model import TINY, assert_close, assert_grads_close, assert_same_structure, make_pair, max_diff, random_ids
 
 transformers = pytest.importorskip("transformers")
 
@@ -114,6 +114,36 @@ def test_task_model_parity_with_hf(case: str, attn: str) -> None:
     hf_out.loss.backward()
     our_out.loss.backward()
     assert_grads_close(hf, ours)
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_tuple_output_equals_hf(case: str) -> None:
+    """return_dict=False (argument, or config.return_dict=False) gives HF's tuple, loss first."""
+    name, overrides, build, _ = CASES[case]
+    hf, ours = make_pair(name, attn="eager", **overrides)
+    inputs = build()
+    kwargs = dict(output_hidden_states=True, output_attentions=True, return_dict=False)
+    assert_same_structure(ours(**inputs, **kwargs), hf(**inputs, **kwargs))
+    unlabelled = {k: v for k, v in inputs.items() if k not in ("labels", "start_positions", "end_positions")}
+    ours.config.return_dict = hf.config.return_dict = False
+    assert_same_structure(ours(**unlabelled), hf(**unlabelled))
+    if name == "ForCausalLM":  # with the cache: logits, past_key_values
+        got, expected = ours(**unlabelled, use_cache=True), hf(**unlabelled, use_cache=True)
+        assert len(got) == len(expected) == 2 and len(got[1]) == TINY["num_hidden_layers"]
+        assert_same_structure(got, expected)
+
+
+def test_forward_signatures_name_hfs_arguments() -> None:
+    """HF's Trainer keeps the dataset columns that forward names: the same names, in HF's order."""
+    import inspect
+
+    for name in ("Model", *{case[0] for case in CASES.values()}):
+        ours = getattr(__import__("modeling"), f"XLMRobertaXL{name}")
+        expected = [p for p in inspect.signature(getattr(transformers, f"XLMRobertaXL{name}").forward).parameters
+                    if p != "kwargs"]
+        got = list(inspect.signature(ours.forward).parameters)
+        assert got[: len(expected)] == expected, name
+        assert not [p for p in inspect.signature(ours.forward).parameters.values() if p.kind is p.VAR_KEYWORD], name
 
 
 def test_heads_without_labels_give_no_loss() -> None:
@@ -259,47 +289,6 @@ def test_causal_lm_incremental_logits_and_cache_match_hf() -> None:
     assert ours(ids, labels=ids).past_key_values is None  # labels switch the cache off, as in HF
 
 
-def _hf_generate(hf: nn.Module, ids: Tensor, mask: Tensor, new: int, eos: Any) -> Tensor:
-    return hf.generate(
-        ids, attention_mask=mask, do_sample=False, num_beams=1, max_new_tokens=new, eos_token_id=eos, pad_token_id=1
-    )
-
-
-@pytest.mark.parametrize("padded", [False, True])
-def test_generate_matches_hf_greedy(padded: bool) -> None:
-    hf, ours = make_pair("ForCausalLM", is_decoder=True)
-    ids, mask = random_ids(batch=2, length=6)
-    if padded:  # left padding, as for decoder-only batches
-        ids[1, :2], mask[1, :2] = 1, 0
-    ours_out = ours.generate(ids, max_new_tokens=7, attention_mask=mask)
-    assert ours_out.shape == (2, 13) and torch.equal(ours_out[:, :6], ids)
-    # an eos id that row 0 emits at its 3rd new token: row 0 then continues with pads
-    eos = int(ours_out[0, 8])
-    hf_out = _hf_generate(hf, ids, mask, 7, eos)
-    ours_eos = ours.generate(ids, max_new_tokens=7, attention_mask=mask, eos_token_id=eos)
-    assert torch.equal(ours_eos, hf_out)
-    assert (ours_eos[0, 9:] == 1).all()
-    # a never-produced eos: full length, identical to HF
-    never = int(torch.arange(4, 1000)[~torch.isin(torch.arange(4, 1000), ours_out)][0])
-    assert torch.equal(ours.generate(ids, max_new_tokens=7, attention_mask=mask, eos_token_id=never), ours_out)
-    assert torch.equal(_hf_generate(hf, ids, mask, 7, never), ours_out)
-
-
-def test_generate_uses_cache(monkeypatch: pytest.MonkeyPatch) -> None:
-    _, ours = make_pair("ForCausalLM", is_decoder=True)
-    lengths = []
-    original = ours.roberta.forward
-
-    def spy(input_ids: Tensor = None, **kwargs: Any) -> Any:
-        lengths.append(input_ids.shape[1])
-        return original(input_ids, **kwargs)
-
-    monkeypatch.setattr(ours.roberta, "forward", spy)
-    ids, _ = random_ids(batch=2, length=5)
-    ours.generate(ids, max_new_tokens=4)
-    assert lengths == [5, 1, 1, 1]
-
-
 def test_output_access() -> None:
     _, ours = make_pair("ForMaskedLM")
     out = ours(**_mlm())
@@ -384,3 +373,19 @@ def test_question_answering_num_labels_inferred_from_bare_weights(tmp_path) -> N
                                                               num_attention_heads=TINY["num_attention_heads"])
     assert loaded.config.num_labels == 3
     torch.testing.assert_close(loaded.qa_outputs.weight, model.qa_outputs.weight, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("case", ["masked_lm", "token_classification", "question_answering", "multiple_choice"])
+def test_skip_padding_through_task_models(case: str) -> None:
+    """Our ``skip_padding`` (not HF's) reaches the backbone from every encoder task model, and the
+    real positions' results equal the padded forward's."""
+    name, overrides, build, fields = CASES[case]
+    _, ours = make_pair(name, **overrides)
+    inputs = {k: v for k, v in build().items() if k not in ("labels", "start_positions", "end_positions")}
+    padded, skipped = ours(**inputs), ours(**inputs, skip_padding=True)
+    real = inputs["attention_mask"].bool()
+    for field in fields:
+        expected, got = getattr(padded, field), getattr(skipped, field)
+        if case != "multiple_choice":  # per-position outputs: compare the real positions
+            expected, got = expected[real], got[real]
+        assert_close(got, expected, what=field)

@@ -482,20 +482,83 @@ def test_checkpoint_methods_delegate(monkeypatch: pytest.MonkeyPatch, tmp_path: 
     import types
 
     calls = []
+    stub = XLMRobertaXLModel(XLMRobertaXLConfig(**TINY))
     fake = types.ModuleType("modeling.checkpoint")
-    fake.load_pretrained = lambda cls, path, **kw: calls.append(("load", cls, path, kw)) or "model"
+    fake.load_pretrained = lambda cls, path, **kw: calls.append(("load", cls, path, kw)) or stub
     fake.save_pretrained = lambda model, directory, **kw: calls.append(("save", model, directory, kw))
     monkeypatch.setitem(sys.modules, "modeling.checkpoint", fake)
-    assert XLMRobertaXLModel.from_pretrained(tmp_path, dtype=torch.bfloat16, num_labels=3) == "model"
+    assert XLMRobertaXLModel.from_pretrained(tmp_path, dtype=torch.bfloat16, num_labels=3) is stub
     assert calls[-1] == (
         "load",
         XLMRobertaXLModel,
         tmp_path,
-        {"dtype": torch.bfloat16, "device": None, "config": None, "check_finite": True, "num_labels": 3},
+        {"dtype": torch.bfloat16, "device": None, "config": None, "check_finite": True,
+         "ignore_mismatched_sizes": False, "num_labels": 3},
     )
     model = XLMRobertaXLModel(XLMRobertaXLConfig(**TINY))
     model.save_pretrained(tmp_path, max_shard_size="1MB")
-    assert calls[-1] == ("save", model, tmp_path, {"max_shard_size": "1MB"})
+    assert calls[-1] == ("save", model, tmp_path, {"max_shard_size": "1MB", "safe_serialization": True})
     assert isinstance(model, XLMRobertaXLPreTrainedModel) and model.base_model_prefix == "roberta"
     with pytest.raises(TypeError, match="XLMRobertaXLConfig"):
         XLMRobertaXLModel(TINY)  # type: ignore[arg-type]
+
+
+# ---------------------------------------------------------------------------------- HF output conventions
+def assert_same_structure(ours: Any, reference: Any, what: str = "output") -> None:
+    """Tuples / tensors / None nested alike, tensors equal within ATOL."""
+    if reference is None or ours is None:
+        assert ours is None and reference is None, f"{what}: {type(ours)} vs {type(reference)}"
+    elif isinstance(reference, (tuple, list)):
+        assert isinstance(ours, tuple) and len(ours) == len(reference), f"{what}: length {len(ours)} vs {len(reference)}"
+        for index, (a, b) in enumerate(zip(ours, reference)):
+            assert_same_structure(a, b, f"{what}[{index}]")
+    else:
+        assert_close(ours, reference, what=what)
+
+
+@pytest.mark.parametrize("decoder", [False, True])
+def test_tuple_output_equals_hf(decoder: bool) -> None:
+    """return_dict=False gives HF's tuple: with a cache, past_key_values right after the pooled output."""
+    overrides = dict(is_decoder=True, add_cross_attention=True) if decoder else {}
+    hf, ours = make_pair(attn="eager", **overrides)
+    ids, mask = random_ids(pad_lengths=(0, 2, 0))
+    kwargs: Dict[str, Any] = dict(attention_mask=mask, output_hidden_states=True, output_attentions=True, return_dict=False)
+    if decoder:
+        kwargs.update(encoder_hidden_states=torch.randn(3, 4, TINY["hidden_size"], generator=torch.Generator().manual_seed(2)),
+                      use_cache=True)
+    expected, got = hf(ids, **kwargs), ours(ids, **kwargs)
+    assert isinstance(got, tuple) and len(got) == len(expected) == (6 if decoder else 4)
+    assert_same_structure(got, expected)
+    if decoder:
+        assert len(got[2]) == TINY["num_hidden_layers"] and len(got[2][0]) == 4  # the cache, right after pooled
+    plain = ours(ids, attention_mask=mask, return_dict=False)
+    assert_same_structure(plain, hf(ids, attention_mask=mask, return_dict=False))
+
+
+def test_config_switches_are_forward_defaults() -> None:
+    """config.return_dict / output_attentions / output_hidden_states act as HF's defaults."""
+    hf, ours = make_pair(attn="eager")
+    ids, mask = random_ids()
+    for model in (hf, ours):
+        model.config.output_attentions = True
+        model.config.output_hidden_states = True
+    out, expected = ours(ids, attention_mask=mask), hf(ids, attention_mask=mask)
+    assert len(out.attentions) == len(out.hidden_states) - 1 == TINY["num_hidden_layers"]
+    assert_close(out.attentions, expected.attentions)
+    assert ours(ids, output_attentions=False).attentions is None  # the argument wins
+    for model in (hf, ours):
+        model.config.return_dict = False
+    assert_same_structure(ours(ids, attention_mask=mask), hf(ids, attention_mask=mask))
+    assert isinstance(ours(ids, return_dict=True), BackboneOutput)
+    assert not ours.config.use_return_dict
+
+
+def test_dict_output_order_equals_hf() -> None:
+    """to_tuple() / keys() of the returned record follow HF's field order (hidden states before the cache)."""
+    hf, ours = make_pair(is_decoder=True)
+    ids, mask = random_ids()
+    expected, got = hf(ids, attention_mask=mask, output_hidden_states=True), ours(ids, attention_mask=mask, output_hidden_states=True)
+    assert list(got.keys()) == list(expected.keys())
+    assert len(got) == len(expected)
+    assert_same_structure(got.to_tuple(), expected.to_tuple())
+    assert_same_structure(got[1:3], expected[1:3])

@@ -1,0 +1,133 @@
+"""`GenerationConfig`: the settings of ``generate`` (HF's names and defaults for what we provide),
+their checks, and HF's ``generation_config.json`` I/O; `UNSUPPORTED` names the HF strategies and
+tools that ``generate`` refuses."""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Tuple, Union
+
+#: HF ``generate`` keywords of strategies and tools we do not provide -> what they are
+UNSUPPORTED = {"num_beam_groups": "diverse beam search", "diversity_penalty": "diverse beam search",
+               "penalty_alpha": "contrastive search", "constraints": "constrained beam search",
+               "force_words_ids": "constrained beam search", "dola_layers": "DoLa decoding",
+               "assistant_model": "assisted decoding", "prompt_lookup_num_tokens": "prompt lookup decoding",
+               "streamer": "streamers", "cache_implementation": "HF's cache classes",
+               "prefix_allowed_tokens_fn": "prefix-constrained decoding", "synced_gpus": "synced GPUs"}
+GENERATION_CONFIG_NAME = "generation_config.json"
+
+
+def refuse_unsupported(values: Dict[str, Any], *, where: str) -> None:
+    """``ValueError`` naming the first `UNSUPPORTED` setting in ``values`` that is switched on
+    (any value but None, False, 0 or 1, which leave the strategy off)."""
+    for name, what in UNSUPPORTED.items():
+        if values.get(name) not in (None, False, 0, 0.0, 1):
+            raise ValueError(f"{where}: {name} ({what}) is not supported")
+
+
+@dataclass
+class GenerationConfig:
+    """The settings of `GenerationMixin.generate`: HF's names and defaults for what we provide.
+
+    ``max_length`` counts the prompt, ``max_new_tokens`` (which wins) does not; likewise
+    ``min_length`` / ``min_new_tokens``. ``eos_token_id`` may be one id or several.
+    """
+
+    max_length: int = 20
+    max_new_tokens: Optional[int] = None
+    min_length: int = 0
+    min_new_tokens: Optional[int] = None
+    do_sample: bool = False
+    num_beams: int = 1
+    num_return_sequences: int = 1
+    temperature: float = 1.0
+    top_k: Optional[int] = 50
+    top_p: float = 1.0
+    repetition_penalty: float = 1.0
+    bad_words_ids: Optional[List[List[int]]] = None
+    remove_invalid_values: bool = False
+    length_penalty: float = 1.0
+    early_stopping: Union[bool, str] = False
+    bos_token_id: Optional[int] = None
+    eos_token_id: Optional[Union[int, List[int]]] = None
+    pad_token_id: Optional[int] = None
+    use_cache: bool = True
+    output_scores: bool = False
+    output_logits: bool = False
+    output_attentions: bool = False
+    output_hidden_states: bool = False
+    return_dict_in_generate: bool = False
+
+    def to_dict(self) -> Dict[str, Any]:
+        """The settings that differ from the defaults (what HF's ``generation_config.json`` holds)."""
+        default = GenerationConfig()
+        return {f: getattr(self, f) for f in sorted(FIELDS) if getattr(self, f) != getattr(default, f)}
+
+    @classmethod
+    def from_dict(cls, data: Dict[str, Any]) -> "GenerationConfig":
+        """Settings from ``generation_config.json`` content; HF's bookkeeping keys are skipped, and a
+        strategy we do not provide is refused (``ValueError`` naming it)."""
+        refuse_unsupported(data, where="generation config")
+        return cls(**{k: v for k, v in data.items() if k in FIELDS})
+
+    def save_pretrained(self, directory: Union[str, "os.PathLike[str]"]) -> Path:
+        path = Path(directory) / GENERATION_CONFIG_NAME
+        path.write_text(json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n", encoding="utf8")
+        return path
+
+    @classmethod
+    def from_pretrained(cls, directory: Union[str, "os.PathLike[str]"]) -> "GenerationConfig":
+        """Read ``generation_config.json`` from a checkpoint directory (or the file itself)."""
+        path = Path(directory)
+        path = path / GENERATION_CONFIG_NAME if path.is_dir() else path
+        try:
+            data = json.loads(path.read_text(encoding="utf8"))
+        except (OSError, ValueError) as err:
+            raise ValueError(f"cannot read generation config {path}: {err}") from err
+        if not isinstance(data, dict):
+            raise ValueError(f"generation config {path} does not hold a JSON object")
+        return cls.from_dict(data)
+
+    @classmethod
+    def from_model_config(cls, config: Any) -> "GenerationConfig":
+        """The model's special tokens, and any generation setting its ``config.json`` holds (as HF)."""
+        stored = {k: v for k, v in getattr(config, "extra", {}).items() if k in FIELDS}
+        return cls(**{**stored, "bos_token_id": config.bos_token_id, "eos_token_id": config.eos_token_id,
+                      "pad_token_id": config.pad_token_id})
+
+    def update(self, **kwargs: Any) -> Dict[str, Any]:
+        """Set the given settings; return the keywords that are none (HF's ``update``)."""
+        for name in [k for k in kwargs if k in FIELDS]:
+            setattr(self, name, kwargs.pop(name))
+        return kwargs
+
+    @property
+    def eos_ids(self) -> Tuple[int, ...]:
+        eos = self.eos_token_id
+        return () if eos is None else (eos,) if isinstance(eos, int) else tuple(eos)
+
+    def validate(self) -> None:
+        """Raise ``ValueError`` naming the first impossible setting."""
+        checks = [
+            (self.num_beams >= 1, "num_beams must be >= 1"),
+            (self.num_return_sequences >= 1, "num_return_sequences must be >= 1"),
+            (self.num_beams > 1 or self.do_sample or self.num_return_sequences == 1,
+             "num_return_sequences > 1 needs do_sample=True or num_beams > 1 (greedy search gives one sequence)"),
+            (self.num_return_sequences <= self.num_beams or self.num_beams == 1,
+             "num_return_sequences must be <= num_beams"),
+            (not self.do_sample or self.temperature > 0, "temperature must be > 0"),
+            (0.0 < self.top_p <= 1.0, "top_p must be in (0, 1]"),
+            (self.top_k is None or self.top_k >= 0, "top_k must be >= 0"),
+            (self.max_new_tokens is None or self.max_new_tokens >= 1, "max_new_tokens must be >= 1"),
+            (self.early_stopping in (True, False, "never"), "early_stopping must be True, False or 'never'"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise ValueError(f"generate(): {message}")
+
+
+#: the names of the settings
+FIELDS = frozenset(f.name for f in fields(GenerationConfig))
