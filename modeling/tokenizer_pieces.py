@@ -120,7 +120,7 @@ class PieceEncoder:
         A text longer than ``2 * ENCODE_CHUNK_CHARS`` characters is tokenised chunk by chunk
         (`chunk_starts`: the chunks' pieces are the pieces of the whole text); shorter texts go to
         SentencePiece in groups of at most that many characters (a longer text alone). Each
-        group's Python lists (~300 bytes per piece) are dropped as soon as they are converted, so
+        group's Python lists (hundreds of bytes per piece) are dropped as soon as they are converted, so
         they never exist for more than one group or chunk whatever the number of texts.
         """
         texts = [check_text(text, "texts") for text in texts]

@@ -8,8 +8,6 @@ Owns
   `XLMRobertaXLForMaskedLM`: runs the backbone on padded window batches and the LM head only at
   the requested positions, giving (n_positions, vocab_size) logits (the LM head is never applied
   to the other positions: with a 250k vocabulary that would dominate time and memory);
-- their v1 versions, which take the backbone settings as arguments (configs written before
-  ``spacy-xlmrxl.Backbone.v1``) and build the same layers;
 - `predict_masked_lm`: the masked-LM inference with memory bounded by a chunk of positions
   (`LOGIT_CHUNK` rows of vocabulary logits at a time, handed to a callback), for fill-mask;
 - `MLMInput`, the masked-LM model's input.

@@ -435,13 +435,12 @@ def _pack_windows(lengths: Sequence[int], *, max_batch_pieces: int, max_batch_wi
     has at most ``max_batch_windows`` rows; a window too big for the budget alone gets a batch
     of its own. A batch also closes when the next window would make its padding exceed
     ``max_padding`` of its real positions, once it holds ``min_batch_pieces`` padded positions:
-    smaller batches multiply too inefficiently to be worth splitting (measured on a 2-core AVX2
-    CPU, a 768-wide ``F.linear`` runs at 27 GFLOP/s on 256 rows, 48 on 1024 and 55 on 2048;
-    2048 instead of 256 made ``xlmrxl_ner``'s ``nlp.pipe`` 6-29 % faster on UNER sentences,
-    ``bench/pipeline_profile.py``). The components run these batches with ``skip_padding``, so
-    padding costs only the attention product there; the rule still measured fastest (944
-    words/s vs 867 / 848 / 666 with no padding limit and 4096 / 8192 / 16384 pieces: larger
-    padded batches gain nothing in the matrix products and pay in attention and memory traffic).
+    smaller batches multiply too inefficiently to be worth splitting (``F.linear`` runs much
+    faster on thousands of rows than on hundreds: bench/README.md, ``pipeline_profile.py``). The
+    components run these batches with ``skip_padding``, so padding costs only the attention
+    product there; the rule still measured fastest against larger padded batches without a
+    padding limit, which gain nothing in the matrix products and pay in attention and memory
+    traffic (bench/README.md).
     """
     order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
     groups: List[List[int]] = []

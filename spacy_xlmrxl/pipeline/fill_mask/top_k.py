@@ -3,8 +3,8 @@
 Owns `TopK`: per position, the ``top_k`` most probable ordinary pieces and their probabilities
 under the softmax over the ordinary pieces (no special token, none of the vocabulary's padding
 rows beyond the tokenizer). It keeps only (n_positions, k) ids and scores; each chunk's logits
-are read one row at a time (a row's float64 softmax is the only copy made, ~2 MB for a 250k
-vocabulary), so its memory does not grow with the number of masks. The arithmetic is the
+are read one row at a time (a row's float64 softmax, one vocabulary's worth, is the only copy
+made), so its memory does not grow with the number of masks. The arithmetic is the
 float64 softmax and selection the component always used, row by row.
 """
 
