@@ -335,7 +335,7 @@ def test_cpu_plan_state_matches_a_thinc_adam_step_of_an_applied_model():
 
     lora = LoraConfig(r=4, targets=["query", "value"])
     config, model = _lora_model(2, lora, dtype=torch.bfloat16)
-    shim = TorchModuleShim(model)
+    shim = TorchModuleShim(model, lora=lora)  # the adapters are already applied: the shim checks they match
     ids = torch.randint(5, config.vocab_size, (2, 12))
     model(input_ids=ids).last_hidden_state.float().square().mean().backward()
     adapters = [p for _, p in lora_parameters(model)]
