@@ -22,7 +22,7 @@ _EXPORTS = {
     "XLMRobertaXLForMultipleChoice": "heads",
     "XLMRobertaXLForTokenClassification": "heads",
     "XLMRobertaXLForQuestionAnswering": "heads",
-    "GenerationConfig": "generation_config",
+    "GenerationConfig": "generation",
     "CheckpointError": "checkpoint",
     "load_state_dict": "checkpoint",
     "XLMRobertaTokenizer": "tokenizer",

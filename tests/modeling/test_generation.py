@@ -1,4 +1,4 @@
-"""Tests of modeling/generation.py and modeling/generation_config.py: ``generate`` against HF's on
+"""Tests of modeling/generation/ (search and config): ``generate`` against HF's on
 the same weights (same tokens for greedy search, beam search and, with the same seed, sampling),
 its outputs, settings, generation config files and errors."""
 
@@ -13,7 +13,7 @@ import pytest
 import torch
 from torch import Tensor
 
-from modeling.generation_config import GenerationConfig
+from modeling.generation.config import GenerationConfig
 from modeling.heads import XLMRobertaXLForCausalLM
 from modeling.outputs import GenerateBeamDecoderOnlyOutput, GenerateDecoderOnlyOutput
 

@@ -1,11 +1,11 @@
-"""Tests of modeling/logits_processing.py: each score rule against HF's logits processor of that name."""
+"""Tests of modeling/generation/logits.py: each score rule against HF's logits processor of that name."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from modeling.logits_processing import ScoreRules, choose_tokens, ends_with, process_scores
+from modeling.generation.logits import ScoreRules, choose_tokens, ends_with, process_scores
 
 generation = pytest.importorskip("transformers.generation")
 

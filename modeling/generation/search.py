@@ -1,13 +1,13 @@
 """Text generation for `XLMRobertaXLForCausalLM`: `GenerationMixin.generate` (greedy search,
 sampling, beam search, beam sampling) with HF's arguments, stopping rules and outputs
 (`GenerateDecoderOnlyOutput`, `GenerateBeamDecoderOnlyOutput`); its settings are
-`modeling.generation_config`'s.
+`modeling.generation.config`'s.
 
 Greedy search and beam search choose the tokens HF's ``generate`` chooses on the same weights
 (same scores, same order of processing, same beam bookkeeping); sampling draws from the same
 distributions. HF's other strategies (diverse and constrained beam search, contrastive search,
 DoLa, assisted decoding), streamers and cache classes are not provided: their keywords raise a
-``ValueError`` naming them. The per-step score processing is `modeling.logits_processing`'s.
+``ValueError`` naming them. The per-step score processing is `modeling.generation.logits`'s.
 Shapes: B = batch, K = beams, R = rows decoded (B x K, or B x returned sequences), T = tokens so
 far, V = vocabulary.
 """
@@ -22,10 +22,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .generation_config import FIELDS, UNSUPPORTED, GenerationConfig, refuse_unsupported
-from .layers import position_ids_from_input_ids
-from .logits_processing import Processor, ScoreRules, choose_tokens, ends_with, process_scores
-from .outputs import Cache, GenerateBeamDecoderOnlyOutput, GenerateDecoderOnlyOutput
+from .config import FIELDS, UNSUPPORTED, GenerationConfig, refuse_unsupported
+from ..layers import position_ids_from_input_ids
+from .logits import Processor, ScoreRules, choose_tokens, ends_with, process_scores
+from ..outputs import Cache, GenerateBeamDecoderOnlyOutput, GenerateDecoderOnlyOutput
 
 #: the model inputs ``generate`` passes on to the model
 MODEL_INPUTS = ("input_ids", "attention_mask", "inputs_embeds", "token_type_ids", "encoder_hidden_states",
