@@ -60,9 +60,10 @@ def merged_config(base: Path, override_files: Sequence[Path], settings: Mapping[
 
 
 def train_child(config: Any, out: Path, *, gpu_id: int = -1, save: bool = True,
-                timeout: Optional[float] = None) -> Dict[str, Any]:
+                timeout: Optional[float] = None, env: Optional[Mapping[str, str]] = None) -> Dict[str, Any]:
     """``spacy train`` on ``config`` (a merged config) in a child, its files under ``out``
-    (``config.cfg``, ``train.log``, ``steps.jsonl``, the pipeline under ``model/`` when ``save``).
+    (``config.cfg``, ``train.log``, ``steps.jsonl``, the pipeline under ``model/`` when ``save``);
+    ``env``: extra environment variables of the child.
     Returns the exit status and seconds, and, when it succeeded, the exit report (``peak_rss``,
     ``peak_gpu``) and `step_figures`; else ``error`` (the log's last lines)."""
     from spacy_xlmrxl.cli.config import merge_config
@@ -76,7 +77,7 @@ def train_child(config: Any, out: Path, *, gpu_id: int = -1, save: bool = True,
     command = [sys.executable, "-m", "spacy", "train", str(out / "config.cfg"), "--code", str(HOOKS),
                "--gpu-id", str(gpu_id)] + (["--output", str(out / "model")] if save else [])
     start = time.perf_counter()
-    code = run_logged(command, log=log, env={REPORT_ENV: str(report)}, timeout=timeout)
+    code = run_logged(command, log=log, env={**(env or {}), REPORT_ENV: str(report)}, timeout=timeout)
     result: Dict[str, Any] = {"returncode": code, "seconds": time.perf_counter() - start}
     if code != 0 or not report.is_file():
         result["error"] = log_tail(log) or f"exit status {code}"

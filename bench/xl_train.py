@@ -6,7 +6,9 @@
 2. Measures the runtime of a training process without weights (a child that builds the pipeline
    from the config, the tokenizer and the corpus): the planner's ``runtime`` term.
 3. For each mode (``lora-fp32``: LoRA over a float32 base; ``lora-bf16``: over a bf16 base,
-   ``dtype = "bfloat16"``; ``full-fp32``: full fine-tuning, for small models), runs
+   ``dtype = "bfloat16"``; ``lora-bf16-emulated``: the same as on a CPU without native bf16
+   matmuls, ``$XLMRXL_BF16_MATMUL=emulated``, where the bf16 base is computed in float32 layer by
+   layer; ``full-fp32``: full fine-tuning, for small models), runs
    ``python -m spacy train`` on ``configs/ner.cfg`` merged with ``configs/xl_lora_cpu.cfg``
    (``spacy-xlmrxl merge-config``'s merge) and this script's settings (steps, dtype, paths, the
    per-step logger of bench/train_hooks.py). ``--repeat-batch`` (default) trains on one batch of
@@ -16,7 +18,9 @@
    (`spacy_xlmrxl.distributed.memory_plan.plan_cpu_training`) and its figure for full fine-tuning.
 4. Runs the trained pipeline (``model-last`` of the first mode) over ``--sentences`` UNER Danish
    test sentences with ``nlp.pipe`` in a fresh process per variant: fp32, ``quantize = "int8"``,
-   and bf16 (``dtype = "bfloat16"``) where the CPU multiplies bf16 natively: words/s and peak RSS.
+   bf16 (``dtype = "bfloat16"``: computed in float32 layer by layer where the CPU lacks native bf16
+   matmuls) and, on a CPU with them, ``bf16-emulated`` (what a CPU without them does): words/s and
+   peak RSS.
 
 Prints whether the CPU has native bf16 and one ``SUMMARY`` line; ``--json FILE`` writes every figure.
 
@@ -49,8 +53,12 @@ UNER_DA = SHARED / "data" / "ner" / "uner" / "da"
 SPM = TOKENIZER_DIR / "sentencepiece.bpe.model"
 BASE_CONFIG = REPO / "configs" / "ner.cfg"
 LORA_OVERRIDES = REPO / "configs" / "xl_lora_cpu.cfg"
-MODES = {"lora-fp32": ("float32", True), "lora-bf16": ("bfloat16", True), "full-fp32": ("float32", False)}
-VARIANTS = {"fp32": {}, "int8": {"quantize": "int8"}, "bf16": {"dtype": "bfloat16"}}
+MODES = {"lora-fp32": ("float32", True), "lora-bf16": ("bfloat16", True), "full-fp32": ("float32", False),
+         "lora-bf16-emulated": ("bfloat16", True)}
+VARIANTS = {"fp32": {}, "int8": {"quantize": "int8"}, "bf16": {"dtype": "bfloat16"}, "bf16-emulated": {"dtype": "bfloat16"}}
+#: the modes and variants run as on a CPU without native bf16 matmuls (the detection overridden):
+#: the bf16 base is computed in float32 layer by layer
+EMULATED = {"lora-bf16-emulated", "bf16-emulated"}
 GiB = 1024 ** 3
 
 
@@ -115,7 +123,7 @@ def train(args: argparse.Namespace, mode: str, corpus: Dict[str, Path], checkpoi
     out = args.scratch / "xl-train" / f"{args.tag}-{mode}"
     print(f"  {mode}: spacy train {out / 'config.cfg'} ({args.steps} steps) ...", flush=True)
     result = {"mode": mode, "pipeline": str(out / "model" / "model-last"),
-              **train_child(mode_config(args, mode, corpus, checkpoint), out)}
+              **train_child(mode_config(args, mode, corpus, checkpoint), out, env=child_env(mode))}
     if "error" in result:
         print(f"  {mode}: FAILED ({result['returncode']}): {result['error']}", flush=True)
         return result
@@ -174,8 +182,15 @@ def child_pipe(pipeline: Path, variant: str, count: int) -> Dict[str, Any]:
             "peak_rss": peak_rss()}
 
 
-def run_child(args: List[str], log: Path) -> Dict[str, Any]:
-    code = run_logged([sys.executable, __file__, "--child", *args], log=log)
+def child_env(name: str) -> Dict[str, str]:
+    """The environment of the child running mode or variant ``name``."""
+    from modeling.cpu_features import BF16_MATMUL_ENV
+
+    return {BF16_MATMUL_ENV: "emulated"} if name in EMULATED else {}
+
+
+def run_child(args: List[str], log: Path, *, env: Optional[Dict[str, str]] = None) -> Dict[str, Any]:
+    code = run_logged([sys.executable, __file__, "--child", *args], log=log, env=env)
     lines = log.read_text(errors="replace").strip().splitlines()
     if code != 0 or not lines:
         return {"error": " | ".join(lines[-3:]) or f"exit status {code}"}
@@ -235,7 +250,7 @@ def summary(results: Dict[str, Any]) -> str:
 
 
 def pipe_variants(args: argparse.Namespace) -> List[str]:
-    variants = ["fp32", "int8"] + (["bf16"] if native_bf16() or args.bf16 == "on" else [])
+    variants = ["fp32", "int8", "bf16"] + (["bf16-emulated"] if native_bf16() else [])
     return [v for v in variants if v not in args.skip_variant]
 
 
@@ -260,7 +275,7 @@ def run_pipes(args: argparse.Namespace, pipeline: Path) -> List[Dict[str, Any]]:
         print(f"  nlp.pipe {variant}: {args.sentences} sentences of {source.name} ...", flush=True)
         row = {"variant": variant, **run_child(["pipe", "--dir", str(source), "--variant", variant,
                                                 "--sentences", str(args.sentences)],
-                                               pipeline.parent.parent / f"pipe-{variant}.log")}
+                                               pipeline.parent.parent / f"pipe-{variant}.log", env=child_env(variant))}
         print(f"  nlp.pipe {variant}: " + (f"FAILED: {row['error']}" if "error" in row else
               f"{row['words_per_s']:.1f} words/s, peak RSS {row['peak_rss'] / GiB:.2f} GiB"), flush=True)
         rows.append(row)
@@ -331,7 +346,6 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser.add_argument("--lora-save", default="adapters", help="lora_save of the LoRA modes (full / adapters; '' keeps the config's)")
     parser.add_argument("--sentences", type=int, default=100, help="UNER Danish test sentences for nlp.pipe")
     parser.add_argument("--pipeline", type=Path, default=None, help="run nlp.pipe on this pipeline (default: the first trained)")
-    parser.add_argument("--bf16", choices=["auto", "on"], default="auto", help="nlp.pipe in bf16: native-bf16 CPUs only (auto) or always")
     parser.add_argument("--skip-train", action="store_true")
     parser.add_argument("--skip-pipe", action="store_true")
     parser.add_argument("--skip-variant", action="append", default=[], choices=sorted(VARIANTS))

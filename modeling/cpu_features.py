@@ -8,12 +8,17 @@ warning (`spacy_xlmrxl.backbone.precision`).
 from __future__ import annotations
 
 import functools
+import os
 import platform
 from typing import Optional
 
 import torch
 
-__all__ = ["native_bf16_matmul"]
+__all__ = ["BF16_MATMUL_ENV", "native_bf16_matmul"]
+
+#: environment variable that overrides the detection: ``native`` or ``emulated`` (e.g. to measure
+#: on a bf16 CPU what a CPU without it does)
+BF16_MATMUL_ENV = "XLMRXL_BF16_MATMUL"
 
 
 def _cpu_flags() -> Optional[set]:
@@ -35,7 +40,13 @@ def native_bf16_matmul() -> bool:
     flags ``avx512_bf16`` / ``amx_bf16``), the ``bf16`` feature on Arm. Without them torch's bf16
     matmul is emulated, many times slower than fp32 (bench/backbone_forward.py). Where the
     flags cannot be read, torch's CPU capability decides (``AVX2``/``DEFAULT`` on x86: not native)
-    and anything else counts as native (no warning when unsure)."""
+    and anything else counts as native (no warning when unsure). ``$XLMRXL_BF16_MATMUL``
+    (``native`` / ``emulated``) overrides the detection; any other value is a ``ValueError``."""
+    forced = os.environ.get(BF16_MATMUL_ENV, "").strip().lower()
+    if forced:
+        if forced not in ("native", "emulated"):
+            raise ValueError(f"{BF16_MATMUL_ENV} must be 'native' or 'emulated', got {forced!r}")
+        return forced == "native"
     flags = _cpu_flags()
     if flags is not None:
         return bool({"avx512_bf16", "amx_bf16", "bf16"} & flags)

@@ -4,56 +4,23 @@ Owns the adapted layer's forward pass ``W x + b + (alpha / r) B A dropout(x)`` a
 matmul's precision: the base weight keeps its dtype at rest (bf16 stays bf16, memory-mapped stays
 memory-mapped: the layer holds the very Parameters of the Linear it replaces) while the adapters
 are float32; where bf16 matmuls are emulated (a CPU without AVX-512 BF16 / AMX), a bf16 base is
-cast to float32 one layer at a time for the product (`upcast_linear`), its float32 copy never
-kept for the backward pass. Shapes: (..., in_features) -> (..., out_features).
+cast to float32 one layer at a time for the product (`modeling.upcast.upcast_linear`), its float32
+copy never kept for the backward pass. Shapes: (..., in_features) -> (..., out_features).
 """
 
 from __future__ import annotations
 
 import math
-from typing import Any, Optional, Tuple
+from typing import Any, Optional
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .. import cpu_features
+from ..upcast import upcast_linear
 
 __all__ = ["LoraLinear", "upcast_linear"]
-
-
-class _UpcastLinear(torch.autograd.Function):
-    """``x W^T + b`` computed in float32 from a low-precision ``weight``; the result and the input
-    gradient come back in ``x``'s dtype. Only ``weight`` itself (at rest, not its float32 copy)
-    and, when the weight trains, ``x`` are saved for the backward pass."""
-
-    @staticmethod
-    def forward(ctx: Any, x: Tensor, weight: Tensor, bias: Optional[Tensor]) -> Tensor:
-        ctx.save_for_backward(x if weight.requires_grad else None, weight)
-        ctx.x_dtype, ctx.bias_dtype = x.dtype, None if bias is None else bias.dtype
-        with torch.autocast(x.device.type, enabled=False):
-            out = F.linear(x.float(), weight.float(), None if bias is None else bias.float())
-        return out.to(x.dtype)
-
-    @staticmethod
-    def backward(ctx: Any, grad: Tensor) -> Tuple[Optional[Tensor], ...]:
-        x, weight = ctx.saved_tensors
-        grad32 = grad.float()
-        grad_x = grad_w = grad_b = None
-        if ctx.needs_input_grad[0]:
-            grad_x = (grad32 @ weight.float()).to(ctx.x_dtype)
-        rows = grad32.reshape(-1, grad32.shape[-1])  # (N, out)
-        if ctx.needs_input_grad[1]:
-            grad_w = (rows.t() @ x.reshape(-1, x.shape[-1]).float()).to(weight.dtype)
-        if ctx.bias_dtype is not None and ctx.needs_input_grad[2]:
-            grad_b = rows.sum(0).to(ctx.bias_dtype)
-        return grad_x, grad_w, grad_b
-
-
-def upcast_linear(x: Tensor, weight: Tensor, bias: Optional[Tensor]) -> Tensor:
-    """``F.linear`` computed in float32 for a bf16 / fp16 ``weight``: (..., in) -> (..., out) in
-    ``x``'s dtype; the weight's float32 copy lives only during the product."""
-    return _UpcastLinear.apply(x, weight, bias)
 
 
 class LoraLinear(nn.Module):
@@ -63,7 +30,8 @@ class LoraLinear(nn.Module):
     dict keys, no copy); ``lora_A.weight`` (r, in) starts Kaiming-uniform like PEFT's and
     ``lora_B.weight`` (out, r) at zero, both float32 by default, so a fresh layer computes what the
     Linear did. ``upcast``: multiply a bf16 / fp16 base in float32 (True), in its own dtype (False)
-    or decide per call (None: float32 for a bf16 weight on a CPU without native bf16 matmuls).
+    or decide per call (None: float32 for float32 inputs outside autocast, and for a bf16 weight
+    on a CPU without native bf16 matmuls).
     Casting the model (``model.to(torch.bfloat16)``) casts the base only: the adapters stay in
     ``adapter_dtype``.
     """
@@ -103,15 +71,19 @@ class LoraLinear(nn.Module):
         self.lora_A.weight.uniform_(-bound, bound, generator=generator)
         self.lora_B.weight.zero_()
 
-    def _upcast_base(self) -> bool:
+    def _upcast_base(self, x: Tensor) -> bool:
+        if self.weight.dtype not in (torch.bfloat16, torch.float16):
+            return False
         if self.upcast is not None:
-            return self.upcast and self.weight.dtype in (torch.bfloat16, torch.float16)
+            return self.upcast
+        if x.dtype == torch.float32 and not torch.is_autocast_enabled(x.device.type):
+            return True  # float32 activations (`modeling.upcast.compute_in_float32`)
         return (self.weight.dtype == torch.bfloat16 and self.weight.device.type == "cpu"
                 and not cpu_features.native_bf16_matmul())
 
     def forward(self, x: Tensor) -> Tensor:
         """``x`` (..., in) -> (..., out) in the dtype of the base product (``x``'s)."""
-        if self._upcast_base():
+        if self._upcast_base(x):
             result = upcast_linear(x, self.weight, self.bias)
         else:
             result = F.linear(x, self.weight, self.bias)

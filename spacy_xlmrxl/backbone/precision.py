@@ -2,9 +2,10 @@
 
 Owns the ``mixed_precision`` setting (bf16 / fp16 autocast), `LossScaler` (fp16 loss scaling
 with the scale kept as a Python float: thinc's grad scaler keeps a device tensor and crashes in
-``torch._amp_update_scale_``, spaCy issue 13512), and the `SlowBF16Warning` given when bf16 is
-asked for on a CPU without native bf16 matmuls (detected by `modeling.cpu_features.native_bf16_matmul`,
-re-exported here).
+``torch._amp_update_scale_``, spaCy issue 13512), and what bf16 means on a CPU without native
+bf16 matmuls (detected by `modeling.cpu_features.native_bf16_matmul`, re-exported here): bf16
+weights are computed in float32 layer by layer (`emulated_bf16_weights`), bf16 autocast gets a
+`SlowBF16Warning`.
 """
 
 from __future__ import annotations
@@ -50,20 +51,29 @@ class SlowBF16Warning(UserWarning):
     """bf16 was asked for on a CPU whose bf16 matmul torch emulates (many times slower than fp32)."""
 
 
-def warn_if_bf16_emulated(device: torch.device, *, dtype: Optional[torch.dtype], mixed_precision: str) -> bool:
-    """Warn (one `SlowBF16Warning` per call) when bf16 weights (``dtype``) or bf16 autocast
-    (``mixed_precision``) will run on a CPU without native bf16 matmuls; True when it warned."""
-    wanted = [what for what, on in (("dtype = \"bfloat16\"", dtype == torch.bfloat16),
-                                    ("mixed_precision = \"bf16\"", mixed_precision == "bf16")) if on]
-    if not wanted or device.type != "cpu" or native_bf16_matmul():
+def emulated_bf16_weights(module: torch.nn.Module) -> bool:
+    """Whether ``module`` holds bf16 weights on a CPU without native bf16 matmuls: it is then
+    computed in float32 layer by layer (`modeling.upcast.compute_in_float32`), bf16's memory at
+    float32's speed."""
+    param = next(module.parameters(), None)
+    return (param is not None and param.dtype == torch.bfloat16 and param.device.type == "cpu"
+            and not native_bf16_matmul())
+
+
+def warn_if_bf16_emulated(device: torch.device, *, mixed_precision: str) -> bool:
+    """Warn (one `SlowBF16Warning`) when bf16 autocast (``mixed_precision``) will run on a CPU
+    without native bf16 matmuls; True when it warned. (bf16 weights, ``dtype``, are computed in
+    float32 there instead: `emulated_bf16_weights`.)"""
+    if mixed_precision != "bf16" or device.type != "cpu" or native_bf16_matmul():
         return False
     warnings.warn(
-        f"{' and '.join(wanted)} on this CPU ({torch.backends.cpu.get_cpu_capability()}; no native bf16 matmul: "
+        f"mixed_precision = \"bf16\" on this CPU ({torch.backends.cpu.get_cpu_capability()}; no native bf16 matmul: "
         "no AVX-512 BF16 / AMX, or Arm BF16): "
-        "bf16 matrix multiplication is emulated here and will be many times slower than float32 "
-        "(about 200x for a plain matmul on an AVX2 CPU). For faster CPU inference keep float32 "
-        "(dtype = null, mixed_precision = null) and set quantize = \"int8\" (dynamic int8 Linear layers); "
-        "bf16 pays off on CPUs with AVX-512 BF16 / AMX and on GPUs.",
+        "bf16 autocast is emulated here and will be many times slower than float32 "
+        "(about 200x for a plain matmul on an AVX2 CPU). Keep mixed_precision = null on this CPU: "
+        "for bf16's memory set dtype = \"bfloat16\" (stored in bf16, computed in float32 layer by layer), "
+        "for faster inference quantize = \"int8\"; "
+        "bf16 autocast pays off on CPUs with AVX-512 BF16 / AMX and on GPUs.",
         SlowBF16Warning, stacklevel=3,
     )
     return True

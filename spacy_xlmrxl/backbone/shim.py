@@ -19,10 +19,11 @@ from thinc.shims import Shim
 from thinc.util import torch2xp, xp2torch
 
 from modeling.lora import LoraConfig, apply_lora, lora_config_of, lora_layers
+from modeling.upcast import compute_in_float32
 
 from .adapters import LORA_SAVE_MODES, BaseReference, attach_lora, check_no_adapters
 from .devices import torch_device
-from .precision import LossScaler, autocast, normalise_mixed_precision, warn_if_bf16_emulated
+from .precision import LossScaler, autocast, emulated_bf16_weights, normalise_mixed_precision, warn_if_bf16_emulated
 from .quantize import check_quantize_precision, normalise_quantize, quantize_linear_int8
 from .source import BackboneError
 from .weights import module_from_bytes, module_to_bytes
@@ -135,9 +136,11 @@ class TorchModuleShim(Shim):
         if keep_runner:
             return
         self._runner = None
+        if emulated_bf16_weights(module):
+            compute_in_float32(module)
         param = next(module.parameters(), None)
         if param is not None:
-            warn_if_bf16_emulated(param.device, dtype=param.dtype, mixed_precision=self.precision)
+            warn_if_bf16_emulated(param.device, mixed_precision=self.precision)
         if self.quantize is not None:
             self._runner = quantize_linear_int8(module)
 

@@ -46,7 +46,7 @@ def test_full_fine_tuning_run_at_tiny_scale(tmp_path, shared_data):
     overrides = tmp_path / "overrides.cfg"
     overrides.write_text("[backbone]\ngrad_checkpointing = true\nmax_batch_pieces = 512\n")
     figures = _run(tmp_path, "--modes", "full-fp32", "--steps", "3", "--overrides", str(overrides),
-                   "--skip-variant", "bf16")
+                   "--skip-variant", "bf16", "--skip-variant", "bf16-emulated")
     (row,) = figures["train"]
     _check_training(row, 3)
     assert figures["baseline"]["batch_size"] == 8 and figures["full_plan"] > 0
@@ -58,12 +58,14 @@ def test_full_fine_tuning_run_at_tiny_scale(tmp_path, shared_data):
 
 def test_lora_modes_at_tiny_scale(tmp_path, shared_data):
     # 3 steps: the learning-rate warm-up of configs/ner.cfg starts at 0, so step 2 repeats step 1's loss
-    figures = _run(tmp_path, "--steps", "3", "--skip-variant", "bf16")
-    assert [row["mode"] for row in figures["train"]] == ["lora-fp32", "lora-bf16"]
+    figures = _run(tmp_path, "--steps", "3", "--modes", "lora-fp32,lora-bf16,lora-bf16-emulated",
+                   "--skip-variant", "int8")
+    assert [row["mode"] for row in figures["train"]] == ["lora-fp32", "lora-bf16", "lora-bf16-emulated"]
     for row in figures["train"]:
         _check_training(row, 3)
     assert figures["full_plan"] > max(row["planned_total"] for row in figures["train"])
     assert all("error" not in pipe for pipe in figures["pipe"])
+    assert {"fp32", "bf16"} <= {pipe["variant"] for pipe in figures["pipe"]}
 
 
 def test_step_figures_leave_out_the_first_and_evaluating_steps():

@@ -38,7 +38,6 @@ from modeling.lora import (
     merged_adapters,
     peft_state_dict,
     save_peft_adapter,
-    upcast_linear,
     without_adapters,
 )
 from modeling.lora import layer as lora_layer_module
@@ -424,23 +423,6 @@ def test_gradient_checkpointing_gives_the_same_gradients(checkpointing_dropout: 
 
 
 # ---------------------------------------------------------------------------------- bf16 base
-def test_upcast_linear_computes_in_float32() -> None:
-    generator = torch.Generator().manual_seed(0)
-    x = torch.randn(3, 5, 16, generator=generator).bfloat16().requires_grad_()
-    weight = torch.randn(8, 16, generator=generator).bfloat16().requires_grad_()
-    bias = torch.randn(8, generator=generator).bfloat16().requires_grad_()
-    out = upcast_linear(x, weight, bias)
-    x32, w32, b32 = (t.detach().float().requires_grad_() for t in (x, weight, bias))
-    reference = F.linear(x32, w32, b32)
-    assert out.dtype == torch.bfloat16 and torch.equal(out, reference.bfloat16())
-    upstream = torch.randn(out.shape, generator=generator)
-    out.backward(upstream.bfloat16())
-    reference.backward(upstream.bfloat16().float())
-    assert torch.equal(x.grad, x32.grad.bfloat16()) and x.grad.dtype == torch.bfloat16
-    assert torch.equal(weight.grad, w32.grad.bfloat16())
-    assert bias.grad.dtype == torch.bfloat16 and torch.allclose(bias.grad.float(), b32.grad, rtol=1e-2)
-
-
 def test_upcast_keeps_no_float32_weight_for_backward() -> None:
     model = XLMRobertaXLModel(tiny_config(), add_pooling_layer=False).to(torch.bfloat16)
     apply_lora(model, LoraConfig(r=4, alpha=8, targets=ALL_TARGETS), upcast=True, seed=0)

@@ -17,6 +17,7 @@ from torch.ao.nn.quantized.dynamic import Linear as DynamicQuantizedLinear
 
 from modeling.config import XLMRobertaXLConfig
 from modeling.model import XLMRobertaXLModel
+from modeling.upcast import computes_in_float32
 from spacy_xlmrxl.backbone import precision
 from spacy_xlmrxl.backbone.nodes import backbone_nodes, backbone_shim
 from spacy_xlmrxl.backbone.precision import SlowBF16Warning
@@ -213,29 +214,43 @@ def no_native_bf16(monkeypatch):
     monkeypatch.setattr(precision, "native_bf16_matmul", lambda: False)
 
 
-def test_bf16_weights_on_a_cpu_without_native_bf16_warn_once(no_native_bf16):
-    with pytest.warns(SlowBF16Warning, match=r"dtype = \"bfloat16\".*emulated.*slower than float32.*quantize = \"int8\"") as record:
-        TorchModuleShim(_tiny().to(torch.bfloat16), **KWARGS)
-    assert len([w for w in record if issubclass(w.category, SlowBF16Warning)]) == 1
-    with pytest.warns(SlowBF16Warning, match="mixed_precision = \"bf16\""):
+def test_bf16_weights_on_a_cpu_without_native_bf16_compute_in_float32(no_native_bf16):
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", SlowBF16Warning)  # stored in bf16, computed in float32: no warning
+        shim = TorchModuleShim(_tiny().to(torch.bfloat16), **KWARGS)
+    assert computes_in_float32(shim.module) and all(p.dtype == torch.bfloat16 for p in shim.module.parameters())
+    ids = torch.tensor([[0, 5, 6, 2]])
+    with shim.run(is_train=False):
+        out = shim.module(input_ids=ids).last_hidden_state
+    reference = _tiny().to(torch.bfloat16).float().eval()
+    assert out.dtype == torch.float32
+    assert torch.allclose(out, reference(input_ids=ids).last_hidden_state, atol=1e-5)
+    with pytest.warns(SlowBF16Warning, match=r"mixed_precision = \"bf16\".*emulated.*slower than float32") as record:
         TorchModuleShim(_tiny(), mixed_precision="bf16", **KWARGS)
+    assert len([w for w in record if issubclass(w.category, SlowBF16Warning)]) == 1
 
 
-def test_bf16_warning_through_the_component_setting(no_native_bf16, spm_model_path):
+def test_bf16_weights_through_the_component_setting(no_native_bf16, spm_model_path):
     nlp = blank("da")
     nlp.add_pipe("xlmrxl_ner", config={"model": {"tok2vec": {"transformer": {"backbone": {"dtype": "bfloat16"},
                                                                              "windows": WINDOW}}}})
     nlp.get_pipe("xlmrxl_ner").add_label("PER")
     nlp.config["initialize"]["components"]["xlmrxl_ner"] = backbone_settings(spm_model_path)
     doc = nlp.make_doc("Mette Frederiksen")
-    with pytest.warns(SlowBF16Warning, match="emulated"):
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", SlowBF16Warning)
         nlp.initialize(lambda: [Example.from_dict(doc, {"entities": [(0, 17, "PER")]})])
+    (node,) = backbone_nodes(nlp.get_pipe("xlmrxl_ner").model)
+    module = backbone_shim(node).module
+    assert computes_in_float32(module) and next(module.parameters()).dtype == torch.bfloat16
+    assert nlp("Mette Frederiksen bor i Danmark").ents is not None
 
 
 def test_no_bf16_warning_with_native_bf16_or_float32(monkeypatch):
     monkeypatch.setattr(precision, "native_bf16_matmul", lambda: True)
     with warnings.catch_warnings():
         warnings.simplefilter("error", SlowBF16Warning)
-        TorchModuleShim(_tiny().to(torch.bfloat16), **KWARGS)
+        shim = TorchModuleShim(_tiny().to(torch.bfloat16), **KWARGS)
+        assert not computes_in_float32(shim.module)  # native bf16: computed in bf16
         monkeypatch.setattr(precision, "native_bf16_matmul", lambda: False)
         TorchModuleShim(_tiny(), **KWARGS)  # float32: nothing to warn about
