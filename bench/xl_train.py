@@ -219,6 +219,7 @@ def planned(model_config: Any, mode: str, config_path: Path, shape: Dict[str, An
                              base_dtype=MODES[mode][0], batch_size=shape["batch_size"],
                              seq_length=shape["seq_length"], runtime_bytes=shape["runtime"],
                              checkpointing=bool(block.get("grad_checkpointing")),
+                             compute_dtype="float32" if mode in EMULATED else None,
                              freeze_word_embeddings=bool(block.get("freeze_word_embeddings")))
 
 

@@ -378,13 +378,18 @@ def plan_cpu_training(
     training_dropout: bool = True,
     freeze_word_embeddings: bool = False,
     runtime_bytes: float = 0.0,
+    compute_dtype: Optional[str] = None,
 ) -> CpuTrainingPlan:
     """Peak RSS of one NER training step on CPU: LoRA (``lora`` given; base in ``base_dtype``) or
     full fine-tuning (``lora=None``; float32, Adam; the word embeddings' vocab x hidden gradient,
     moments and weight-decay temporary unless ``freeze_word_embeddings``). Activations are in the
-    base dtype, with CPU dropout masks and LayerNorm statistics of that dtype; ``runtime_bytes``
-    is what the process holds without any weights (measure it: bench/xl_train.py does)."""
+    base dtype, with CPU dropout masks and LayerNorm statistics of that dtype, or in
+    ``compute_dtype`` (``"float32"`` for a bf16 base on a CPU without native bf16 matmuls,
+    computed in float32 layer by layer: one Linear weight's float32 copy at a time on top);
+    ``runtime_bytes`` is what the process holds without any weights (measure it:
+    bench/xl_train.py does)."""
     dtype = _base_dtype(base_dtype)
+    compute = _base_dtype(compute_dtype) if compute_dtype else dtype
     h, vocab = config.hidden_size, config.vocab_size
     if lora is not None:
         state = lora_training_bytes(config, lora, base_dtype=dtype, adapter_dtype=torch.float32, with_pooler=False)
@@ -399,14 +404,15 @@ def plan_cpu_training(
         trained_params = params - (vocab * h if freeze_word_embeddings else 0)
         trained = float(trained_params * (4 + 8))
         largest = h * config.intermediate_size if freeze_word_embeddings else vocab * h
-    e = itemsize(dtype)
+    e = itemsize(compute)
+    cast = 4.0 * h * config.intermediate_size if compute != dtype else 0.0
     attention = "math" if training_dropout and config.attention_probs_dropout_prob > 0 else "flash"
     acts = activation_bytes(config, batch_size=batch_size, seq_length=seq_length, element_bytes=e, mask_bytes=e,
                             statistics_bytes=e, attention_element_bytes=4, attention=attention,
                             checkpointing=checkpointing,
                             training_dropout=training_dropout, lora=lora)
     return CpuTrainingPlan(runtime=float(runtime_bytes), weights=weights, trained_state=trained, activations=acts,
-                           head=2.0 * batch_size * seq_length * h * 4, optimizer_temporary=4.0 * largest)
+                           head=2.0 * batch_size * seq_length * h * 4, optimizer_temporary=max(4.0 * largest, cast))
 
 
 def format_cpu_plan(plan: CpuTrainingPlan) -> str:

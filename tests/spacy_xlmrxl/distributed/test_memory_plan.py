@@ -317,6 +317,12 @@ def test_cpu_plan_parts_of_lora_and_full_fine_tuning():
     assert frozen_words.trained_state == 12 * (p - words)
     assert frozen_words.optimizer_temporary == 4 * xl.hidden_size * xl.intermediate_size
     assert bf16.activations < fp32.activations
+    # a bf16 base computed in float32 (a CPU without native bf16): bf16 weights, float32 activations,
+    # one Linear weight's float32 copy at a time
+    upcast = plan_cpu_training(xl, lora=lora, base_dtype="bfloat16", batch_size=8, seq_length=64,
+                               runtime_bytes=GiB, compute_dtype="float32")
+    assert upcast.weights == bf16.weights and upcast.activations == fp32.activations
+    assert upcast.optimizer_temporary == 4 * xl.hidden_size * xl.intermediate_size
     assert full.total > 2 * fp32.total and full.total > 24 * GiB  # full fine-tuning does not fit 24 GiB
     assert fp32.total == pytest.approx(GiB + fp32.weights + fp32.trained_state + fp32.activations + fp32.head
                                        + fp32.optimizer_temporary)
