@@ -1,8 +1,8 @@
 """Batch-encoding speed of `modeling.tokenizer.XLMRobertaTokenizer` against the HF ``tokenizers`` library.
 
 Owns one measurement: sentences per second for a batch of real multilingual sentences from
-``../shared/data`` (UNER, SIB-200, XQuAD questions), ours (``tokenizer(texts)``: ids, attention
-mask, character offsets, special tokens) against ``tokenizers.Tokenizer.from_file(tokenizer.json)``
+``../shared/data`` (UNER, SIB-200, XQuAD questions), ours (``tokenizer(texts, return_offsets_mapping=True,
+return_special_tokens_mask=True)``: ids, attention mask, character offsets, special tokens) against ``tokenizers.Tokenizer.from_file(tokenizer.json)``
 (``encode_batch``, which also computes offsets), best of ``--repeats`` runs each, printed as one
 line. Run from the repository root: ``python bench/tokenizer_speed.py [--n 10000]``.
 """
@@ -49,7 +49,8 @@ def main(argv: List[str] | None = None) -> None:
     texts = sentences(args.data, args.n)
     ours = XLMRobertaTokenizer.from_pretrained(args.data / "tokenizer", num_threads=args.threads)
     reference = Tokenizer.from_file(str(args.data / "tokenizer" / "tokenizer.json"))
-    ours_s = best_seconds(lambda: ours(texts), args.repeats)
+    ours_s = best_seconds(lambda: ours(texts, return_offsets_mapping=True, return_special_tokens_mask=True),
+                          args.repeats)
     reference_s = best_seconds(lambda: reference.encode_batch(texts), args.repeats)
     n_chars = sum(map(len, texts))
     print(

@@ -171,6 +171,34 @@ class XLMRobertaTokenizer:
         length or the number of the texts."""
         return self._pieces.encode_arrays(texts, num_threads=self.num_threads)
 
+    # -- HF's names of the special tokens' ids -----------------------------------------------------
+    cls_token = bos_token
+    sep_token = eos_token
+
+    @property
+    def bos_token_id(self) -> int:
+        return self.bos_id
+
+    cls_token_id = bos_token_id
+
+    @property
+    def eos_token_id(self) -> int:
+        return self.eos_id
+
+    sep_token_id = eos_token_id
+
+    @property
+    def pad_token_id(self) -> int:
+        return self.pad_id
+
+    @property
+    def unk_token_id(self) -> int:
+        return self.unk_id
+
+    @property
+    def mask_token_id(self) -> int:
+        return self.mask_id
+
     # -- model inputs -----------------------------------------------------------------------------
     def encode(
         self,
@@ -197,32 +225,46 @@ class XLMRobertaTokenizer:
 
     def __call__(
         self,
-        texts: Sequence[str],
-        text_pairs: Optional[Sequence[str]] = None,
+        text: str | Sequence[str],
+        text_pair: str | Sequence[str] | None = None,
         *,
         add_special_tokens: bool = True,
         truncation: TruncationArg = False,
-        max_length: Optional[int] = None,
+        max_length: int | None = None,
         padding: PaddingArg = False,
-        pad_to_multiple_of: Optional[int] = None,
-        return_tensors: Optional[str] = None,
+        pad_to_multiple_of: int | None = None,
+        return_tensors: str | None = None,
+        return_attention_mask: bool | None = None,
+        return_offsets_mapping: bool = False,
+        return_special_tokens_mask: bool = False,
     ) -> BatchEncoding:
-        """Batch of model inputs (see `encode` for the options); ``return_tensors``: None or "pt"."""
-        if isinstance(texts, str) or isinstance(text_pairs, str):
-            raise TypeError("texts and text_pairs must be sequences of strings; use encode() for one text")
+        """Model inputs as HF's tokenizers give them (see `encode` for the options).
+
+        ``text`` is one string (``text_pair``: one string or None) or a sequence of strings
+        (``text_pair``: a sequence of the same length or None). The fields are HF's:
+        ``input_ids`` and ``attention_mask`` (unless ``return_attention_mask=False``), plus
+        ``offset_mapping`` and ``special_tokens_mask`` when asked for. One string gives flat
+        lists, a sequence lists of lists; ``return_tensors="pt"`` gives int64 tensors of shape
+        (B, L) (B = 1 for one string; ``offset_mapping`` (B, L, 2)).
+        """
+        single = isinstance(text, str)
+        texts, pairs = _as_batch(text, text_pair, single=single)
         if return_tensors not in (None, "pt"):
             raise ValueError(f"return_tensors={return_tensors!r}: only None and 'pt' are supported")
-        texts = list(texts)
-        if text_pairs is not None:
-            text_pairs = list(text_pairs)
-            if len(text_pairs) != len(texts):
-                raise ValueError(f"text_pairs has {len(text_pairs)} texts but texts has {len(texts)}")
-        options = self._options(add_special_tokens, truncation, max_length, padding, pad_to_multiple_of, text_pairs)
-        encodings = self._encode_batch(texts, text_pairs, options)
-        fields = ("input_ids", "attention_mask", "offsets", "special_tokens_mask", "sequence_ids")
-        data: Dict[str, Any] = {name: [getattr(e, name) for e in encodings] for name in fields}
+        options = self._options(add_special_tokens, truncation, max_length, padding, pad_to_multiple_of, pairs)
+        encodings = self._encode_batch(texts, pairs, options)
+        fields = {"input_ids": "input_ids"}
+        if return_attention_mask is None or return_attention_mask:
+            fields["attention_mask"] = "attention_mask"
+        if return_offsets_mapping:
+            fields["offset_mapping"] = "offsets"
+        if return_special_tokens_mask:
+            fields["special_tokens_mask"] = "special_tokens_mask"
+        data: dict[str, Any] = {name: [getattr(e, attr) for e in encodings] for name, attr in fields.items()}
         if return_tensors == "pt":
             data = to_tensors(data)
+        elif single:
+            data = {name: rows[0] for name, rows in data.items()}
         return BatchEncoding(data, encodings)
 
     def _encode_batch(self, texts: List[str], pairs: Optional[List[str]], options: Options) -> List[Encoding]:
@@ -261,3 +303,21 @@ class XLMRobertaTokenizer:
 
     def batch_decode(self, batch: Iterable[Iterable[int]], skip_special_tokens: bool = True) -> List[str]:
         return [self.decode(ids, skip_special_tokens=skip_special_tokens) for ids in batch]
+
+
+def _as_batch(text: Any, text_pair: Any, *, single: bool) -> tuple[list[str], list[str] | None]:
+    """``text`` / ``text_pair`` of `XLMRobertaTokenizer.__call__` as lists; TypeError or
+    ValueError naming the argument when they do not go together."""
+    if single:
+        if text_pair is not None and not isinstance(text_pair, str):
+            raise TypeError(f"text is one string, so text_pair must be one string or None, not {type(text_pair).__name__}")
+        return [text], None if text_pair is None else [text_pair]
+    if isinstance(text_pair, str):
+        raise TypeError("text is a sequence of strings, so text_pair must be one too (of the same length), not a string")
+    texts = list(text)
+    if text_pair is None:
+        return texts, None
+    pairs = list(text_pair)
+    if len(pairs) != len(texts):
+        raise ValueError(f"text_pair has {len(pairs)} texts but text has {len(texts)}")
+    return texts, pairs

@@ -49,13 +49,12 @@ class Encoding:
 
 
 class BatchEncoding(Dict[str, Any]):
-    """Dict of batched fields (``input_ids``, ``attention_mask``, ``offsets``,
-    ``special_tokens_mask``, ``sequence_ids``), also readable as attributes.
+    """Dict of HF's fields (``input_ids``, ``attention_mask``, and on request ``offset_mapping``,
+    ``special_tokens_mask``), also readable as attributes (``batch.input_ids``).
 
-    With ``return_tensors="pt"``: ``input_ids``, ``attention_mask``, ``special_tokens_mask`` are
-    int64 tensors of shape (B, L) and ``offsets`` an int64 tensor of shape (B, L, 2);
-    ``sequence_ids`` stays a list of lists (it holds ``None``). ``encodings`` keeps the
-    per-row `Encoding` objects.
+    With ``return_tensors="pt"`` the fields are int64 tensors of shape (B, L) (``offset_mapping``
+    (B, L, 2)). ``encodings`` keeps the per-row `Encoding` objects, which hold every field;
+    ``sequence_ids(i)`` says which text each position of row ``i`` came from, as in HF.
     """
 
     def __init__(self, data: Dict[str, Any], encodings: List[Encoding]) -> None:
@@ -67,6 +66,17 @@ class BatchEncoding(Dict[str, Any]):
             return self[name]
         except KeyError:
             raise AttributeError(f"BatchEncoding has no field {name!r}") from None
+
+    def sequence_ids(self, batch_index: int = 0) -> list[int | None]:
+        """Per position of row ``batch_index``: 0 (first text), 1 (pair), None (special, padding)."""
+        return self.encodings[batch_index].sequence_ids
+
+    def to(self, device: Any) -> BatchEncoding:
+        """The tensor fields moved to ``device`` (in place, as HF; returns ``self``)."""
+        for name, value in self.items():
+            if hasattr(value, "to"):
+                self[name] = value.to(device)
+        return self
 
 
 @dataclass(frozen=True)
@@ -220,8 +230,8 @@ def to_tensors(data: Dict[str, Any]) -> Dict[str, Any]:
             f"({min(lengths)} .. {max(lengths)}); use padding=True or padding='max_length'"
         )
     shape = (len(data["input_ids"]), next(iter(lengths), 0))
-    tensors = dict(data)
-    for name in ("input_ids", "attention_mask", "special_tokens_mask"):
-        tensors[name] = torch.tensor(data[name], dtype=torch.long).reshape(shape)
-    tensors["offsets"] = torch.tensor(data["offsets"], dtype=torch.long).reshape(shape + (2,))
+    tensors = {}
+    for name, rows in data.items():
+        extra = (2,) if name == "offset_mapping" else ()
+        tensors[name] = torch.tensor(rows, dtype=torch.long).reshape(shape + extra)
     return tensors

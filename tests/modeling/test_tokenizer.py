@@ -533,25 +533,66 @@ def test_batch_padding_matches_hf_slow(tiny: XLMRobertaTokenizer, tiny_slow, kwa
         theirs = tiny_slow(texts, text_pairs, **kwargs)
         assert ours["input_ids"] == theirs["input_ids"]
         assert ours["attention_mask"] == theirs["attention_mask"]
-        assert isinstance(ours, BatchEncoding) and ours.offsets is ours["offsets"]
+        assert isinstance(ours, BatchEncoding) and set(ours) == set(theirs) == {"input_ids", "attention_mask"}
 
 
 def test_return_tensors(tiny: XLMRobertaTokenizer) -> None:
     torch = pytest.importorskip("torch")
     texts = ["Hello world", "Привет, мир! Это небольшой тест.", ""]
-    batch = tiny(texts, padding=True, pad_to_multiple_of=4, return_tensors="pt")
-    plain = tiny(texts, padding=True, pad_to_multiple_of=4)
+    extra = {"return_offsets_mapping": True, "return_special_tokens_mask": True}
+    batch = tiny(texts, padding=True, pad_to_multiple_of=4, return_tensors="pt", **extra)
+    plain = tiny(texts, padding=True, pad_to_multiple_of=4, **extra)
     length = len(plain["input_ids"][0])
     assert length % 4 == 0
     for name in ("input_ids", "attention_mask", "special_tokens_mask"):
         assert batch[name].dtype == torch.long and batch[name].shape == (3, length)
         assert batch[name].tolist() == plain[name]
-    assert batch.offsets.shape == (3, length, 2)
-    assert batch.offsets.tolist() == [[list(span) for span in row] for row in plain["offsets"]]
-    assert batch.sequence_ids == plain["sequence_ids"]
+    assert batch.offset_mapping.shape == (3, length, 2)
+    assert batch.offset_mapping.tolist() == [[list(span) for span in row] for row in plain["offset_mapping"]]
+    assert [batch.sequence_ids(i) for i in range(3)] == [e.sequence_ids for e in plain.encodings]
     assert tiny([], return_tensors="pt")["input_ids"].shape == (0, 0)
     with pytest.raises(ValueError, match="padding"):
         tiny(texts, return_tensors="pt")
+
+
+def test_call_forms_match_hf_slow(tiny: XLMRobertaTokenizer, tiny_slow) -> None:
+    """HF's calls: one string (flat lists; a batch of one as tensors), a pair of strings, a
+    batch of pairs; the same fields, values and types as HF's tokenizer."""
+    torch = pytest.importorskip("torch")
+    calls = [
+        (("Hello <mask> world",), {}),
+        (("Hello world", "Привет, мир!"), {}),
+        (("Hello world",), {"return_tensors": "pt"}),
+        (("Hello world", "The quick brown fox"), {"return_tensors": "pt", "truncation": True, "max_length": 8}),
+        ((["Hello", "Hello world"], ["a b", "c"]), {"return_tensors": "pt", "padding": True}),
+        ((["Hello", "中文"],), {"return_attention_mask": False}),
+        (("Hello world",), {"return_special_tokens_mask": True, "return_tensors": "pt"}),
+    ]
+    for args, kwargs in calls:
+        ours, theirs = tiny(*args, **kwargs), tiny_slow(*args, **kwargs)
+        assert set(ours) == set(theirs), (args, kwargs)
+        for name, expected in theirs.items():
+            got = ours[name]
+            if isinstance(expected, torch.Tensor):
+                assert got.dtype == expected.dtype and torch.equal(got, expected), (name, args, kwargs)
+            else:
+                assert got == expected, (name, args, kwargs)
+    for name in ("bos", "eos", "pad", "unk", "mask", "cls", "sep"):
+        assert getattr(tiny, f"{name}_token") == getattr(tiny_slow, f"{name}_token")
+        assert getattr(tiny, f"{name}_token_id") == getattr(tiny_slow, f"{name}_token_id"), name
+
+
+def test_offset_mapping_and_batch_encoding_helpers(tiny: XLMRobertaTokenizer) -> None:
+    torch = pytest.importorskip("torch")
+    text, pair = "Hello world", "a b"
+    one = tiny(text, pair, return_offsets_mapping=True)
+    encoding = tiny.encode(text, pair)
+    assert one.offset_mapping == encoding.offsets and one.sequence_ids() == encoding.sequence_ids
+    batch = tiny([text], [pair], return_tensors="pt", return_offsets_mapping=True)
+    assert batch.offset_mapping.tolist() == [[list(span) for span in encoding.offsets]]
+    assert batch.to("cpu") is batch and batch.input_ids.device == torch.device("cpu")
+    with pytest.raises(AttributeError, match="offset_mapping"):
+        _ = tiny(text).offset_mapping
 
 
 @pytest.mark.parametrize(
@@ -570,7 +611,7 @@ def test_return_tensors(tiny: XLMRobertaTokenizer) -> None:
         ("pair", dict(truncation="only_first", max_length=6), "max_length"),
         ("pair", dict(truncation="only_second", max_length=6), "max_length"),
         ("batch", dict(return_tensors="np"), "return_tensors"),
-        ("mismatch", dict(), "text_pairs"),
+        ("mismatch", dict(), "text_pair"),
     ],
 )
 def test_impossible_settings(tiny: XLMRobertaTokenizer, call: str, kwargs, match: str) -> None:
@@ -587,8 +628,10 @@ def test_impossible_settings(tiny: XLMRobertaTokenizer, call: str, kwargs, match
 
 
 def test_wrong_types(tiny: XLMRobertaTokenizer) -> None:
-    with pytest.raises(TypeError, match="encode"):
-        tiny("a single string")
+    with pytest.raises(TypeError, match="text_pair must be one too"):
+        tiny(["a", "b"], "a single string")
+    with pytest.raises(TypeError, match="text_pair must be one string"):
+        tiny("a single string", ["a list"])
     with pytest.raises(TypeError, match="text"):
         tiny.encode(42)  # type: ignore[arg-type]
     with pytest.raises(TypeError, match="text_pair"):
