@@ -18,6 +18,7 @@ C = candidates of a round, V = vocabulary.
 from __future__ import annotations
 
 import dataclasses
+import warnings
 from typing import Any, Optional, Tuple, Union
 
 import torch
@@ -199,6 +200,7 @@ class AssistantDrafts:
             self.config.validate()
         except ValueError as err:
             raise ValueError(f"assistant_model.generation_config: {err}") from err
+        _warn_ignored(run.settings, self.config)
         self.tokens = self.config.num_assistant_tokens
         self.rules, self.device = rules, assistant.device
         quiet = dataclasses.replace(run.settings, output_scores=False, output_logits=False, output_attentions=False,
@@ -276,6 +278,17 @@ class PromptLookup:
 
     def finish(self) -> None:
         """Nothing to keep."""
+
+
+def _warn_ignored(settings: GenerationConfig, assistant_config: GenerationConfig) -> None:
+    """Warn about a drafting setting given to ``generate`` (or the model's config) that the
+    assistant's config overrides: HF reads them from the assistant only, and so do we."""
+    default = GenerationConfig()
+    for name in ("num_assistant_tokens", "num_assistant_tokens_schedule", "assistant_confidence_threshold"):
+        given, used = getattr(settings, name), getattr(assistant_config, name)
+        if given != getattr(default, name) and given != used:
+            warnings.warn(f"generate(): {name}={given!r} is not used: assisted decoding reads it from "
+                          f"assistant_model.generation_config ({used!r}), as HF does", stacklevel=6)
 
 
 def _to(value: Any, device: torch.device) -> Any:

@@ -326,3 +326,13 @@ def test_what_assisted_decoding_cannot_serve_is_refused_by_name(pair: Pair, assi
                                                                 match: str) -> None:
     with pytest.raises(ValueError, match=match):
         pair[1].generate(max_new_tokens=3, **_bad(pair, assistants, case))
+
+
+def test_drafting_settings_come_from_the_assistant_and_others_are_warned_about(pair: Pair) -> None:
+    """As in HF, ``num_assistant_tokens`` & co. are read from the assistant's config; one given
+    to ``generate`` that differs is named in a warning (HF ignores it silently)."""
+    assistant = copy.deepcopy(pair[1])
+    _configure((assistant,), tokens=2)
+    with _forward_lengths(pair[1]) as lengths, pytest.warns(UserWarning, match="num_assistant_tokens=5 is not used"):
+        pair[1].generate(_prompt(), assistant_model=assistant, num_assistant_tokens=5, max_new_tokens=6, **NO_EOS)
+    assert lengths == [6 + 2, 1 + 2]
