@@ -50,6 +50,15 @@ def assistants(pair: Pair) -> Dict[str, Pair]:
     return {"self": pair, "close": (hf, close), "small": small}
 
 
+@pytest.fixture(autouse=True)
+def _default_drafting_settings(assistants: Dict[str, Pair]) -> Iterator[None]:
+    """Each test leaves every model's drafting settings at HF's defaults (a "heuristic" run
+    writes its last draft length back to the assistant, here possibly the model itself)."""
+    yield
+    for models in assistants.values():
+        _configure(models, tokens=20, threshold=0.4)
+
+
 def _configure(assistant: Pair, *, tokens: int = 3, schedule: str = "constant", threshold: Optional[float] = None) -> None:
     for model in assistant:
         config = model.generation_config
