@@ -1,6 +1,7 @@
 """`GenerationConfig`: the settings of ``generate`` (HF's names and defaults for what we provide),
 their checks, and HF's ``generation_config.json`` I/O; `UNSUPPORTED` names the HF strategies and
-tools that ``generate`` refuses."""
+tools that ``generate`` refuses; `ASSISTANT_SCHEDULES` the ways an assistant's draft length may
+change."""
 
 from __future__ import annotations
 
@@ -14,10 +15,14 @@ from typing import Any, Dict, List, Optional, Tuple, Union
 UNSUPPORTED = {"num_beam_groups": "diverse beam search", "diversity_penalty": "diverse beam search",
                "penalty_alpha": "contrastive search", "constraints": "constrained beam search",
                "force_words_ids": "constrained beam search", "dola_layers": "DoLa decoding",
-               "assistant_model": "assisted decoding", "prompt_lookup_num_tokens": "prompt lookup decoding",
+               "assistant_tokenizer": "assisted decoding with another tokenizer",
+               "assistant_early_exit": "early-exit (self-speculative) decoding",
                "streamer": "streamers", "cache_implementation": "HF's cache classes",
                "prefix_allowed_tokens_fn": "prefix-constrained decoding", "synced_gpus": "synced GPUs"}
 GENERATION_CONFIG_NAME = "generation_config.json"
+#: ``num_assistant_tokens_schedule`` values (HF's): keep the draft length; +2 after a fully accepted
+#: draft, -1 (down to 1) otherwise, kept on the assistant after the call; the same, not kept
+ASSISTANT_SCHEDULES = ("constant", "heuristic", "heuristic_transient")
 
 
 def refuse_unsupported(values: Dict[str, Any], *, where: str) -> None:
@@ -34,6 +39,9 @@ class GenerationConfig:
 
     ``max_length`` counts the prompt, ``max_new_tokens`` (which wins) does not; likewise
     ``min_length`` / ``min_new_tokens``. ``eos_token_id`` may be one id or several.
+    ``num_assistant_tokens`` / ``num_assistant_tokens_schedule`` / ``assistant_confidence_threshold``
+    are read from the assistant's config in assisted decoding (as HF does);
+    ``prompt_lookup_num_tokens`` switches prompt-lookup decoding on (`modeling.generation.assisted`).
     """
 
     max_length: int = 20
@@ -60,6 +68,11 @@ class GenerationConfig:
     output_attentions: bool = False
     output_hidden_states: bool = False
     return_dict_in_generate: bool = False
+    num_assistant_tokens: int = 20
+    num_assistant_tokens_schedule: str = "constant"
+    assistant_confidence_threshold: Optional[float] = 0.4
+    prompt_lookup_num_tokens: Optional[int] = None
+    max_matching_ngram_size: Optional[int] = None
 
     def to_dict(self) -> Dict[str, Any]:
         """The settings that differ from the defaults (what HF's ``generation_config.json`` holds)."""
@@ -123,6 +136,15 @@ class GenerationConfig:
             (self.top_k is None or self.top_k >= 0, "top_k must be >= 0"),
             (self.max_new_tokens is None or self.max_new_tokens >= 1, "max_new_tokens must be >= 1"),
             (self.early_stopping in (True, False, "never"), "early_stopping must be True, False or 'never'"),
+            (self.num_assistant_tokens >= 1, "num_assistant_tokens must be >= 1"),
+            (self.num_assistant_tokens_schedule in ASSISTANT_SCHEDULES,
+             f"num_assistant_tokens_schedule must be one of {', '.join(ASSISTANT_SCHEDULES)}"),
+            (self.assistant_confidence_threshold is None or 0 <= self.assistant_confidence_threshold <= 1,
+             "assistant_confidence_threshold must be None or in [0, 1]"),
+            (self.prompt_lookup_num_tokens is None or self.prompt_lookup_num_tokens >= 1,
+             "prompt_lookup_num_tokens must be None or >= 1"),
+            (self.max_matching_ngram_size is None or self.max_matching_ngram_size >= 1,
+             "max_matching_ngram_size must be None or >= 1"),
         ]
         for ok, message in checks:
             if not ok:

@@ -5,9 +5,10 @@ sampling, beam search, beam sampling) with HF's arguments, stopping rules and ou
 
 Greedy search and beam search choose the tokens HF's ``generate`` chooses on the same weights
 (same scores, same order of processing, same beam bookkeeping); sampling draws from the same
-distributions. HF's other strategies (diverse and constrained beam search, contrastive search,
-DoLa, assisted decoding), streamers and cache classes are not provided: their keywords raise a
-``ValueError`` naming them. The per-step score processing is `modeling.generation.logits`'s.
+distributions; assisted and prompt-lookup decoding are `modeling.generation.assisted`'s. HF's
+other strategies (diverse and constrained beam search, contrastive search, DoLa), streamers and
+cache classes are not provided: their keywords raise a ``ValueError`` naming them. The per-step
+score processing is `modeling.generation.logits`'s.
 Shapes: B = batch, K = beams, R = rows decoded (B x K, or B x returned sequences), T = tokens so
 far, V = vocabulary.
 """
@@ -72,6 +73,8 @@ class GenerationMixin:
         generation_config: Optional[GenerationConfig] = None,
         logits_processor: Sequence[Processor] = (),
         stopping_criteria: Sequence[Criterion] = (),
+        *,
+        assistant_model: Optional[Any] = None,
         **kwargs: Any,
     ) -> Union[Tensor, GenerateDecoderOnlyOutput, GenerateBeamDecoderOnlyOutput]:
         """Continue the prompt ``inputs`` (or ``input_ids=`` / ``inputs_embeds=``; without one, a
@@ -83,6 +86,8 @@ class GenerationMixin:
         ``num_beams > 1``: beam search (beam sampling with ``do_sample``); otherwise greedy
         search or sampling. ``logits_processor`` / ``stopping_criteria``: extra callables as in
         HF (run after the built-in processors but before NaN removal and sampling's warpers).
+        ``assistant_model`` (a smaller model with the same vocabulary) or
+        ``prompt_lookup_num_tokens``: assisted decoding (`modeling.generation.assisted`).
         Returns the sequences (R, T): the prompt and the new tokens, or only the new tokens when
         the prompt came as embeddings; with ``return_dict_in_generate`` an output record holding
         what the ``output_*`` settings ask for.
@@ -90,6 +95,10 @@ class GenerationMixin:
         settings, model_inputs = _settings(self, generation_config, inputs, kwargs)
         run = _Decoding(self, settings, model_inputs)
         rules = run.rules(tuple(logits_processor))
+        if assistant_model is not None or settings.prompt_lookup_num_tokens is not None:
+            from .assisted import assisted_search  # it builds on this module
+
+            return assisted_search(run, rules, tuple(stopping_criteria), assistant=assistant_model)
         if settings.num_beams > 1:
             return _beam_search(run, rules, tuple(stopping_criteria))
         return _search(run, rules, tuple(stopping_criteria))
