@@ -10,8 +10,9 @@ for renamed repositories (as the Hub answers for its legacy names) and, on deman
 
 `local_hub_environment` points ``huggingface_hub`` at such a server: ``HF_ENDPOINT`` and the
 module constants ``huggingface_hub`` read from the environment when it was imported (the
-endpoint and URL template, the cache, offline mode, the token files), a fresh ``HF_HOME`` and no
-token from the environment. The ``local_hub`` fixture of ``tests/conftest.py`` is both together.
+endpoint and URL template, the cache, offline mode, the token files; and HF transformers' copies
+of the offline switch and cache when it is loaded), a fresh ``HF_HOME`` and no token from the
+environment. The ``local_hub`` fixture of ``tests/conftest.py`` is both together.
 
     with LocalHub() as hub, local_hub_environment(hub, tmp_path / "hf-home"):
         hub.add_repo("org/tiny", checkpoint_dir)
@@ -23,6 +24,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
+import sys
 import threading
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -231,7 +233,17 @@ def _hub_settings(monkeypatch: pytest.MonkeyPatch, home: Path, *, endpoint: Opti
         monkeypatch.setattr(file_download, "HUGGINGFACE_CO_URL_TEMPLATE", template)
     for name, value in values.items():
         monkeypatch.setattr(constants, name, value)
+    _transformers_settings(monkeypatch, values)
     reset_sessions()  # huggingface_hub's per-thread sessions keep the offline setting they were made with
+
+
+def _transformers_settings(monkeypatch: pytest.MonkeyPatch, values: Dict[str, object]) -> None:
+    """HF transformers, when imported, copied the offline switch and the cache folder too."""
+    module = sys.modules.get("transformers.utils.hub")
+    copies = {"_is_offline_mode": values["HF_HUB_OFFLINE"], "TRANSFORMERS_CACHE": values["HF_HUB_CACHE"]}
+    for name, value in copies.items():
+        if module is not None and hasattr(module, name):
+            monkeypatch.setattr(module, name, value)
 
 
 @contextlib.contextmanager

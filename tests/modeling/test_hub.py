@@ -75,6 +75,14 @@ def test_checkpoint_saved_by_hf_downloads_and_matches_hf(local_hub: Any, hf_dir:
     assert_close(_logits(model), _logits(pair[0]), what="logits of the HF-saved checkpoint")
 
 
+def test_hf_downloads_the_same_files_from_the_local_hub(served: Any, pair: Any) -> None:
+    """The local Hub is faithful enough for HF's own loader, which fetches what ours fetches."""
+    hf = transformers.XLMRobertaXLForMaskedLM.from_pretrained("org/tiny").eval()
+    assert served.files_fetched() == ["config.json", "model.safetensors"]
+    assert_close(_logits(hf), _logits(XLMRobertaXLForMaskedLM.from_pretrained("org/tiny")), what="HF vs ours")
+    assert served.files_fetched() == ["config.json", "model.safetensors"]  # ours found HF's download in the cache
+
+
 def test_second_load_reads_the_cache_without_fetching_weights(served: Any) -> None:
     first = XLMRobertaXLForMaskedLM.from_pretrained("org/tiny")
     served.reset()
