@@ -8,7 +8,10 @@ fetched, the cache is reused, offline mode reads it, and every failure names wha
 
 from __future__ import annotations
 
+import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -222,6 +225,24 @@ def test_offline_reads_the_cache_and_names_what_is_not_cached(served: Any, monke
     XLMRobertaXLForMaskedLM.from_pretrained("org/tiny")
     with pytest.raises(HubError, match=r"'config.json' in the HF cache .*HF_HUB_OFFLINE=1"):
         XLMRobertaXLConfig.from_pretrained("org/other")
+    assert served.requests == []
+
+
+def test_hf_hub_offline_variable_in_a_new_process(served: Any) -> None:
+    """``HF_HUB_OFFLINE=1`` as users set it: in the environment of a process, read at import."""
+    XLMRobertaXLForMaskedLM.from_pretrained("org/tiny")
+    served.reset()
+    load = "import sys; from modeling import XLMRobertaXLForMaskedLM as M; M.from_pretrained(sys.argv[1])"
+    root = str(Path(hub.__file__).resolve().parents[1])  # this copy of modeling
+    env = {**os.environ, "HF_HUB_OFFLINE": "1",  # HF_HOME and HF_ENDPOINT: the local Hub's (the fixture's)
+           "PYTHONPATH": os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")]))}
+    cached = subprocess.run([sys.executable, "-c", load, "org/tiny"], env=env, capture_output=True, text=True,
+                            check=False)
+    assert cached.returncode == 0, cached.stderr
+    missing = subprocess.run([sys.executable, "-c", load, "org/missing"], env=env, capture_output=True, text=True,
+                             check=False)
+    assert "HubError: 'org/missing' is not a local directory or file" in missing.stderr
+    assert "downloads are off (HF_HUB_OFFLINE=1" in missing.stderr
     assert served.requests == []
 
 
