@@ -19,7 +19,8 @@ fetches each needed file into the HF cache (``HF_HUB_CACHE`` / ``HF_HOME``, or `
 again. Options: ``revision`` (branch, tag or commit), ``cache_dir``, ``token`` (or HF's
 ``use_auth_token``), ``local_files_only``, ``force_download``, ``proxies``, ``user_agent``,
 ``subfolder``; ``HF_HUB_OFFLINE=1`` (read by ``huggingface_hub`` when it is first imported, which
-`modeling` does on the first Hub name) works like ``local_files_only=True``: cached files only.
+`modeling` does only for a name that is no existing path) works like ``local_files_only=True``:
+cached files only.
 The other keywords of `HUB_OPTIONS` are accepted and change nothing. Every file after the first is
 fetched at the commit the first one came from, so a checkpoint never mixes two commits.
 """
@@ -43,7 +44,9 @@ _DOWNLOAD_OPTIONS = ("cache_dir", "force_download", "proxies", "user_agent")
 
 #: names of HF's documentation that no Hub repository has, and the repository meant: HF's
 #: XLM-RoBERTa-XL docs (the seed) load ``"xlm-roberta-xlarge"``, which never existed on the Hub
-#: (transformers issues 23279 and 28562); the checkpoint they describe is facebook/xlm-roberta-xl
+#: (transformers issues 23279 and 28562); the checkpoint they describe is facebook/xlm-roberta-xl.
+#: (Repositories the Hub renamed, e.g. its legacy names moved into organisations, answer with a
+#: redirect that huggingface_hub follows; for this name the Hub has none.)
 LEGACY_NAMES: Dict[str, str] = {"xlm-roberta-xlarge": "facebook/xlm-roberta-xl"}
 
 _SNAPSHOT = re.compile(r"^[0-9a-f]{40}$")
