@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any, ClassVar, Dict, Optional, Tuple, Union
 
 from .dtypes import TORCH_DTYPE_NAMES
-from .hub import HUB_OPTIONS, resolve_path
+from .hub import hub_options, resolve_file
 
 MODEL_TYPE = "xlm-roberta-xl"
 CONFIG_NAME = "config.json"
@@ -292,13 +292,11 @@ class XLMRobertaXLConfig:
     def from_pretrained(
         cls, pretrained_model_name_or_path: Union[str, os.PathLike], *, subfolder: str = "", **kwargs: Any
     ) -> Any:
-        """Read ``config.json`` from a checkpoint directory (``subfolder`` inside it) or the file
-        itself. The Hub options of `modeling.hub.resolve_path` are accepted; other ``kwargs`` as
-        in `from_dict`."""
-        hub_options = {k: kwargs.pop(k) for k in list(kwargs) if k in HUB_OPTIONS}
-        path = resolve_path(pretrained_model_name_or_path, subfolder=subfolder, **hub_options)
-        if path.is_dir():
-            path = path / CONFIG_NAME
+        """Read ``config.json`` from a checkpoint directory (``subfolder`` inside it), the file
+        itself, or a Hub repository (downloaded; the Hub options of `modeling.hub`); other
+        ``kwargs`` as in `from_dict`."""
+        options = hub_options(kwargs)
+        path = resolve_file(pretrained_model_name_or_path, CONFIG_NAME, subfolder=subfolder, **options)
         if not path.exists():
             raise ConfigNotFoundError(f"no {CONFIG_NAME} at {path}")
         return cls.from_json_file(path, **kwargs)

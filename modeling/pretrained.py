@@ -19,7 +19,8 @@ import torch
 from torch import Tensor, nn
 
 from .config import XLMRobertaXLConfig
-from .hub import HUB_OPTIONS, resolve_path
+from .generation.config import GENERATION_CONFIG_NAME
+from .hub import hub_options, resolve_checkpoint
 from .layers import Encoder
 
 PathLike = Union[str, "os.PathLike[str]"]
@@ -240,8 +241,9 @@ class XLMRobertaXLPreTrainedModel(nn.Module):
         low_cpu_mem_usage: Optional[bool] = None,
         **kwargs: Any,
     ) -> Any:
-        """Load a local HF directory / weights file or a fairseq ``model.pt`` (see
-        `modeling.checkpoint.load_pretrained`), with HF's keywords:
+        """Load a local HF directory / weights file, a fairseq ``model.pt`` (see
+        `modeling.checkpoint.load_pretrained`) or a Hub repository (`modeling.hub`: downloaded
+        into HF's cache), with HF's keywords:
 
         - ``torch_dtype`` (HF's spelling) or ``dtype``: a torch dtype, its name or ``"auto"``;
         - ``device`` or ``device_map`` (a device, or ``{"": device}``): where the weights go;
@@ -249,8 +251,9 @@ class XLMRobertaXLPreTrainedModel(nn.Module):
           initialised instead of refused (listed in ``mismatched_keys``);
         - ``output_loading_info``: return ``(model, info)``, info holding ``missing_keys``,
           ``unexpected_keys``, ``mismatched_keys`` and ``error_msgs``;
-        - ``subfolder``: a folder inside the checkpoint; the Hub options of `modeling.hub` are
-          accepted; ``low_cpu_mem_usage`` is accepted (loading never holds two copies anyway);
+        - ``subfolder``: a folder inside the checkpoint; the Hub options of `modeling.hub`
+          (``revision``, ``cache_dir``, ``token``, ``local_files_only``, ``force_download``, ...);
+          ``low_cpu_mem_usage`` is accepted (loading never holds two copies anyway);
           ``attn_implementation``: ``"eager"`` or ``"sdpa"`` (the same results here);
         - ``check_finite=False`` loads weights holding NaN / inf instead of refusing them;
         - ``pretrained_model_name_or_path=None`` with ``config`` and ``state_dict``: the weights
@@ -262,7 +265,7 @@ class XLMRobertaXLPreTrainedModel(nn.Module):
         """
         from .checkpoint import load_pretrained
 
-        hub_options = {name: kwargs.pop(name) for name in list(kwargs) if name in HUB_OPTIONS}
+        options = hub_options(kwargs)
         if dtype is not None and torch_dtype is not None and dtype != torch_dtype:
             raise ValueError(f"give torch_dtype ({torch_dtype!r}) or dtype ({dtype!r}), not both")
         state_dict = kwargs.pop("state_dict", None)
@@ -271,7 +274,8 @@ class XLMRobertaXLPreTrainedModel(nn.Module):
         else:
             if state_dict is not None:
                 raise ValueError("give state_dict without a checkpoint path (pretrained_model_name_or_path=None)")
-            path = resolve_path(pretrained_model_name_or_path, subfolder=subfolder, **hub_options)
+            path = resolve_checkpoint(pretrained_model_name_or_path, subfolder=subfolder, **options,
+                                      optional_files=(GENERATION_CONFIG_NAME,) if cls.can_generate() else ())
             model = load_pretrained(cls, path, dtype=dtype if dtype is not None else torch_dtype,
                                     device=_device_from_map(device, device_map), config=config,
                                     check_finite=check_finite, ignore_mismatched_sizes=ignore_mismatched_sizes, **kwargs)
@@ -327,7 +331,7 @@ def _from_state_dict(cls: type, config: Any, state_dict: Optional[Dict[str, Tens
 
 def _read_generation_config(model: nn.Module, path: Path) -> None:
     """A model that generates takes the ``generation_config.json`` of its checkpoint directory."""
-    file = path / "generation_config.json" if path.is_dir() else path.parent / "generation_config.json"
+    file = path / GENERATION_CONFIG_NAME if path.is_dir() else path.parent / GENERATION_CONFIG_NAME
     if getattr(model, "generation_config", None) is not None and file.is_file():
         model.generation_config = type(model.generation_config).from_pretrained(file)
 

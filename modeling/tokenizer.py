@@ -1,7 +1,7 @@
 """`XLMRobertaTokenizer`: the XLM-R SentencePiece tokenizer with fairseq ids and character offsets.
 
 Owns the tokenizer's API (HF-like): loading (``sentencepiece.bpe.model`` from a file, a
-checkpoint directory or bytes, via `modeling.sentencepiece_file`), the mapping between
+checkpoint directory, a Hub repository (`modeling.hub`) or bytes, via `modeling.sentencepiece_file`), the mapping between
 SentencePiece ids and the fairseq / XLM-R model ids (``<s>``=0, ``<pad>``=1, ``</s>``=2,
 ``<unk>``=3, SentencePiece id + 1, ``<mask>`` = number of pieces + 1), the pieces of texts as
 lists (`XLMRobertaTokenizer.encode_pieces`) or as int32 arrays tokenised chunk by chunk
@@ -17,6 +17,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Dict, Iterable, List, Optional, Sequence, Union
 
+from .hub import hub_options, resolve_file
 from .sentencepiece_file import TokenizerFileError, load_sentencepiece  # noqa: F401 (TokenizerFileError re-exported)
 from .tokenizer_inputs import (BatchEncoding, Encoding, Options, PaddingArg, TruncationArg, assemble, n_specials, pad,
                                resolve_options, to_tensors)
@@ -77,15 +78,14 @@ class XLMRobertaTokenizer:
         self._special_ids = {token: i for i, token in self._specials.items()}
 
     @classmethod
-    def from_pretrained(cls, path: Union[str, Path], **kwargs: Any) -> "XLMRobertaTokenizer":
-        """Load ``sentencepiece.bpe.model`` from a checkpoint directory, or a model file itself."""
-        path = Path(path)
-        if path.is_dir():
-            candidate = path / SPM_FILE_NAME
-            if not candidate.is_file():
-                raise FileNotFoundError(f"no {SPM_FILE_NAME} in directory {path}")
-            path = candidate
-        return cls(path, **kwargs)
+    def from_pretrained(cls, path: Union[str, Path], *, subfolder: str = "", **kwargs: Any) -> "XLMRobertaTokenizer":
+        """Load ``sentencepiece.bpe.model`` from a checkpoint directory (``subfolder`` inside it),
+        a model file itself, or a Hub repository (downloaded; the Hub options of `modeling.hub`);
+        other ``kwargs`` go to the constructor."""
+        file = resolve_file(path, SPM_FILE_NAME, subfolder=subfolder, **hub_options(kwargs))
+        if not file.is_file():
+            raise FileNotFoundError(f"{file}: no such file (a tokenizer is a {SPM_FILE_NAME})")
+        return cls(file, **kwargs)
 
     # -- pickling: the SentencePiece processor itself cannot be pickled -------------------------
     def __getstate__(self) -> Dict[str, Any]:

@@ -1,8 +1,12 @@
-"""Shared pytest fixtures: where ``../shared`` is, and skipping cleanly when it is absent."""
+"""Shared pytest fixtures: where ``../shared`` is, and skipping cleanly when it is absent; no
+test reaches the Hugging Face Hub (huggingface_hub is offline with an empty cache unless a test
+asks for ``local_hub``, a local stand-in of the Hub from `tests.hub_server`)."""
 
 from pathlib import Path
 
 import pytest
+
+from tests.hub_server import LocalHub, local_hub_environment, offline_environment
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 SHARED_DIR = REPO_ROOT.parent / "shared"
@@ -15,6 +19,25 @@ SHARED_REASON = (
     "../shared/data (the real XLM-R tokenizer and UNER/SIB-200/XQuAD data) is not beside the "
     "repository; it exists on the developers' machines and in CI only"
 )
+
+
+@pytest.fixture(scope="session")
+def _offline_hf_home(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("hf-home-offline")
+
+
+@pytest.fixture(autouse=True)
+def _no_hub_downloads(monkeypatch, _offline_hf_home):
+    """Tests never touch the internet: Hub names resolve offline, against an empty cache."""
+    offline_environment(monkeypatch, _offline_hf_home)
+
+
+@pytest.fixture
+def local_hub(tmp_path):
+    """A `tests.hub_server.LocalHub` that huggingface_hub downloads from (online, a fresh cache
+    under ``tmp_path``); add repositories with ``local_hub.add_repo(repo_id, directory)``."""
+    with LocalHub() as hub, local_hub_environment(hub, tmp_path / "hf-home"):
+        yield hub
 
 
 @pytest.fixture(scope="session")

@@ -1,6 +1,7 @@
 """Finding and opening a checkpoint: `open_checkpoint` turns a directory or weights file into a
 `Checkpoint` (its files, sharded indexes checked, every tensor under its HF key name, the
-``config.json`` beside the weights); no tensor data is read."""
+``config.json`` beside the weights); no tensor data is read. `index_shards` lists the shards a
+shard index names."""
 
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ from .files import WEIGHT_FILE_NAMES, CheckpointError, PathLike, Shape, TensorFi
 from .safetensors import SafetensorsFile
 from .torch_pickle import PickledFile
 
-__all__ = ["Checkpoint", "open_checkpoint", "checkpoint_files"]
+__all__ = ["Checkpoint", "open_checkpoint", "checkpoint_files", "index_shards"]
 
 _IGNORED_KEY = re.compile(r"(^|\.)embeddings\.(position_ids|token_type_ids)$")
 
@@ -99,6 +100,11 @@ def _read_index(index: Path) -> Dict[str, str]:
         if not isinstance(shard, str) or Path(shard).name != shard:
             raise CheckpointError(f"{index}: shard {shard!r} of key {key!r} is not a file name beside the index")
     return weight_map
+
+
+def index_shards(index: Path) -> List[str]:
+    """The shard file names a shard index names, in first-use order (checked to be plain names)."""
+    return list(dict.fromkeys(_read_index(index).values()))
 
 
 def _weight_files(weights: Path) -> List[Path]:

@@ -42,9 +42,10 @@ _KEYWORD_ONLY = {"kw_only": True} if sys.version_info >= (3, 10) else {}
 class BackboneSettings:
     """Where a backbone comes from and how it runs and trains (``spacy-xlmrxl.Backbone.v1``).
 
-    checkpoint: local HF/fairseq dir or file, or a hub name found in the local HF cache (never
-        downloaded); preset: random init with a named architecture (``tiny``, ``small``, ``xl``,
-        ``xxl``), only with ``checkpoint = null``; tokenizer: sentencepiece model path (default:
+    checkpoint: local HF/fairseq dir or file, or a Hub name (downloaded through huggingface_hub
+        into the HF cache; from the cache only with ``HF_HUB_OFFLINE=1``); preset: random init
+        with a named architecture (``tiny``, ``small``, ``xl``, ``xxl``), only with
+        ``checkpoint = null``; tokenizer: sentencepiece model path (default:
         the checkpoint's); max_batch_pieces: padded positions per model call; dtype: weights
         dtype (float32 for training); mixed_precision: ``"bf16"``/``"fp16"``/null;
         grad_checkpointing; freeze: no weight updates (inference mode even in ``update``);

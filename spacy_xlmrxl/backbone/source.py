@@ -1,11 +1,14 @@
 """Where a backbone's weights and tokenizer come from: `BackboneSource` and its resolution.
 
 Owns
-- checkpoint resolution: a local HF/fairseq directory or file, or a hub-style name such as
-  ``facebook/xlm-roberta-xl`` looked up ONLY in a local directory or the local HF cache
-  (``$HF_HUB_CACHE``, ``$HF_HOME/hub``, ``~/.cache/huggingface/hub``) — never downloaded — or
-  random init from a preset (``tiny``, ``small``, ``xl``, ``xxl``);
-- tokenizer resolution (the checkpoint's ``sentencepiece.bpe.model`` or an explicit path) and
+- checkpoint resolution: a local HF/fairseq directory or file, or a Hub name such as
+  ``facebook/xlm-roberta-xl``, resolved by `modeling.hub` (the one place that resolves names for
+  `modeling` and the components): downloaded through ``huggingface_hub`` into the HF cache, or
+  read from that cache with ``HF_HUB_OFFLINE=1`` (``HF_HUB_CACHE`` / ``HF_HOME``, ``HF_TOKEN``
+  and ``HF_ENDPOINT`` apply as in HF); or random init from a preset (``tiny``, ``small``, ``xl``,
+  ``xxl``);
+- tokenizer resolution (the checkpoint's ``sentencepiece.bpe.model``, fetched from the Hub
+  before the weights for a Hub name, or an explicit path) and
   one shared tokenizer per sentencepiece model;
 - the dtype names of the config settings (`torch_dtype`) and `BackboneError`, the error of every
   backbone setting.
@@ -15,26 +18,20 @@ from __future__ import annotations
 
 import hashlib
 import os
-import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, Optional, Type, Union
 
 import torch
 
+from modeling import hub
 from modeling.config import PRESETS, XLMRobertaXLConfig
 from modeling.dtypes import DTYPE_NAMES
 
 PathLike = Union[str, os.PathLike]
 TOKENIZER_FILE = "sentencepiece.bpe.model"
 CONFIG_FILE = "config.json"
-WEIGHTS_FILE = "model.safetensors"
-WEIGHTS_INDEX_FILE = "model.safetensors.index.json"
 DEFAULT_CHECKPOINT = "facebook/xlm-roberta-xl"
-_WEIGHT_FILES = (WEIGHTS_FILE, WEIGHTS_INDEX_FILE, "pytorch_model.bin",
-                 "pytorch_model.bin.index.json", "model.pt")
-
-_HUB_NAME = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
 
 class BackboneError(ValueError):
@@ -42,66 +39,29 @@ class BackboneError(ValueError):
 
 
 # --------------------------------------------------------------------------- resolution
-def hf_hub_cache() -> Path:
-    """The local HF hub cache directory, honouring ``HF_HUB_CACHE`` and ``HF_HOME``."""
-    if os.environ.get("HF_HUB_CACHE"):
-        return Path(os.environ["HF_HUB_CACHE"]).expanduser()
-    if os.environ.get("HUGGINGFACE_HUB_CACHE"):
-        return Path(os.environ["HUGGINGFACE_HUB_CACHE"]).expanduser()
-    if os.environ.get("HF_HOME"):
-        return Path(os.environ["HF_HOME"]).expanduser() / "hub"
-    xdg = os.environ.get("XDG_CACHE_HOME")
-    base = Path(xdg).expanduser() if xdg else Path.home() / ".cache"
-    return base / "huggingface" / "hub"
-
-
-def _cached_snapshot(name: str) -> Optional[Path]:
-    """The snapshot directory of hub model ``name`` in the local cache (``refs/main`` first)."""
-    repo_dir = hf_hub_cache() / ("models--" + name.replace("/", "--"))
-    snapshots = repo_dir / "snapshots"
-    if not snapshots.is_dir():
-        return None
-    ref = repo_dir / "refs" / "main"
-    if ref.is_file():
-        preferred = snapshots / ref.read_text(encoding="utf8").strip()
-        if _is_checkpoint_dir(preferred):
-            return preferred
-    candidates = [p for p in snapshots.iterdir() if _is_checkpoint_dir(p)]
-    return max(candidates, key=lambda p: p.stat().st_mtime) if candidates else None
-
-
-def _is_checkpoint_dir(path: Path) -> bool:
-    return path.is_dir() and any((path / name).exists() for name in _WEIGHT_FILES)
-
-
 def resolve_checkpoint(name: PathLike) -> Path:
-    """A local checkpoint directory or file for ``name``; never downloads.
+    """A local checkpoint directory or file for ``name``: a path as it is, or a Hub name
+    downloaded into (or, offline, read from) the HF cache (`modeling.hub.resolve_checkpoint`)."""
+    try:
+        path = hub.resolve_checkpoint(name)
+    except hub.HubError as error:
+        raise BackboneError(f"checkpoint {os.fspath(name)!r}: {error}. {_WHAT_TO_PASS}") from error
+    if not path.exists():
+        raise BackboneError(f"checkpoint {os.fspath(name)!r} was not found in the file system (and is no Hub "
+                            f"name). {_WHAT_TO_PASS}")
+    return path
 
-    ``name`` is a path (HF directory, fairseq directory, or one weights file) or a hub-style
-    ``org/model`` name found in the local HF cache.
-    """
-    path = Path(name).expanduser()
-    if path.exists():
-        return path
-    text = str(name)
-    if _HUB_NAME.match(text):
-        snapshot = _cached_snapshot(text)
-        if snapshot is not None:
-            return snapshot
-        where = f"the local HF cache ({hf_hub_cache()})"
-    else:
-        where = "the file system"
-    raise BackboneError(
-        f"checkpoint {text!r} was not found in {where}; this package never downloads weights. "
-        "Pass checkpoint = a local HF/fairseq directory or weights file (or put the model in the "
-        f"HF cache), or set checkpoint = null and preset = one of {sorted(PRESETS)} for a "
-        "randomly initialised backbone (that also needs tokenizer = path to sentencepiece.bpe.model)."
-    )
+
+_WHAT_TO_PASS = (
+    "Pass checkpoint = a local HF/fairseq directory or weights file, or a Hub name (downloaded through "
+    f"huggingface_hub unless HF_HUB_OFFLINE=1), or set checkpoint = null and preset = one of {sorted(PRESETS)} "
+    "for a randomly initialised backbone (that also needs tokenizer = path to sentencepiece.bpe.model)."
+)
 
 
 def resolve_tokenizer(tokenizer: Optional[PathLike], checkpoint: Optional[Path] = None) -> Path:
     """The sentencepiece model file: ``tokenizer`` (a file or a directory holding one), else the
-    checkpoint's ``sentencepiece.bpe.model``."""
+    ``sentencepiece.bpe.model`` beside the (resolved, local) ``checkpoint``."""
     if tokenizer is not None:
         path = Path(tokenizer).expanduser()
         if path.is_dir():
@@ -158,7 +118,7 @@ class BackboneSource:
         if self.checkpoint is None and self.preset is None:
             raise BackboneError(
                 "neither checkpoint nor preset is set: pass checkpoint = a local HF/fairseq "
-                f"directory or hub name in the local cache, or preset = one of {sorted(PRESETS)}"
+                f"directory or a Hub name, or preset = one of {sorted(PRESETS)}"
             )
         if self.preset is not None and self.preset not in PRESETS:
             raise BackboneError(f"preset must be one of {sorted(PRESETS)}, got {self.preset!r}")
@@ -186,7 +146,16 @@ class BackboneSource:
         return resolve_checkpoint(self.checkpoint) if self.checkpoint is not None else None
 
     def tokenizer_path(self) -> Path:
-        return resolve_tokenizer(self.tokenizer, self.checkpoint_path())
+        """The sentencepiece model (`resolve_tokenizer`); a Hub checkpoint's is fetched alone, so
+        that a repository without one fails before its weights are downloaded."""
+        self.validate()
+        if self.tokenizer is None and self.checkpoint is not None and hub.hub_repo_id(self.checkpoint) is not None:
+            try:
+                return hub.resolve_file(self.checkpoint, TOKENIZER_FILE)
+            except hub.HubError as error:
+                raise BackboneError(f"checkpoint {self.checkpoint!r}: {error}. {_WHAT_TO_PASS} A checkpoint without "
+                                    f"its own {TOKENIZER_FILE} needs tokenizer = the path of one.") from error
+        return resolve_tokenizer(self.tokenizer, self.checkpoint_path() if self.tokenizer is None else None)
 
     def build(self, model_cls: Type[torch.nn.Module], *, device: Union[str, torch.device, None] = None,
               config_overrides: Optional[Dict[str, Any]] = None,

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import copy
 import pickle
-import shutil
 
 import numpy
 import pytest
+import spacy
 import torch
 from thinc.api import Adam, NumpyOps
 
@@ -40,38 +40,60 @@ def saved_dir(tmp_path_factory, spm_model_path):
     return folder
 
 
-def _fake_hub_cache(root, saved_dir):
-    repo = root / ("models--" + HUB_NAME.replace("/", "--"))
-    shutil.copytree(saved_dir, repo / "snapshots" / "0123abc")
-    (repo / "refs").mkdir()
-    (repo / "refs" / "main").write_text("0123abc")
-    return repo / "snapshots" / "0123abc"
-
-
 # --------------------------------------------------------------------------- resolution
 def test_local_directory_and_file_are_used_as_they_are(saved_dir):
     assert resolve_checkpoint(saved_dir) == saved_dir
     assert resolve_checkpoint(str(saved_dir / "model.safetensors")) == saved_dir / "model.safetensors"
 
 
-@pytest.mark.parametrize("variable,sub", [("HF_HUB_CACHE", ""), ("HF_HOME", "hub")])
-def test_hub_names_resolve_from_the_local_cache_only(saved_dir, tmp_path, monkeypatch, variable, sub):
-    for name in ("HF_HUB_CACHE", "HUGGINGFACE_HUB_CACHE", "HF_HOME"):
-        monkeypatch.delenv(name, raising=False)
-    monkeypatch.setenv(variable, str(tmp_path))
-    snapshot = _fake_hub_cache(tmp_path / sub if sub else tmp_path, saved_dir)
-    assert resolve_checkpoint(HUB_NAME) == snapshot
-    module = BackboneSource(checkpoint=HUB_NAME).build(XLMRobertaXLModel, model_kwargs={"add_pooling_layer": False})
+def test_hub_names_download_through_huggingface_hub_then_read_the_cache(local_hub, saved_dir, monkeypatch):
+    from huggingface_hub import constants
+
+    local_hub.add_repo(HUB_NAME, saved_dir)
+    source = BackboneSource(checkpoint=HUB_NAME)
+    tokenizer = source.tokenizer_path()  # fetched alone, before any weights
+    assert local_hub.files_fetched() == ["sentencepiece.bpe.model"]
+    module = source.build(XLMRobertaXLModel, model_kwargs={"add_pooling_layer": False})
     assert _same_weights(module, _tiny())
-    assert resolve_tokenizer(None, snapshot) == snapshot / "sentencepiece.bpe.model"
+    snapshot = resolve_checkpoint(HUB_NAME)
+    assert tokenizer == snapshot / "sentencepiece.bpe.model" and (snapshot / "model.safetensors").is_file()
+    assert local_hub.files_fetched() == ["sentencepiece.bpe.model", "config.json", "model.safetensors"]
+    local_hub.reset()
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)  # HF_HUB_OFFLINE=1: the cache alone
+    assert resolve_checkpoint(HUB_NAME) == snapshot and source.tokenizer_path() == tokenizer
+    assert local_hub.requests == []
 
 
-def test_unknown_checkpoint_error_says_what_to_pass(tmp_path, monkeypatch):
-    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path))
-    with pytest.raises(BackboneError, match="never downloads.*preset = one of"):
+def test_hub_checkpoint_without_tokenizer_fails_before_its_weights_are_fetched(local_hub, saved_dir):
+    local_hub.add_repo("org/no-tokenizer", {p.name: p.read_bytes() for p in saved_dir.iterdir()
+                                            if p.name != "sentencepiece.bpe.model"})
+    with pytest.raises(BackboneError, match="has no file 'sentencepiece.bpe.model'.*without its own sentencepiece.bpe.model needs tokenizer ="):
+        BackboneSource(checkpoint="org/no-tokenizer").tokenizer_path()
+    assert local_hub.files_fetched() == []
+
+
+def test_unknown_checkpoint_error_says_what_to_pass(tmp_path):
+    # tests run with HF_HUB_OFFLINE=1 and an empty cache (tests/conftest.py)
+    with pytest.raises(BackboneError, match="no weights in the HF cache .* downloads are off .*preset = one of"):
         resolve_checkpoint(HUB_NAME)
     with pytest.raises(BackboneError, match="file system"):
         resolve_checkpoint(tmp_path / "nowhere")
+
+
+def test_pipeline_checkpoint_setting_downloads_from_the_hub(local_hub, saved_dir):
+    local_hub.add_repo("org/tiny", saved_dir)
+    text = "Mette Frederiksen besøgte Aarhus i går ."
+
+    def hidden(checkpoint):
+        nlp = spacy.blank("da")
+        backbone = {"@misc": "spacy-xlmrxl.Backbone.v1", "checkpoint": checkpoint, "preset": None}
+        nlp.add_pipe("xlmrxl_transformer", config={"model": {"backbone": backbone}})
+        nlp.initialize()
+        return nlp(text)._.xlmrxl.hidden
+
+    from_hub = hidden("org/tiny")
+    assert local_hub.files_fetched() == ["sentencepiece.bpe.model", "config.json", "model.safetensors"]
+    numpy.testing.assert_array_equal(from_hub, hidden(str(saved_dir)))
 
 
 def test_tokenizer_resolution(saved_dir, spm_model_path, tmp_path):
