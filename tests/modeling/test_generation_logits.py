@@ -54,7 +54,8 @@ def test_rules_equal_hfs_processors(rules, hf_processors, request: pytest.Fixtur
         expected = processor(sequences, expected)
     got = process_scores(scores, sequences, ScoreRules(**{"prompt_length": 0, **rules}))
     assert torch.equal(got, expected) and torch.equal(scores, original)  # the input is left alone
-    idle = request.node.callspec.id in ("min_new_tokens_reached", "greedy_no_warpers", "eos_outside_vocabulary")
+    idle = request.node.callspec.id in ("min_new_tokens_reached", "greedy_no_warpers",
+                                        "eos_outside_vocabulary")
     assert torch.equal(got, original) == idle  # each other case changes scores
 
 
