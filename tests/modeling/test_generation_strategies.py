@@ -208,15 +208,6 @@ GROUPS = {
 }
 
 
-@pytest.mark.parametrize("with_eos", [False, True])
-@pytest.mark.parametrize("case", sorted(GROUPS))
-def test_group_beam_search_equals_hf(pair: Any, case: str, with_eos: bool) -> None:
-    ids, mask = _prompt("left")
-    eos = dict(eos_token_id=_frequent_token(pair[0], ids, mask), pad_token_id=1) if with_eos else {}
-    expected, got = _both(pair, ids, mask, **GROUPS[case], **eos)
-    assert torch.equal(got, expected)
-
-
 def test_group_beam_dict_output_equals_hf(pair: Any) -> None:
     ids, mask = _prompt("left")
     kwargs = dict(max_new_tokens=5, num_beams=4, num_beam_groups=2, diversity_penalty=1.5, num_return_sequences=2,
@@ -242,14 +233,17 @@ CONSTRAINED = {
 }
 
 
+BEAM_CASES = {**{f"group_{k}": v for k, v in GROUPS.items()}, **{f"constrained_{k}": v for k, v in CONSTRAINED.items()}}
+
+
 @pytest.mark.parametrize("with_eos", [False, True])
-@pytest.mark.parametrize("case", sorted(CONSTRAINED))
-def test_constrained_beam_search_equals_hf(pair: Any, case: str, with_eos: bool) -> None:
+@pytest.mark.parametrize("case", sorted(BEAM_CASES))
+def test_group_and_constrained_beam_search_equal_hf(pair: Any, case: str, with_eos: bool) -> None:
     ids, mask = _prompt("left")
     eos = dict(eos_token_id=_frequent_token(pair[0], ids, mask), pad_token_id=1) if with_eos else {}
-    expected, got = _both(pair, ids, mask, **CONSTRAINED[case], **eos)
+    expected, got = _both(pair, ids, mask, **BEAM_CASES[case], **eos)
     assert torch.equal(got, expected)
-    (words, *others) = CONSTRAINED[case]["force_words_ids"]
+    (words, *others) = BEAM_CASES[case].get("force_words_ids", [None, None])
     for row in got if not others else ():  # one phrase: every sequence holds it (the prompt counts)
         text = row.tolist()
         assert any(text[i:i + len(words)] == words for i in range(len(text))), (words, text)
