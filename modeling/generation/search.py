@@ -83,9 +83,13 @@ class GenerationMixin:
         ``kwargs`` are `GenerationConfig` settings (over ``generation_config``, itself over the
         model's ``generation_config``) or model inputs (``attention_mask`` (default: pads
         masked), ``token_type_ids``, ``encoder_hidden_states``, ``encoder_attention_mask``).
-        ``num_beams > 1``: beam search (beam sampling with ``do_sample``); otherwise greedy
-        search or sampling. ``logits_processor`` / ``stopping_criteria``: extra callables as in
-        HF (run after the built-in processors but before NaN removal and sampling's warpers).
+        The strategy follows HF's rules (`GenerationConfig.generation_mode`): ``constraints`` /
+        ``force_words_ids``: constrained beam search; ``num_beams > 1``: beam search (beam
+        sampling with ``do_sample``, diverse beam search with ``num_beam_groups``); otherwise
+        contrastive search (``penalty_alpha`` with ``top_k``), greedy search or sampling, those
+        two as DoLa decoding with ``dola_layers``. ``logits_processor`` / ``stopping_criteria``:
+        extra callables as in HF (run after the built-in processors but before NaN removal and
+        sampling's warpers).
         Returns the sequences (R, T): the prompt and the new tokens, or only the new tokens when
         the prompt came as embeddings; with ``return_dict_in_generate`` an output record holding
         what the ``output_*`` settings ask for.
