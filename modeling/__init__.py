@@ -23,6 +23,8 @@ _EXPORTS = {
     "XLMRobertaXLForTokenClassification": "heads",
     "XLMRobertaXLForQuestionAnswering": "heads",
     "GenerationConfig": "generation",
+    "PhrasalConstraint": "generation",
+    "DisjunctiveConstraint": "generation",
     "CheckpointError": "checkpoint",
     "load_state_dict": "checkpoint",
     "XLMRobertaTokenizer": "tokenizer",

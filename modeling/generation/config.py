@@ -1,25 +1,25 @@
 """`GenerationConfig`: the settings of ``generate`` (HF's names and defaults for what we provide),
-their checks, and HF's ``generation_config.json`` I/O; `UNSUPPORTED` names the HF strategies and
-tools that ``generate`` refuses; `ASSISTANT_SCHEDULES` the ways an assistant's draft length may
-change."""
+their checks, the decoding strategy they select (`GenerationConfig.generation_mode`, HF's rules and
+names), and HF's ``generation_config.json`` I/O; `UNSUPPORTED` names the HF strategies and tools
+that ``generate`` refuses; `ASSISTANT_SCHEDULES` the ways an assistant's draft length may change."""
 
 from __future__ import annotations
 
 import json
 import os
+import warnings
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple, Union
 
 #: HF ``generate`` keywords of strategies and tools we do not provide -> what they are
-UNSUPPORTED = {"num_beam_groups": "diverse beam search", "diversity_penalty": "diverse beam search",
-               "penalty_alpha": "contrastive search", "constraints": "constrained beam search",
-               "force_words_ids": "constrained beam search", "dola_layers": "DoLa decoding",
-               "assistant_tokenizer": "assisted decoding with another tokenizer",
+UNSUPPORTED = {"assistant_tokenizer": "assisted decoding with another tokenizer",
                "assistant_early_exit": "early-exit (self-speculative) decoding",
                "streamer": "streamers", "cache_implementation": "HF's cache classes",
                "prefix_allowed_tokens_fn": "prefix-constrained decoding", "synced_gpus": "synced GPUs"}
 GENERATION_CONFIG_NAME = "generation_config.json"
+#: settings that hold objects rather than file content (not written to ``generation_config.json``)
+OBJECT_FIELDS = frozenset({"constraints"})
 #: ``num_assistant_tokens_schedule`` values (HF's): keep the draft length; +2 after a fully accepted
 #: draft, -1 (down to 1) otherwise, kept on the assistant after the call; the same, not kept
 ASSISTANT_SCHEDULES = ("constant", "heuristic", "heuristic_transient")
@@ -38,7 +38,11 @@ class GenerationConfig:
     """The settings of `GenerationMixin.generate`: HF's names and defaults for what we provide.
 
     ``max_length`` counts the prompt, ``max_new_tokens`` (which wins) does not; likewise
-    ``min_length`` / ``min_new_tokens``. ``eos_token_id`` may be one id or several.
+    ``min_length`` / ``min_new_tokens``. ``eos_token_id`` may be one id or several. The strategy
+    settings: ``num_beam_groups`` / ``diversity_penalty`` (diverse beam search),
+    ``penalty_alpha`` with ``top_k`` and ``low_memory`` (contrastive search), ``dola_layers``
+    (``"low"``, ``"high"`` or layer indices: DoLa decoding), ``force_words_ids`` / ``constraints``
+    (constrained beam search; `modeling.generation.constraints`' classes or HF's).
     ``num_assistant_tokens`` / ``num_assistant_tokens_schedule`` / ``assistant_confidence_threshold``
     are read from the assistant's config in assisted decoding (as HF does);
     ``prompt_lookup_num_tokens`` switches prompt-lookup decoding on (`modeling.generation.assisted`).
@@ -51,6 +55,13 @@ class GenerationConfig:
     do_sample: bool = False
     num_beams: int = 1
     num_return_sequences: int = 1
+    num_beam_groups: int = 1
+    diversity_penalty: float = 0.0
+    penalty_alpha: Optional[float] = None
+    low_memory: Optional[bool] = None
+    dola_layers: Optional[Union[str, List[int]]] = None
+    force_words_ids: Optional[List[Any]] = None
+    constraints: Optional[List[Any]] = None
     temperature: float = 1.0
     top_k: Optional[int] = 50
     top_p: float = 1.0
@@ -75,9 +86,10 @@ class GenerationConfig:
     max_matching_ngram_size: Optional[int] = None
 
     def to_dict(self) -> Dict[str, Any]:
-        """The settings that differ from the defaults (what HF's ``generation_config.json`` holds)."""
+        """The settings that differ from the defaults (what HF's ``generation_config.json`` holds;
+        ``constraints``, which are objects, are left out)."""
         default = GenerationConfig()
-        return {f: getattr(self, f) for f in sorted(FIELDS) if getattr(self, f) != getattr(default, f)}
+        return {f: getattr(self, f) for f in sorted(FIELDS - OBJECT_FIELDS) if getattr(self, f) != getattr(default, f)}
 
     @classmethod
     def from_dict(cls, data: Dict[str, Any]) -> "GenerationConfig":
@@ -145,10 +157,58 @@ class GenerationConfig:
              "prompt_lookup_num_tokens must be None or >= 1"),
             (self.max_matching_ngram_size is None or self.max_matching_ngram_size >= 1,
              "max_matching_ngram_size must be None or >= 1"),
+            *self._strategy_checks(),
         ]
         for ok, message in checks:
             if not ok:
                 raise ValueError(f"generate(): {message}")
+
+    def _strategy_checks(self) -> List[Tuple[bool, str]]:
+        """HF's checks of the strategy settings, as (holds, message) pairs."""
+        constrained = self.constraints is not None or self.force_words_ids is not None
+        diverse = self.diversity_penalty != 0.0 or self.num_beam_groups != 1
+        grouped = self.num_beams > 1 and not constrained and diverse
+        layers = self.dola_layers
+        dola_ok = layers is None or layers in ("low", "high") or (
+            isinstance(layers, list) and all(isinstance(i, int) and not isinstance(i, bool) for i in layers))
+        needs = "constraints / force_words_ids (constrained beam search) need"
+        group = "num_beam_groups / diversity_penalty (diverse beam search)"
+        return [
+            (not constrained or self.num_beams > 1, f"{needs} num_beams > 1"),
+            (not constrained or not self.do_sample, f"{needs} do_sample=False"),
+            (not constrained or self.num_beam_groups == 1, f"{needs} num_beam_groups=1"),
+            (not constrained or bool(self.constraints or self.force_words_ids), f"{needs} at least one constraint"),
+            (not grouped or not self.do_sample, f"{group} need do_sample=False"),
+            (not grouped or self.num_beam_groups > 1, f"{group}: diversity_penalty needs num_beam_groups > 1"),
+            (not grouped or self.num_beams % self.num_beam_groups == 0,
+             f"{group}: num_beams must be divisible by num_beam_groups"),
+            (not grouped or self.diversity_penalty > 0.0,
+             f"{group}: num_beam_groups > 1 needs diversity_penalty > 0, otherwise the groups are identical"),
+            (dola_ok, "dola_layers must be 'low', 'high' or a list of layer indices"),
+        ]
+
+    @property
+    def generation_mode(self) -> str:
+        """The decoding strategy these settings select, by HF's rules and names: constraints win,
+        then beams (groups, sampling), then contrastive search (``penalty_alpha > 0`` and
+        ``top_k > 1``); ``dola_layers`` turns greedy search or sampling into DoLa decoding (and is
+        ignored by the other strategies, with a warning)."""
+        if self.constraints is not None or self.force_words_ids is not None:
+            return "constrained_beam_search"
+        if self.num_beams > 1:
+            sampled = "beam_sample" if self.do_sample else "beam_search"
+            mode = "group_beam_search" if self.num_beam_groups > 1 else sampled
+        elif self.do_sample:
+            mode = "sample"
+        else:
+            contrastive = (self.top_k or 0) > 1 and (self.penalty_alpha or 0.0) > 0.0
+            mode = "contrastive_search" if contrastive else "greedy_search"
+        if self.dola_layers is not None:
+            if mode in ("greedy_search", "sample"):
+                return "dola_generation"
+            warnings.warn(f"generate(): dola_layers is ignored by {mode.replace('_', ' ')} (DoLa decoding extends "
+                          "greedy search and sampling only)", stacklevel=3)
+        return mode
 
 
 #: the names of the settings

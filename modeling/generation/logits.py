@@ -4,7 +4,7 @@ extra processors, NaN / inf removal, then, sampling only, temperature, top-k and
 picks a token, and whether a row has just ended.
 
 Owns `ScoreRules` (the settings of one generation that these steps read), `process_scores`,
-`choose_tokens` and `ends_with`.
+`choose_tokens`, `ends_with` and `stopped` (custom stopping criteria).
 Shapes: R = rows being decoded (batch x beams or returned sequences), T = tokens so far,
 V = vocabulary.
 """
@@ -12,13 +12,15 @@ V = vocabulary.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Optional, Sequence, Tuple
+from typing import Callable, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import Tensor
 
 #: a custom processor (HF's ``LogitsProcessor`` protocol): (sequences (R, T), scores (R, V)) -> scores
 Processor = Callable[[Tensor, Tensor], Tensor]
+#: a custom stopping criterion (HF's protocol): (sequences (R, T), scores (R, V)) -> (R,) bool or bool
+Criterion = Callable[[Tensor, Tensor], Union[Tensor, bool]]
 
 
 @dataclass(frozen=True)
@@ -57,7 +59,8 @@ def process_scores(scores: Tensor, sequences: Tensor, rules: ScoreRules) -> Tens
         scores = _ban_sequences(scores, sequences, rules)
     length = sequences.shape[1]
     if rules.eos_token_ids and (length < rules.min_length or length - rules.prompt_length < rules.min_new_tokens):
-        scores[:, list(rules.eos_token_ids)] = float("-inf")
+        in_vocabulary = [i for i in rules.eos_token_ids if 0 <= i < scores.shape[-1]]  # HF: others ban nothing
+        scores[:, in_vocabulary] = float("-inf")
     for processor in rules.extra:
         scores = processor(sequences, scores)
     if rules.remove_invalid_values:
@@ -104,6 +107,14 @@ def ends_with(sequences: Tensor, eos_token_ids: Sequence[int]) -> Tensor:
     if not eos_token_ids:
         return torch.zeros(sequences.shape[0], dtype=torch.bool, device=sequences.device)
     return torch.isin(sequences[:, -1], torch.tensor(list(eos_token_ids), device=sequences.device))
+
+
+def stopped(criteria: Sequence[Criterion], sequences: Tensor, scores: Optional[Tensor]) -> Tensor:
+    """(R,) bool: rows that a custom stopping criterion ends."""
+    stop = torch.zeros(sequences.shape[0], dtype=torch.bool, device=sequences.device)
+    for criterion in criteria:
+        stop |= torch.as_tensor(criterion(sequences, scores), device=sequences.device).expand_as(stop)
+    return stop
 
 
 def choose_tokens(scores: Tensor, *, do_sample: bool, count: Optional[int] = None) -> Tuple[Tensor, Tensor]:

@@ -5,10 +5,10 @@ sampling, beam search, beam sampling) with HF's arguments, stopping rules and ou
 
 Greedy search and beam search choose the tokens HF's ``generate`` chooses on the same weights
 (same scores, same order of processing, same beam bookkeeping); sampling draws from the same
-distributions; assisted and prompt-lookup decoding are `modeling.generation.assisted`'s. HF's
-other strategies (diverse and constrained beam search, contrastive search, DoLa), streamers and
-cache classes are not provided: their keywords raise a ``ValueError`` naming them. The per-step
-score processing is `modeling.generation.logits`'s.
+distributions. ``generate`` hands the other strategies to their modules (`contrastive`, `dola`,
+`group_beam`, `constrained`, `assisted` for assisted and prompt-lookup decoding), which drive the
+same `_Decoding` state; streamers and cache classes are not provided: their keywords raise a
+``ValueError`` naming them. The per-step score processing is `modeling.generation.logits`'s.
 Shapes: B = batch, K = beams, R = rows decoded (B x K, or B x returned sequences), T = tokens so
 far, V = vocabulary.
 """
@@ -24,15 +24,17 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .config import FIELDS, UNSUPPORTED, GenerationConfig, refuse_unsupported
+from .constrained import constrained_beam_search
+from .contrastive import contrastive_search
+from .dola import dola_logits
+from .group_beam import group_beam_search
 from ..layers import position_ids_from_input_ids
-from .logits import Processor, ScoreRules, choose_tokens, ends_with, process_scores
+from .logits import Criterion, Processor, ScoreRules, choose_tokens, ends_with, process_scores, stopped
 from ..outputs import Cache, GenerateBeamDecoderOnlyOutput, GenerateDecoderOnlyOutput
 
 #: the model inputs ``generate`` passes on to the model
 MODEL_INPUTS = ("input_ids", "attention_mask", "inputs_embeds", "token_type_ids", "encoder_hidden_states",
                 "encoder_attention_mask")
-#: a custom stopping criterion (HF's protocol): (sequences (R, T), scores (R, V)) -> (R,) bool or bool
-Criterion = Callable[[Tensor, Tensor], Union[Tensor, bool]]
 _NEG = -1.0e9  # HF's "impossible" beam score
 
 
@@ -83,25 +85,31 @@ class GenerationMixin:
         ``kwargs`` are `GenerationConfig` settings (over ``generation_config``, itself over the
         model's ``generation_config``) or model inputs (``attention_mask`` (default: pads
         masked), ``token_type_ids``, ``encoder_hidden_states``, ``encoder_attention_mask``).
-        ``num_beams > 1``: beam search (beam sampling with ``do_sample``); otherwise greedy
-        search or sampling. ``logits_processor`` / ``stopping_criteria``: extra callables as in
+        The strategy follows HF's rules (`GenerationConfig.generation_mode`): ``assistant_model``
+        (a smaller model with the same vocabulary) or ``prompt_lookup_num_tokens``: assisted
+        decoding (`modeling.generation.assisted`); ``constraints`` / ``force_words_ids``:
+        constrained beam search; ``num_beams > 1``: beam search (beam sampling with
+        ``do_sample``, diverse beam search with ``num_beam_groups``); otherwise contrastive search
+        (``penalty_alpha`` with ``top_k``), greedy search or sampling, those two as DoLa decoding
+        with ``dola_layers``. ``logits_processor`` / ``stopping_criteria``: extra callables as in
         HF (run after the built-in processors but before NaN removal and sampling's warpers).
-        ``assistant_model`` (a smaller model with the same vocabulary) or
-        ``prompt_lookup_num_tokens``: assisted decoding (`modeling.generation.assisted`).
         Returns the sequences (R, T): the prompt and the new tokens, or only the new tokens when
         the prompt came as embeddings; with ``return_dict_in_generate`` an output record holding
         what the ``output_*`` settings ask for.
         """
         settings, model_inputs = _settings(self, generation_config, inputs, kwargs)
+        mode = settings.generation_mode
         run = _Decoding(self, settings, model_inputs)
-        rules = run.rules(tuple(logits_processor))
+        rules, criteria = run.rules(tuple(logits_processor)), tuple(stopping_criteria)
         if assistant_model is not None or settings.prompt_lookup_num_tokens is not None:
             from .assisted import assisted_search  # it builds on this module
 
-            return assisted_search(run, rules, tuple(stopping_criteria), assistant=assistant_model)
-        if settings.num_beams > 1:
-            return _beam_search(run, rules, tuple(stopping_criteria))
-        return _search(run, rules, tuple(stopping_criteria))
+            return assisted_search(run, rules, criteria, assistant=assistant_model)
+        if mode == "dola_generation":
+            return _search(run, rules, criteria, logits_of=dola_logits(run))
+        strategy = {"constrained_beam_search": constrained_beam_search, "group_beam_search": group_beam_search,
+                    "beam_search": _beam_search, "beam_sample": _beam_search, "contrastive_search": contrastive_search}
+        return strategy.get(mode, _search)(run, rules, criteria)
 
 
 def _settings(model: Any, generation_config: Optional[GenerationConfig], inputs: Optional[Tensor],
@@ -174,6 +182,13 @@ class _Decoding:
 
     def forward(self) -> Tensor:
         """Run the model on what the cache lacks; the last position's logits (R, V) in float32."""
+        out = self.run_model()
+        self.record_step(out)
+        return out.logits[:, -1].float()
+
+    def run_model(self, *, hidden_states: bool = False) -> Any:
+        """Run the model on what the cache lacks (with every layer's states when ``hidden_states``);
+        keep its cache; record nothing. Returns the model's output."""
         s = self.settings
         if self.prompt_embeds is None:
             step = self.model.prepare_inputs_for_generation(self.ids, past_key_values=self.past,
@@ -188,12 +203,14 @@ class _Decoding:
                 step["input_ids"] = self.ids[:, -1:]
                 step["token_type_ids"] = None if types is None else types[:, -1:]
         out = self.model(**step, use_cache=self.use_cache, output_attentions=s.output_attentions,
-                         output_hidden_states=s.output_hidden_states, return_dict=True)
+                         output_hidden_states=s.output_hidden_states or hidden_states, return_dict=True)
         self.past = out.past_key_values if self.use_cache else None
-        if s.return_dict_in_generate:
-            self._keep("attentions", s.output_attentions, out.attentions)
-            self._keep("hidden_states", s.output_hidden_states, out.hidden_states)
-        return out.logits[:, -1].float()
+        return out
+
+    def record_step(self, out: Any) -> None:
+        """Keep a step's attentions and hidden states where the output record asks for them."""
+        self._keep("attentions", self.settings.output_attentions, out.attentions)
+        self._keep("hidden_states", self.settings.output_hidden_states, out.hidden_states)
 
     def _keep(self, what: str, wanted: bool, value: Any) -> None:
         if wanted and self.settings.return_dict_in_generate:
@@ -237,27 +254,22 @@ def _default_mask(ids: Optional[Tensor], embeds: Optional[Tensor], settings: Gen
     return torch.ones_like(ids)
 
 
-def _stopped(criteria: Tuple[Criterion, ...], sequences: Tensor, scores: Tensor) -> Tensor:
-    """(R,) bool: rows that a custom stopping criterion ends."""
-    stop = torch.zeros(sequences.shape[0], dtype=torch.bool, device=sequences.device)
-    for criterion in criteria:
-        stop |= torch.as_tensor(criterion(sequences, scores), device=sequences.device).expand_as(stop)
-    return stop
-
-
-def _search(run: _Decoding, rules: ScoreRules, criteria: Tuple[Criterion, ...]) -> Any:
-    """Greedy search or sampling: one token per row and step; finished rows continue with pads."""
+def _search(run: _Decoding, rules: ScoreRules, criteria: Tuple[Criterion, ...],
+            logits_of: Optional[Callable[[_Decoding], Tuple[Tensor, Tensor]]] = None) -> Any:
+    """Greedy search or sampling: one token per row and step; finished rows continue with pads.
+    ``logits_of(run)``: a step's raw logits and those the scores come from (DoLa's contrast);
+    default: the model's logits for both."""
     settings = run.settings
     unfinished = torch.ones(run.ids.shape[0], dtype=torch.bool, device=run.ids.device)
     while True:
-        logits = run.forward()
-        scores = process_scores(logits, run.ids, rules)
+        logits, steered = logits_of(run) if logits_of else (run.forward(),) * 2
+        scores = process_scores(steered, run.ids, rules)
         run.keep_scores(logits, scores)
         tokens, _ = choose_tokens(scores, do_sample=settings.do_sample)
         if settings.eos_ids:
             tokens = tokens.masked_fill(~unfinished, settings.pad_token_id)
         run.append(tokens)
-        unfinished &= ~(ends_with(run.ids, settings.eos_ids) | _stopped(criteria, run.ids, scores))
+        unfinished &= ~(ends_with(run.ids, settings.eos_ids) | stopped(criteria, run.ids, scores))
         if run.ids.shape[1] >= run.max_length or not bool(unfinished.any()):
             break
     if not settings.return_dict_in_generate:
@@ -349,7 +361,7 @@ def _candidates(run: _Decoding, state: _Beams, log_probs: Tensor, criteria: Tupl
     origins[:, :, step] = rows
     ends = torch.isin(tokens, torch.tensor(list(eos), dtype=tokens.dtype, device=tokens.device))
     ends |= ids.shape[-1] >= run.max_length
-    ends |= _stopped(criteria, ids.flatten(0, 1), log_probs[rows.flatten()]).view(batch, count)
+    ends |= stopped(criteria, ids.flatten(0, 1), log_probs[rows.flatten()]).view(batch, count)
     return _Candidates(tokens, scores, rows, ids, origins, ends)
 
 

@@ -237,15 +237,18 @@ def test_generation_config_defaults_arguments_and_files(pair: Any, tmp_path: Pat
     transformers.GenerationConfig(num_beams=4, max_length=30, foo_from_hf=1).save_pretrained(tmp_path / "hf")
     assert GenerationConfig.from_pretrained(tmp_path / "hf") == GenerationConfig(num_beams=4, max_length=30)
     transformers.GenerationConfig(num_beams=4, num_beam_groups=2, diversity_penalty=1.0).save_pretrained(tmp_path / "x")
-    with pytest.raises(ValueError, match="num_beam_groups"):
-        GenerationConfig.from_pretrained(tmp_path / "x")
+    assert GenerationConfig.from_pretrained(tmp_path / "x") == GenerationConfig(num_beams=4, num_beam_groups=2,
+                                                                               diversity_penalty=1.0)
+    transformers.GenerationConfig(cache_implementation="static").save_pretrained(tmp_path / "y")
+    with pytest.raises(ValueError, match="cache_implementation"):
+        GenerationConfig.from_pretrained(tmp_path / "y")
 
 
 @pytest.mark.parametrize(
     "kwargs,match",
     [
-        (dict(num_beam_groups=2, num_beams=2), "num_beam_groups"),
-        (dict(penalty_alpha=0.6, top_k=4), "penalty_alpha"),
+        (dict(num_beam_groups=2, num_beams=2), "num_beam_groups > 1 needs diversity_penalty"),
+        (dict(cache_implementation="static"), "cache_implementation"),
         (dict(temprature=0.5), "'temprature'"),
         (dict(num_return_sequences=2), "num_return_sequences"),
         (dict(num_beams=2, num_return_sequences=3), "num_return_sequences"),

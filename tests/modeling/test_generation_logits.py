@@ -38,9 +38,13 @@ def _inputs(seed: int = 0):
          lambda: [generation.TopKLogitsWarper(1, min_tokens_to_keep=3),
                   generation.TopPLogitsWarper(0.05, min_tokens_to_keep=3)]),
         (dict(do_sample=False, temperature=0.5, top_k=3), lambda: []),  # warpers only when sampling
+        # an eos id outside the vocabulary (HF's tests use -1 for "never ends") bans no token
+        (dict(min_length=9, min_new_tokens=3, prompt_length=5, eos_token_ids=(-1, VOCAB)),
+         lambda: [generation.MinLengthLogitsProcessor(9, [-1, VOCAB]),
+                  generation.MinNewTokensLengthLogitsProcessor(5, 3, [-1, VOCAB])]),
     ],
     ids=["repetition", "bad_words", "min_length", "min_new_tokens", "min_new_tokens_reached", "warpers",
-         "min_tokens_to_keep", "greedy_no_warpers"],
+         "min_tokens_to_keep", "greedy_no_warpers", "eos_outside_vocabulary"],
 )
 def test_rules_equal_hfs_processors(rules, hf_processors, request: pytest.FixtureRequest) -> None:
     scores, sequences = _inputs()
@@ -50,7 +54,8 @@ def test_rules_equal_hfs_processors(rules, hf_processors, request: pytest.Fixtur
         expected = processor(sequences, expected)
     got = process_scores(scores, sequences, ScoreRules(**{"prompt_length": 0, **rules}))
     assert torch.equal(got, expected) and torch.equal(scores, original)  # the input is left alone
-    idle = request.node.callspec.id in ("min_new_tokens_reached", "greedy_no_warpers")
+    idle = request.node.callspec.id in ("min_new_tokens_reached", "greedy_no_warpers",
+                                        "eos_outside_vocabulary")
     assert torch.equal(got, original) == idle  # each other case changes scores
 
 
