@@ -26,8 +26,8 @@ from torch import Tensor
 
 from ..outputs import Cache, GenerateDecoderOnlyOutput
 from .config import GenerationConfig
-from .logits import ScoreRules, choose_tokens, ends_with, process_scores
-from .search import Criterion, _Decoding, _stopped
+from .logits import Criterion, ScoreRules, choose_tokens, ends_with, process_scores, stopped
+from .search import _Decoding
 
 #: settings of other strategies, which assisted decoding does not combine with (HF lets one win)
 OTHER_STRATEGIES = ("penalty_alpha", "dola_layers", "num_beam_groups", "constraints", "force_words_ids")
@@ -51,7 +51,7 @@ def assisted_search(run: _Decoding, rules: ScoreRules, criteria: Tuple[Criterion
         candidates, draft_scores = drafts.propose(run, room=run.max_length - run.ids.shape[1] - 1)
         matches, last_scores = _round(run, rules, criteria, candidates, draft_scores)
         drafts.update(matches=matches, proposed=candidates.shape[1])
-        stop = ends_with(run.ids, settings.eos_ids) | _stopped(criteria, run.ids, last_scores)
+        stop = ends_with(run.ids, settings.eos_ids) | stopped(criteria, run.ids, last_scores)
         if run.ids.shape[1] >= run.max_length or bool(stop.all()):
             break
     drafts.finish()
@@ -95,7 +95,7 @@ def _round(run: _Decoding, rules: ScoreRules, criteria: Tuple[Criterion, ...], c
     # a draft that would end the sequence (eos, a stopping criterion, which sees no scores, as in
     # HF) gets no token of the model's after it
     done = candidates.shape[1] > 0 and bool(
-        (ends_with(sequence, run.settings.eos_ids) | _stopped(criteria, sequence, None)).all())
+        (ends_with(sequence, run.settings.eos_ids) | stopped(criteria, sequence, None)).all())
     logits, out = _verify(run, sequence)
     scores = torch.stack([process_scores(logits[:, i], sequence[:, : length + i], rules)
                           for i in range(logits.shape[1])], dim=1)
