@@ -12,7 +12,10 @@ from typing import Any, Optional, Tuple, Union
 from torch import Tensor
 
 from .config import XLMRobertaXLConfig
-from .layers import DenseProjection, Embeddings, Encoder, LayerInputs, PaddingLayout, attention_bias, expand_head_mask
+from .dense import DenseProjection
+from .embeddings import Embeddings
+from .layers import Encoder, LayerInputs
+from .masks import PaddingLayout, attention_bias, expand_head_mask
 from .outputs import BackboneOutput, Cache
 from .pretrained import XLMRobertaXLPreTrainedModel
 

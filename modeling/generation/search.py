@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .config import FIELDS, UNSUPPORTED, GenerationConfig, refuse_unsupported
-from ..layers import position_ids_from_input_ids
+from ..embeddings import position_ids_from_input_ids
 from .logits import Processor, ScoreRules, choose_tokens, ends_with, process_scores
 from ..outputs import Cache, GenerateBeamDecoderOnlyOutput, GenerateDecoderOnlyOutput
 
