@@ -13,7 +13,7 @@ D = H / N head size, L = layers.
 from __future__ import annotations
 
 import math
-from typing import NamedTuple, Optional, Tuple
+from typing import List, NamedTuple, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -36,10 +36,20 @@ class MultiHeadAttention(nn.Module):
     """Query/key/value projections and scaled dot-product attention over N heads.
 
     Uses ``torch.nn.functional.scaled_dot_product_attention``; computes the softmax explicitly
-    only when the attention weights are requested or a head mask is given.
+    only when the attention weights are requested, a head mask is given or the scores carry
+    relative positions.
+
+    ``position_embedding_type`` ``"relative_key"`` adds ``q · E[i - j]`` to the score of query
+    position i and key position j, ``"relative_key_query"`` also ``k · E[i - j]``; ``E`` is
+    ``distance_embedding``, one D-vector per distance in ``-(P - 1) .. P - 1``
+    (P = ``max_position_embeddings``). Positions count along the (padded) sequence, the cached
+    ones first. ``"absolute"``: nothing is added here (the embeddings carry the positions).
     """
 
-    def __init__(self, *, hidden_size: int, num_heads: int, dropout_prob: float) -> None:
+    def __init__(
+        self, *, hidden_size: int, num_heads: int, dropout_prob: float, position_embedding_type: str = "absolute",
+        max_position_embeddings: int = 0,
+    ) -> None:
         super().__init__()
         if hidden_size % num_heads != 0:
             raise ValueError(f"hidden_size ({hidden_size}) must be divisible by num_heads ({num_heads})")
@@ -49,6 +59,10 @@ class MultiHeadAttention(nn.Module):
         self.query = nn.Linear(hidden_size, hidden_size)
         self.key = nn.Linear(hidden_size, hidden_size)
         self.value = nn.Linear(hidden_size, hidden_size)
+        self.position_embedding_type = position_embedding_type
+        self.max_position_embeddings = max_position_embeddings
+        if position_embedding_type != "absolute":
+            self.distance_embedding = nn.Embedding(2 * max_position_embeddings - 1, self.head_dim)
 
     def _split_heads(self, states: Tensor) -> Tensor:
         """(B, S, H) -> (B, N, S, D)."""
@@ -78,6 +92,7 @@ class MultiHeadAttention(nn.Module):
         if layout is not None:
             return self._attend_real_positions(hidden_states, layout, attention_bias)
         query = self._split_heads(self.query(hidden_states))
+        past_length = 0
         if key_value_states is not None and past_key_value is not None:
             key, value = past_key_value
         else:
@@ -85,46 +100,79 @@ class MultiHeadAttention(nn.Module):
             key = self._split_heads(self.key(source))
             value = self._split_heads(self.value(source))
             if past_key_value is not None:
+                past_length = past_key_value[0].shape[2]
                 key = torch.cat([past_key_value[0], key], dim=2)
                 value = torch.cat([past_key_value[1], value], dim=2)
-        dropout_prob = self.dropout_prob if self.training else 0.0
-        weights: Optional[Tensor] = None
-        if output_attentions or head_mask is not None:
-            scores = torch.matmul(query, key.transpose(-1, -2)) / math.sqrt(self.head_dim)
-            if attention_bias is not None:
-                scores = scores + attention_bias
-            weights = F.dropout(torch.softmax(scores, dim=-1), p=dropout_prob, training=self.training)
-            if head_mask is not None:
-                weights = weights * head_mask
-            context = torch.matmul(weights, value)
-        else:
-            context = F.scaled_dot_product_attention(query, key, value, attn_mask=attention_bias, dropout_p=dropout_prob)
+        context, weights = self._attend(query, key, value, attention_bias=attention_bias, head_mask=head_mask,
+                                        need_weights=output_attentions, query_offset=past_length)
         batch_size, _, length, _ = context.shape
         context = context.transpose(1, 2).reshape(batch_size, length, self.num_heads * self.head_dim)
-        return AttentionResult(context, weights if output_attentions else None, (key, value))
+        return AttentionResult(context, weights, (key, value))
 
     def _attend_real_positions(self, rows: Tensor, layout: PaddingLayout, attention_bias: Optional[Tensor]) -> AttentionResult:
         """Self-attention of the (R, H) real positions of a padded batch -> context (R, H)."""
         query, key, value = (self._split_heads(layout.pad(projection(rows)))
                              for projection in (self.query, self.key, self.value))
-        dropout_prob = self.dropout_prob if self.training else 0.0
-        context = F.scaled_dot_product_attention(query, key, value, attn_mask=attention_bias, dropout_p=dropout_prob)
+        context, _ = self._attend(query, key, value, attention_bias=attention_bias)
         context = layout.unpad(context.transpose(1, 2))
         return AttentionResult(context, None, (key, value))
+
+    def _attend(
+        self, query: Tensor, key: Tensor, value: Tensor, *, attention_bias: Optional[Tensor],
+        head_mask: Optional[Tensor] = None, need_weights: bool = False, query_offset: int = 0,
+    ) -> Tuple[Tensor, Optional[Tensor]]:
+        """The attention product: ``query`` (B, N, S, D), ``key`` / ``value`` (B, N, K, D) ->
+        context (B, N, S, D) and, with ``need_weights``, the weights (B, N, S, K).
+        ``query_offset``: the position of the first query (T cached positions before it)."""
+        dropout_prob = self.dropout_prob if self.training else 0.0
+        relative = self.position_embedding_type != "absolute"
+        if not (need_weights or head_mask is not None or relative):
+            context = F.scaled_dot_product_attention(query, key, value, attn_mask=attention_bias, dropout_p=dropout_prob)
+            return context, None
+        scores = torch.matmul(query, key.transpose(-1, -2))
+        if relative:
+            for term in self._relative_scores(query, key, query_offset=query_offset):
+                scores = scores + term
+        scores = scores / math.sqrt(self.head_dim)
+        if attention_bias is not None:
+            scores = scores + attention_bias
+        weights = F.dropout(torch.softmax(scores, dim=-1), p=dropout_prob, training=self.training)
+        if head_mask is not None:
+            weights = weights * head_mask
+        return torch.matmul(weights, value), weights if need_weights else None
+
+    def _relative_scores(self, query: Tensor, key: Tensor, *, query_offset: int) -> List[Tensor]:
+        """The relative-position terms of the raw scores, each (B, N, S, K): ``q · E[i - j]``,
+        and for ``relative_key_query`` also ``k · E[i - j]``."""
+        length, key_length = query.shape[2], key.shape[2]
+        if max(key_length, query_offset + length) > self.max_position_embeddings:
+            raise ValueError(f"{self.position_embedding_type} positions reach {max(key_length, query_offset + length)}, "
+                             f"beyond max_position_embeddings ({self.max_position_embeddings})")
+        query_positions = torch.arange(query_offset, query_offset + length, device=query.device)
+        distance = query_positions[:, None] - torch.arange(key_length, device=query.device)[None, :]
+        table = self.distance_embedding(distance + self.max_position_embeddings - 1).to(query.dtype)  # (S, K, D)
+        terms = [torch.einsum("bnsd,skd->bnsk", query, table)]
+        if self.position_embedding_type == "relative_key_query":
+            terms.append(torch.einsum("bnkd,skd->bnsk", key, table))
+        return terms
 
 
 class AttentionBlock(nn.Module):
     """Pre-LN residual attention: ``h + dropout(Wo · attention(LN(h), ...))``.
 
-    The same block serves self-attention (``attention``) and cross-attention (``crossattention``).
+    The same block serves self-attention (``attention``) and cross-attention (``crossattention``,
+    always ``"absolute"``: relative positions apply to self-attention only, as in HF).
     """
 
     def __init__(
-        self, *, hidden_size: int, num_heads: int, layer_norm_eps: float, attention_dropout_prob: float, hidden_dropout_prob: float
+        self, *, hidden_size: int, num_heads: int, layer_norm_eps: float, attention_dropout_prob: float,
+        hidden_dropout_prob: float, position_embedding_type: str = "absolute", max_position_embeddings: int = 0,
     ) -> None:
         super().__init__()
         self.self_attn_layer_norm = nn.LayerNorm(hidden_size, eps=layer_norm_eps)
-        self.self = MultiHeadAttention(hidden_size=hidden_size, num_heads=num_heads, dropout_prob=attention_dropout_prob)
+        self.self = MultiHeadAttention(hidden_size=hidden_size, num_heads=num_heads, dropout_prob=attention_dropout_prob,
+                                       position_embedding_type=position_embedding_type,
+                                       max_position_embeddings=max_position_embeddings)
         self.output = DenseProjection(in_features=hidden_size, out_features=hidden_size, dropout_prob=hidden_dropout_prob)
 
     def forward(self, hidden_states: Tensor, **attention_kwargs: object) -> AttentionResult:

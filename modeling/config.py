@@ -29,6 +29,9 @@ MODEL_TYPE = "xlm-roberta-xl"
 CONFIG_NAME = "config.json"
 _PROBLEM_TYPES = ("regression", "single_label_classification", "multi_label_classification")
 _ACTIVATIONS = ("gelu", "relu", "gelu_new", "gelu_pytorch_tanh", "silu", "swish", "tanh")
+#: ``absolute``: learned position embeddings added to the input (the released checkpoints);
+#: ``relative_key`` / ``relative_key_query``: distance embeddings in each self-attention (HF's)
+POSITION_EMBEDDING_TYPES = ("absolute", "relative_key", "relative_key_query")
 
 
 class ConfigError(ValueError):
@@ -145,11 +148,9 @@ class XLMRobertaXLConfig:
             raise ConfigError(f"layer_norm_eps must be > 0, got {self.layer_norm_eps!r}")
         if self.hidden_act not in _ACTIVATIONS:
             raise ConfigError(f"hidden_act must be one of {_ACTIVATIONS}, got {self.hidden_act!r}")
-        if self.position_embedding_type != "absolute":
-            raise ConfigError(
-                f"position_embedding_type {self.position_embedding_type!r} is not supported "
-                "(XLM-RoBERTa-XL uses 'absolute')"
-            )
+        if self.position_embedding_type not in POSITION_EMBEDDING_TYPES:
+            raise ConfigError(f"position_embedding_type must be one of {POSITION_EMBEDDING_TYPES}, "
+                              f"got {self.position_embedding_type!r}")
         if not 0 <= self.pad_token_id < self.vocab_size:
             raise ConfigError(f"pad_token_id ({self.pad_token_id}) must be inside vocab_size ({self.vocab_size})")
         if self.max_position_embeddings <= self.pad_token_id + 1:
@@ -193,7 +194,9 @@ class XLMRobertaXLConfig:
         attn = 4 * (h * h + h) + 2 * h
         ffn = (h * f + f) + (f * h + h) + 2 * h
         cross = attn if self.add_cross_attention else 0
-        return emb + self.num_hidden_layers * (attn + ffn + cross) + 2 * h + (h * h + h if with_pooler else 0)
+        distances = 0 if self.position_embedding_type == "absolute" else (2 * self.max_position_embeddings - 1) * self.head_dim
+        layers = self.num_hidden_layers * (attn + ffn + cross + distances)
+        return emb + layers + 2 * h + (h * h + h if with_pooler else 0)
 
     # ------------------------------------------------------------------ dict / json
     def to_dict(self) -> Dict[str, Any]:

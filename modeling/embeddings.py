@@ -24,7 +24,8 @@ def position_ids_from_input_ids(input_ids: Tensor, padding_idx: int, *, past_len
 
 
 class Embeddings(nn.Module):
-    """``word + position + token_type`` embeddings, then dropout (no LayerNorm in XL)."""
+    """``word + position + token_type`` embeddings, then dropout (no LayerNorm in XL); the
+    position term only with ``position_embedding_type="absolute"``."""
 
     def __init__(self, *, config: XLMRobertaXLConfig) -> None:
         super().__init__()
@@ -33,6 +34,8 @@ class Embeddings(nn.Module):
         self.position_embeddings = nn.Embedding(config.max_position_embeddings, config.hidden_size,
                                                 padding_idx=self.padding_idx)
         self.token_type_embeddings = nn.Embedding(config.type_vocab_size, config.hidden_size)
+        #: with relative positions (in the attention) the position embeddings are kept but not added, as in HF
+        self.position_embedding_type = config.position_embedding_type
         self.dropout = nn.Dropout(config.hidden_dropout_prob)
 
     def create_position_ids_from_inputs_embeds(self, inputs_embeds: Tensor) -> Tensor:
@@ -71,6 +74,7 @@ class Embeddings(nn.Module):
         if token_type_ids is None:
             token_type_ids = torch.zeros(batch_size, length, dtype=torch.long, device=inputs_embeds.device)
         embeddings = inputs_embeds + self.token_type_embeddings(token_type_ids)
-        embeddings = embeddings + self.position_embeddings(position_ids)
+        if self.position_embedding_type == "absolute":
+            embeddings = embeddings + self.position_embeddings(position_ids)
         return self.dropout(embeddings)
 

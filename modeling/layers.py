@@ -68,7 +68,8 @@ class TransformerLayer(nn.Module):
             attention_dropout_prob=config.attention_probs_dropout_prob,
             hidden_dropout_prob=config.hidden_dropout_prob,
         )
-        self.attention = block()
+        self.attention = block(position_embedding_type=config.position_embedding_type,
+                               max_position_embeddings=config.max_position_embeddings)
         self.crossattention = block() if config.add_cross_attention else None
         self.LayerNorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
         self.intermediate = DenseProjection(

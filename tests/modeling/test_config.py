@@ -85,7 +85,7 @@ def test_num_labels_override_replaces_stored_label_maps(tmp_path: Path) -> None:
         ({"classifier_dropout": -0.1}, "classifier_dropout"),
         ({"layer_norm_eps": 0.0}, "layer_norm_eps"),
         ({"hidden_act": "mish"}, "hidden_act"),
-        ({"position_embedding_type": "relative_key"}, "position_embedding_type"),
+        ({"position_embedding_type": "relative"}, "position_embedding_type"),
         ({"problem_type": "ranking"}, "problem_type"),
         ({"torch_dtype": "int8"}, "torch_dtype"),
         ({"pad_token_id": 5000}, "pad_token_id"),
@@ -134,8 +134,9 @@ def test_presets() -> None:
 
 
 @pytest.mark.parametrize("cross", [False, True])
-def test_num_parameters_counts_the_built_model(cross: bool) -> None:
-    config = XLMRobertaXLConfig(**TINY, is_decoder=cross, add_cross_attention=cross)
+@pytest.mark.parametrize("positions", ["absolute", "relative_key_query"])
+def test_num_parameters_counts_the_built_model(cross: bool, positions: str) -> None:
+    config = XLMRobertaXLConfig(**TINY, is_decoder=cross, add_cross_attention=cross, position_embedding_type=positions)
     model = XLMRobertaXLModel(config)
     assert sum(p.numel() for p in model.parameters()) == config.num_parameters()
 
@@ -231,11 +232,12 @@ def test_from_pretrained_subfolder_hub_options_and_missing_file(tmp_path: Path) 
 
 
 def test_settings_changed_after_construction_are_checked_when_a_model_is_built() -> None:
-    """relative_key (and any impossible value) is refused at construction and when set later."""
+    """An unknown position_embedding_type (and any impossible value) is refused at construction
+    and when set later."""
     with pytest.raises(ConfigError, match="position_embedding_type"):
-        XLMRobertaXLConfig(**TINY, position_embedding_type="relative_key")
+        XLMRobertaXLConfig(**TINY, position_embedding_type="rotary")
     config = XLMRobertaXLConfig(**TINY)
-    config.position_embedding_type = "relative_key"
+    config.position_embedding_type = "rotary"
     with pytest.raises(ConfigError, match="position_embedding_type"):
         XLMRobertaXLModel(config)
     config.position_embedding_type = "absolute"
