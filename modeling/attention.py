@@ -1,19 +1,22 @@
 """Multi-head attention of XLM-RoBERTa-XL and its pre-LN residual block.
 
 Owns the query/key/value projections and the attention product
-(``scaled_dot_product_attention``, with an explicit-softmax path for attention weights and head
-masks), the key/value cache entry of one attention, and `AttentionBlock` (LayerNorm, attention,
-output projection, residual), used for self- and cross-attention. Attribute names are HF's
-state-dict keys (``self``, ``self_attn_layer_norm``, ``output``).
+(``scaled_dot_product_attention``, with an explicit-softmax path for attention weights, head
+masks and relative positions), HF's relative position scores (``relative_key``,
+``relative_key_query``), the key/value cache entry of one attention, head pruning (HF's
+``prune_heads``: the projections lose the pruned heads' rows and columns), and `AttentionBlock`
+(LayerNorm, attention, output projection, residual), used for self- and cross-attention.
+Attribute names are HF's state-dict keys (``self``, ``self_attn_layer_norm``, ``output``,
+``distance_embedding``).
 Shapes: B = batch, S = query length, T = cached (past) length, K = key length (T + S for
-self-attention, the encoder length for cross-attention), H = hidden size, N = heads,
-D = H / N head size, L = layers.
+self-attention, the encoder length for cross-attention), H = hidden size, N = heads (those
+left after pruning), D = head size (H / the original number of heads), L = layers.
 """
 
 from __future__ import annotations
 
 import math
-from typing import List, NamedTuple, Optional, Tuple
+from typing import Iterable, List, NamedTuple, Optional, Set, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -63,6 +66,31 @@ class MultiHeadAttention(nn.Module):
         self.max_position_embeddings = max_position_embeddings
         if position_embedding_type != "absolute":
             self.distance_embedding = nn.Embedding(2 * max_position_embeddings - 1, self.head_dim)
+        #: the heads removed by `prune_heads`, as indices among the original heads
+        self.pruned_heads: Set[int] = set()
+
+    @property
+    def kept_heads(self) -> List[int]:
+        """The original indices of the N heads left after pruning, in their order."""
+        return [head for head in range(self.num_heads + len(self.pruned_heads)) if head not in self.pruned_heads]
+
+    @torch.no_grad()
+    def prune_heads(self, heads: Iterable[int]) -> Optional[Tensor]:
+        """Remove ``heads`` (indices among the original heads; heads pruned before are skipped):
+        their rows of the query, key and value projections go. Returns the (N' · D,) index of the
+        kept context features (for the output projection's columns), or None if nothing changed."""
+        kept = self.kept_heads
+        removed = set(heads) - self.pruned_heads
+        if not removed:
+            return None
+        positions = torch.tensor([i for i, head in enumerate(kept) if head not in removed], dtype=torch.long,
+                                 device=self.query.weight.device)
+        features = (positions[:, None] * self.head_dim + torch.arange(self.head_dim, device=positions.device)).reshape(-1)
+        for projection in (self.query, self.key, self.value):
+            keep_features(projection, features, dim=0)
+        self.pruned_heads |= removed
+        self.num_heads = len(kept) - len(removed)
+        return features
 
     def _split_heads(self, states: Tensor) -> Tensor:
         """(B, S, H) -> (B, N, S, D)."""
@@ -138,8 +166,17 @@ class MultiHeadAttention(nn.Module):
             scores = scores + attention_bias
         weights = F.dropout(torch.softmax(scores, dim=-1), p=dropout_prob, training=self.training)
         if head_mask is not None:
-            weights = weights * head_mask
+            weights = weights * self._kept_head_mask(head_mask)
         return torch.matmul(weights, value), weights if need_weights else None
+
+    def _kept_head_mask(self, head_mask: Tensor) -> Tensor:
+        """A head mask over the original heads (1, N_original, 1, 1) -> over the kept ones."""
+        if not self.pruned_heads or head_mask.shape[1] == 1:
+            return head_mask
+        if head_mask.shape[1] != self.num_heads + len(self.pruned_heads):
+            raise ValueError(f"head_mask has {head_mask.shape[1]} heads; the model has "
+                             f"{self.num_heads + len(self.pruned_heads)} (pruned ones included)")
+        return head_mask[:, self.kept_heads]
 
     def _relative_scores(self, query: Tensor, key: Tensor, *, query_offset: int) -> List[Tensor]:
         """The relative-position terms of the raw scores, each (B, N, S, K): ``q · E[i - j]``,
@@ -175,9 +212,31 @@ class AttentionBlock(nn.Module):
                                        max_position_embeddings=max_position_embeddings)
         self.output = DenseProjection(in_features=hidden_size, out_features=hidden_size, dropout_prob=hidden_dropout_prob)
 
+    def prune_heads(self, heads: Iterable[int]) -> None:
+        """HF's head pruning: remove the attention heads ``heads`` (original indices) from the
+        query, key and value projections and their columns from the output projection."""
+        for linear in (self.self.query, self.self.key, self.self.value, self.output.dense):
+            if type(linear) is not nn.Linear:  # checked before anything changes
+                raise ValueError(f"cannot prune heads of a {type(linear).__name__}: prune them before applying LoRA "
+                                 "adapters or quantising")
+        features = self.self.prune_heads(heads)
+        if features is not None:
+            keep_features(self.output.dense, features, dim=1)
+
     def forward(self, hidden_states: Tensor, **attention_kwargs: object) -> AttentionResult:
         """``hidden_states`` (B, S, H) -> `AttentionResult` whose ``context`` is the updated
         residual stream (B, S, H); ``attention_kwargs`` go to `MultiHeadAttention.forward`."""
         result = self.self(self.self_attn_layer_norm(hidden_states), **attention_kwargs)
         return result._replace(context=hidden_states + self.output(result.context))
 
+
+
+@torch.no_grad()
+def keep_features(linear: nn.Module, index: Tensor, *, dim: int) -> None:
+    """Keep only the ``index`` outputs (``dim=0``, bias rows too) or inputs (``dim=1``, bias
+    unchanged) of the ``nn.Linear`` ``linear``, in place: new parameters in its dtype and on its
+    device (meta included), with its ``requires_grad``."""
+    linear.weight = nn.Parameter(linear.weight.index_select(dim, index), requires_grad=linear.weight.requires_grad)
+    if linear.bias is not None and dim == 0:
+        linear.bias = nn.Parameter(linear.bias.index_select(0, index), requires_grad=linear.bias.requires_grad)
+    linear.out_features, linear.in_features = linear.weight.shape

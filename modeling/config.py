@@ -20,7 +20,7 @@ import json
 import os
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any, ClassVar, Dict, Optional, Tuple, Union
+from typing import Any, ClassVar, Dict, Iterable, List, Mapping, Optional, Tuple, Union
 
 from .dtypes import TORCH_DTYPE_NAMES
 from .hub import HUB_OPTIONS, resolve_path
@@ -81,6 +81,8 @@ class XLMRobertaXLConfig:
     add_cross_attention: bool = False
     torch_dtype: Optional[str] = None
     architectures: Optional[list] = None
+    #: HF's head pruning: ``{layer: [heads]}`` removed from the self-attentions (see `prune_heads`)
+    pruned_heads: Dict[int, List[int]] = field(default_factory=dict)
     # HF PretrainedConfig's output switches: the defaults of every forward's arguments of that name
     return_dict: bool = True
     output_attentions: bool = False
@@ -163,6 +165,13 @@ class XLMRobertaXLConfig:
             raise ConfigError(f"torch_dtype must be one of {TORCH_DTYPE_NAMES} or None, got {self.torch_dtype!r}")
         if self.add_cross_attention and not self.is_decoder:
             raise ConfigError("add_cross_attention=True needs is_decoder=True")
+        self.pruned_heads_by_layer()
+
+    def pruned_heads_by_layer(self) -> Dict[int, List[int]]:
+        """``pruned_heads`` with layer indices in ``0 .. L - 1`` (negative ones count from the end,
+        as HF's indexing does) and each layer's heads sorted; `ConfigError` naming it otherwise."""
+        return normalise_pruned_heads(self.pruned_heads, num_layers=self.num_hidden_layers,
+                                      num_heads=self.num_attention_heads, setting="pruned_heads")
 
     # ------------------------------------------------------------------ derived
     def get_text_config(self, decoder: bool = False) -> "XLMRobertaXLConfig":
@@ -196,7 +205,9 @@ class XLMRobertaXLConfig:
         cross = attn if self.add_cross_attention else 0
         distances = 0 if self.position_embedding_type == "absolute" else (2 * self.max_position_embeddings - 1) * self.head_dim
         layers = self.num_hidden_layers * (attn + ffn + cross + distances)
-        return emb + layers + 2 * h + (h * h + h if with_pooler else 0)
+        d = self.head_dim  # each pruned head takes D rows (and biases) of query, key, value and D columns of the output
+        pruned = sum(len(heads) for heads in self.pruned_heads_by_layer().values()) * (3 * (h * d + d) + d * h)
+        return emb + layers - pruned + 2 * h + (h * h + h if with_pooler else 0)
 
     # ------------------------------------------------------------------ dict / json
     def to_dict(self) -> Dict[str, Any]:
@@ -240,6 +251,8 @@ class XLMRobertaXLConfig:
             if stored is None or len(stored) != overrides["num_labels"]:
                 data.pop("id2label", None)
                 data.pop("label2id", None)
+        if isinstance(data.get("pruned_heads"), dict):  # JSON object keys are strings; HF reads them as ints
+            data["pruned_heads"] = {_layer_key(k): v for k, v in data["pruned_heads"].items()}
         model_type = data.get("model_type")
         if model_type not in (None, MODEL_TYPE):
             raise ConfigError(f"model_type is {model_type!r}, expected {MODEL_TYPE!r}")
@@ -315,6 +328,38 @@ class XLMRobertaXLConfig:
 
     def copy(self, **changes: Any) -> "XLMRobertaXLConfig":
         return XLMRobertaXLConfig.from_dict(self.to_dict(), **changes)
+
+
+def normalise_pruned_heads(
+    pruned: Any, *, num_layers: int, num_heads: int, setting: str
+) -> Dict[int, List[int]]:
+    """``{layer: [heads]}`` checked and normalised: layers in ``0 .. num_layers - 1`` (a negative
+    index counts from the end), heads unique, sorted and in ``0 .. num_heads - 1``; layers with no
+    heads left out. Raises `ConfigError` naming ``setting`` and the bad entry."""
+    if not isinstance(pruned, Mapping):
+        raise ConfigError(f"{setting} must map layer indices to lists of heads, got {pruned!r}")
+    result: Dict[int, List[int]] = {}
+    for layer, heads in pruned.items():
+        index = _layer_key(layer)
+        if not isinstance(index, int) or not -num_layers <= index < num_layers:
+            raise ConfigError(f"{setting}: layer {layer!r} is not a layer index of the {num_layers} layers")
+        if isinstance(heads, (str, bytes)) or not isinstance(heads, Iterable):
+            raise ConfigError(f"{setting}[{layer!r}] must be a list of heads, got {heads!r}")
+        heads = list(heads)
+        bad = [h for h in heads if not isinstance(h, int) or isinstance(h, bool) or not 0 <= h < num_heads]
+        if bad:
+            raise ConfigError(f"{setting}[{layer!r}]: {bad[0]!r} is not a head index of the {num_heads} heads")
+        merged = set(result.get(index % num_layers, ())) | set(heads)
+        if merged:
+            result[index % num_layers] = sorted(merged)
+    return dict(sorted(result.items()))
+
+
+def _layer_key(key: Any) -> Any:
+    """A layer index from a ``pruned_heads`` key (JSON keys are strings: ``"3"``, ``"-1"``)."""
+    if isinstance(key, str) and key.lstrip("-").isdigit():
+        return int(key)
+    return key
 
 
 #: the names of the config's fields (``extra`` excepted)

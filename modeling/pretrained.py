@@ -3,9 +3,9 @@
 Owns the config holder (the config is validated again when a model is built, so values set on it
 after construction are checked too), HF-style weight initialisation with a seed, weight tying that
 survives ``load_state_dict`` / ``to()``, the embedding accessors and ``resize_token_embeddings``,
-``num_parameters``, ``base_model``, the gradient-checkpointing switch, the ``return_dict`` default,
-and ``from_pretrained`` / ``save_pretrained`` with HF's keywords, which delegate the file work to
-`modeling.checkpoint`.
+``num_parameters``, ``base_model``, head pruning (``prune_heads``), the gradient-checkpointing
+switch, the ``return_dict`` default, and ``from_pretrained`` / ``save_pretrained`` with HF's
+keywords, which delegate the file work to `modeling.checkpoint`.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from typing import Any, Dict, Iterable, Optional, Tuple, Union
 import torch
 from torch import Tensor, nn
 
-from .config import XLMRobertaXLConfig
+from .config import XLMRobertaXLConfig, normalise_pruned_heads
 from .hub import HUB_OPTIONS, resolve_path
 from .layers import Encoder
 
@@ -153,6 +153,22 @@ class XLMRobertaXLPreTrainedModel(nn.Module):
                    if (p.requires_grad or not only_trainable) and not (exclude_embeddings and id(p) in embedding_weights))
 
     # ------------------------------------------------------------------ weights
+    def prune_heads(self, heads_to_prune: Dict[int, Iterable[int]]) -> None:
+        """HF's head pruning: remove self-attention heads, ``{layer: [heads]}`` (a negative layer
+        index counts from the end; head indices are those of the unpruned layer, heads pruned
+        before are skipped). The query, key and value projections lose the heads' rows and the
+        output projection their columns; ``config.pruned_heads`` records every pruning (so
+        ``config.json`` holds it and a model built or loaded from it has the pruned shapes).
+        Prune before applying LoRA adapters or quantising."""
+        config = self.config
+        pruning = normalise_pruned_heads(heads_to_prune, num_layers=config.num_hidden_layers,
+                                         num_heads=config.num_attention_heads, setting="heads_to_prune")
+        recorded = config.pruned_heads_by_layer()
+        for layer, heads in pruning.items():
+            self.base_model.encoder.layer[layer].attention.prune_heads(heads)
+            recorded[layer] = sorted(set(recorded.get(layer, ())) | set(heads))
+        config.pruned_heads = dict(sorted(recorded.items()))
+
     def tie_weights(self) -> None:
         """Re-establish shared parameters (none in the bare model)."""
 
