@@ -217,8 +217,8 @@ class AttentionBlock(nn.Module):
         query, key and value projections and their columns from the output projection."""
         for linear in (self.self.query, self.self.key, self.self.value, self.output.dense):
             if type(linear) is not nn.Linear:  # checked before anything changes
-                raise ValueError(f"cannot prune heads of a {type(linear).__name__}: prune them before applying LoRA "
-                                 "adapters or quantising")
+                kind = f"{type(linear).__module__}.{type(linear).__qualname__}"
+                raise ValueError(f"cannot prune heads of a {kind}: prune them before applying LoRA adapters or quantising")
         features = self.self.prune_heads(heads)
         if features is not None:
             keep_features(self.output.dense, features, dim=1)

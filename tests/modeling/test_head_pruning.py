@@ -179,9 +179,16 @@ def test_pruning_after_lora_is_refused_and_changes_nothing(targets: tuple) -> No
     model = XLMRobertaXLModel(XLMRobertaXLConfig(**common.TINY))
     apply_lora(model, LoraConfig(r=2, targets=targets))
     before = _shapes(model)
-    with pytest.raises(ValueError, match="cannot prune heads of a LoraLinear: prune them before applying LoRA"):
+    with pytest.raises(ValueError, match=r"cannot prune heads of a modeling\.lora\.layer\.LoraLinear: prune them before"):
         model.prune_heads({0: [1]})
     assert _shapes(model) == before and model.config.pruned_heads == {}
+
+
+def test_pruning_a_quantised_model_is_refused() -> None:
+    model = torch.ao.quantization.quantize_dynamic(XLMRobertaXLModel(XLMRobertaXLConfig(**common.TINY)).eval(),
+                                                   {torch.nn.Linear}, dtype=torch.qint8)
+    with pytest.raises(ValueError, match=r"cannot prune heads of a torch\.ao\.nn\.quantized\.dynamic\..*Linear: prune them"):
+        model.prune_heads({0: [1]})
 
 
 def test_sequence_classifier_pruned_through_the_task_model(tmp_path: Path) -> None:
