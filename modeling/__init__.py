@@ -10,8 +10,8 @@ from typing import Any
 
 _EXPORTS = {
     "XLMRobertaXLConfig": "config",
-    "XLMRobertaXLEmbeddings": "layers:Embeddings",
-    "create_position_ids_from_input_ids": "layers:position_ids_from_input_ids",
+    "XLMRobertaXLEmbeddings": "embeddings:Embeddings",
+    "create_position_ids_from_input_ids": "embeddings:position_ids_from_input_ids",
     "ConfigError": "config",
     "PRESETS": "config",
     "XLMRobertaXLModel": "model",

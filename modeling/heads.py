@@ -66,28 +66,34 @@ def compute_loss(logits: Tensor, labels: Tensor, *, problem_type: str, ignore_in
 
 # ---------------------------------------------------------------------------------- heads
 class LMHead(nn.Module):
-    """``decoder(LN(gelu(dense(h))))`` with the decoder weight tied to the word embeddings and its
-    bias shared with ``bias`` (HF keys ``lm_head.{dense,layer_norm,decoder}``, ``lm_head.bias``).
-    (B, S, H) -> (B, S, V)."""
+    """``decoder(LN(gelu(dense(h))))`` with the decoder weight tied to the word embeddings (unless
+    ``share_weight=False``, HF's ``tie_word_embeddings=False``) and its bias shared with ``bias``
+    (HF keys ``lm_head.{dense,layer_norm,decoder}``, ``lm_head.bias``). (B, S, H) -> (B, S, V)."""
 
-    def __init__(self, *, word_embeddings: nn.Embedding, layer_norm_eps: float) -> None:
+    def __init__(self, *, word_embeddings: nn.Embedding, layer_norm_eps: float, share_weight: bool = True) -> None:
         super().__init__()
         vocab_size, hidden_size = word_embeddings.weight.shape
         self.dense = nn.Linear(hidden_size, hidden_size)
         self.layer_norm = nn.LayerNorm(hidden_size, eps=layer_norm_eps)
-        # built on meta: the weight and bias are replaced by the shared ones right away
+        # built on meta: the weight and bias are replaced by the shared (or own) ones right away
         self.decoder = nn.Linear(hidden_size, vocab_size, bias=False, device="meta")
         self.bias = nn.Parameter(torch.zeros(vocab_size, device=word_embeddings.weight.device))
-        self.tie(word_embeddings)
+        self.tie(word_embeddings, share_weight=share_weight)
 
-    def tie(self, word_embeddings: nn.Embedding) -> None:
-        """Share the decoder weight with ``word_embeddings`` and the decoder bias with ``bias``
-        (cut or padded with zeros to the vocabulary size first, as HF does after a resize)."""
+    def tie(self, word_embeddings: nn.Embedding, *, share_weight: bool = True) -> None:
+        """Share the decoder weight with ``word_embeddings`` (or, with ``share_weight=False``, give
+        the decoder a weight of its own, left to the model's initialisation) and the decoder bias
+        with ``bias`` (cut or padded with zeros to the vocabulary size first, as HF does after a
+        resize)."""
         rows = word_embeddings.weight.shape[0]
         if self.bias.shape[0] != rows:
             kept = self.bias.detach()[:rows]
             self.bias = nn.Parameter(F.pad(kept, (0, rows - kept.shape[0])), requires_grad=self.bias.requires_grad)
-        self.decoder.weight = word_embeddings.weight
+        weight = self.decoder.weight
+        if share_weight:
+            self.decoder.weight = word_embeddings.weight
+        elif weight is word_embeddings.weight or (weight.is_meta and not word_embeddings.weight.is_meta):
+            self.decoder.weight = nn.Parameter(torch.empty_like(word_embeddings.weight))
         self.decoder.bias = self.bias
         self.decoder.out_features = rows
 
@@ -164,17 +170,21 @@ class XLMRobertaXLTaskModel(XLMRobertaXLPreTrainedModel):
 
 
 class _LanguageModel(XLMRobertaXLTaskModel):
-    """Shared part of the masked and causal LMs: the tied `LMHead`."""
+    """Shared part of the masked and causal LMs: the `LMHead`, tied to the word embeddings unless
+    ``config.tie_word_embeddings`` is False."""
 
     _tied_weights_keys = ("lm_head.decoder.weight", "lm_head.decoder.bias")
 
     def __init__(self, config: XLMRobertaXLConfig) -> None:
         super().__init__(config)
-        self.lm_head = LMHead(word_embeddings=self.roberta.get_input_embeddings(), layer_norm_eps=config.layer_norm_eps)
+        if not config.tie_word_embeddings:  # HF's untied decoder: only its bias stays shared
+            self._tied_weights_keys = ("lm_head.decoder.bias",)
+        self.lm_head = LMHead(word_embeddings=self.roberta.get_input_embeddings(), layer_norm_eps=config.layer_norm_eps,
+                              share_weight=config.tie_word_embeddings)
         self.post_init()
 
     def tie_weights(self) -> None:
-        self.lm_head.tie(self.roberta.get_input_embeddings())
+        self.lm_head.tie(self.roberta.get_input_embeddings(), share_weight=self.config.tie_word_embeddings)
 
     def get_output_embeddings(self) -> nn.Linear:
         return self.lm_head.decoder

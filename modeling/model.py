@@ -12,7 +12,10 @@ from typing import Any, Optional, Tuple, Union
 from torch import Tensor
 
 from .config import XLMRobertaXLConfig
-from .layers import DenseProjection, Embeddings, Encoder, LayerInputs, PaddingLayout, attention_bias, expand_head_mask
+from .dense import DenseProjection
+from .embeddings import Embeddings
+from .layers import Encoder, LayerInputs
+from .masks import PaddingLayout, attention_bias, expand_head_mask
 from .outputs import BackboneOutput, Cache
 from .pretrained import XLMRobertaXLPreTrainedModel
 
@@ -29,6 +32,9 @@ class XLMRobertaXLModel(XLMRobertaXLPreTrainedModel):
         super().__init__(config)
         self.embeddings = Embeddings(config=config)
         self.encoder = Encoder(config=config)
+        config.pruned_heads = config.pruned_heads_by_layer()
+        for layer, heads in config.pruned_heads.items():  # HF builds the pruned shapes of config.pruned_heads
+            self.encoder.layer[layer].attention.prune_heads(heads)
         self.pooler = (
             DenseProjection(in_features=config.hidden_size, out_features=config.hidden_size, activation="tanh")
             if add_pooling_layer

@@ -3,9 +3,9 @@
 Owns the config holder (the config is validated again when a model is built, so values set on it
 after construction are checked too), HF-style weight initialisation with a seed, weight tying that
 survives ``load_state_dict`` / ``to()``, the embedding accessors and ``resize_token_embeddings``,
-``num_parameters``, ``base_model``, the gradient-checkpointing switch, the ``return_dict`` default,
-and ``from_pretrained`` / ``save_pretrained`` with HF's keywords, which delegate the file work to
-`modeling.checkpoint`.
+``num_parameters``, ``base_model``, head pruning (``prune_heads``), the gradient-checkpointing
+switch, the ``return_dict`` default, and ``from_pretrained`` / ``save_pretrained`` with HF's
+keywords, which delegate the file work to `modeling.checkpoint`.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from typing import Any, Dict, Iterable, Optional, Tuple, Union
 import torch
 from torch import Tensor, nn
 
-from .config import XLMRobertaXLConfig
+from .config import XLMRobertaXLConfig, normalise_pruned_heads
 from .generation.config import GENERATION_CONFIG_NAME
 from .hub import hub_options, resolve_checkpoint
 from .layers import Encoder
@@ -121,8 +121,9 @@ class XLMRobertaXLPreTrainedModel(nn.Module):
         """Grow or shrink the vocabulary to ``new_num_tokens`` (rounded up to ``pad_to_multiple_of``),
         as HF does: kept rows are copied; new rows are drawn around the mean of the old ones
         (``mean_resizing``, HF's distribution) or from N(0, initializer_range); a tied LM decoder
-        stays tied and its bias is padded with zeros. Updates ``config.vocab_size`` and returns
-        the new embedding module (the old one when nothing changes)."""
+        stays tied and its bias is padded with zeros; an untied one (``tie_word_embeddings=False``)
+        is resized the same way as the embeddings, its new biases at the old biases' mean. Updates
+        ``config.vocab_size`` and returns the new embedding module (the old one when nothing changes)."""
         if pad_to_multiple_of is not None and (not isinstance(pad_to_multiple_of, int) or pad_to_multiple_of < 1):
             # HF's wording (its tests match it)
             raise ValueError(f"Asking to pad the embedding matrix to a multiple of `{pad_to_multiple_of}`, which is "
@@ -135,15 +136,18 @@ class XLMRobertaXLPreTrainedModel(nn.Module):
             return old
         if count <= self.config.pad_token_id:
             raise ValueError(f"new_num_tokens ({count}) must exceed pad_token_id ({self.config.pad_token_id})")
-        weight = old.weight
-        new = nn.Embedding(count, old.embedding_dim, padding_idx=old.padding_idx, dtype=weight.dtype, device=weight.device)
-        kept = min(count, old.num_embeddings)
-        new.weight[:kept] = weight[:kept]
-        if count > kept:
-            new.weight[kept:] = _new_embedding_rows(weight, count - kept, mean_resizing=mean_resizing,
-                                                    std=self.config.initializer_range)
-        new.weight.requires_grad_(weight.requires_grad)
+        options = {"mean_resizing": mean_resizing, "std": self.config.initializer_range}
+        new = nn.Embedding(count, old.embedding_dim, padding_idx=old.padding_idx, device="meta")
+        new.weight = nn.Parameter(_resized_rows(old.weight, count, **options), requires_grad=old.weight.requires_grad)
+        decoder = self.get_output_embeddings()
+        untied = decoder is not None and decoder.weight is not old.weight
+        old_bias = None if decoder is None or decoder.bias is None else decoder.bias.detach().clone()
         self.set_input_embeddings(new)
+        if untied:  # HF's tie_word_embeddings=False: the decoder is resized the same way, new biases at the mean
+            decoder.weight = nn.Parameter(_resized_rows(decoder.weight, count, **options),
+                                          requires_grad=decoder.weight.requires_grad)
+            if old_bias is not None and count > old_bias.shape[0] and mean_resizing:
+                decoder.bias[old_bias.shape[0]:] = old_bias.float().mean().to(old_bias.dtype)
         self.config.vocab_size = count
         return new
 
@@ -154,6 +158,22 @@ class XLMRobertaXLPreTrainedModel(nn.Module):
                    if (p.requires_grad or not only_trainable) and not (exclude_embeddings and id(p) in embedding_weights))
 
     # ------------------------------------------------------------------ weights
+    def prune_heads(self, heads_to_prune: Dict[int, Iterable[int]]) -> None:
+        """HF's head pruning: remove self-attention heads, ``{layer: [heads]}`` (a negative layer
+        index counts from the end; head indices are those of the unpruned layer, heads pruned
+        before are skipped). The query, key and value projections lose the heads' rows and the
+        output projection their columns; ``config.pruned_heads`` records every pruning (so
+        ``config.json`` holds it and a model built or loaded from it has the pruned shapes).
+        Prune before applying LoRA adapters or quantising."""
+        config = self.config
+        pruning = normalise_pruned_heads(heads_to_prune, num_layers=config.num_hidden_layers,
+                                         num_heads=config.num_attention_heads, setting="heads_to_prune")
+        recorded = config.pruned_heads_by_layer()
+        for layer, heads in pruning.items():
+            self.base_model.encoder.layer[layer].attention.prune_heads(heads)
+            recorded[layer] = sorted(set(recorded.get(layer, ())) | set(heads))
+        config.pruned_heads = dict(sorted(recorded.items()))
+
     def tie_weights(self) -> None:
         """Re-establish shared parameters (none in the bare model)."""
 
@@ -339,6 +359,15 @@ def _read_generation_config(model: nn.Module, path: Path) -> None:
 def _retie_after_load(module: nn.Module, incompatible_keys: Any) -> None:
     """``load_state_dict`` post-hook: ``assign=True`` replaces parameters; restore the ties."""
     module.tie_weights()
+
+
+def _resized_rows(weight: Tensor, count: int, *, mean_resizing: bool, std: float) -> Tensor:
+    """``weight`` (V, H) cut or grown to (count, H): kept rows copied, new ones `_new_embedding_rows`."""
+    kept = min(count, weight.shape[0])
+    rows = [weight.detach()[:kept]]
+    if count > kept:
+        rows.append(_new_embedding_rows(weight.detach(), count - kept, mean_resizing=mean_resizing, std=std))
+    return torch.cat(rows).to(weight.dtype)
 
 
 def _new_embedding_rows(old: Tensor, count: int, *, mean_resizing: bool, std: float) -> Tensor:

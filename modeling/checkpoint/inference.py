@@ -84,7 +84,9 @@ def infer_config(
     if "num_labels" in overrides:
         values.pop("num_labels", None)
     try:
-        return XLMRobertaXLConfig.from_dict({**values, **overrides})
+        config = XLMRobertaXLConfig.from_dict({**values, **overrides})
+        config.validate()
+        return config
     except (ConfigError, TypeError) as err:
         raise CheckpointError(f"{checkpoint.source}: the config inferred from its shapes is invalid: {err}") from err
 

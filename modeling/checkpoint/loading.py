@@ -289,6 +289,8 @@ def _resolve_config(
             config, unused = XLMRobertaXLConfig.from_pretrained(source, return_unused_kwargs=True, **overrides)
         else:
             unused = {k: v for k, v in overrides.items() if k not in CONFIG_FIELDS}
+        if config is not None:
+            _validate(config, source)
     except (ConfigError, TypeError) as err:
         raise CheckpointError(f"{checkpoint.source}: cannot build the config: {err}") from err
     if unused:
@@ -301,6 +303,14 @@ def _resolve_config(
     return infer_config(checkpoint, num_attention_heads=heads, **overrides), None
 
 
+def _validate(config: XLMRobertaXLConfig, source: Optional[str]) -> None:
+    """`XLMRobertaXLConfig.validate`, naming where the config came from."""
+    try:
+        config.validate()
+    except ConfigError as err:
+        raise ConfigError(f"{source}: {err}") from err
+
+
 def resolve_dtype(dtype: DTypeLike, *, config: XLMRobertaXLConfig, checkpoint: Checkpoint) -> torch.dtype:
     """``None`` -> torch's default dtype; ``"auto"`` -> ``config.torch_dtype`` or the file's float dtype."""
     if dtype is None:
@@ -309,8 +319,8 @@ def resolve_dtype(dtype: DTypeLike, *, config: XLMRobertaXLConfig, checkpoint: C
         return dtype
     name = str(dtype).replace("torch.", "")
     if name == "auto":
-        if config.torch_dtype:
-            return DTYPE_NAMES[config.torch_dtype]
+        if config.torch_dtype is not None:
+            return config.torch_dtype
         for file, key in checkpoint.tensors.values():
             if file.dtype(key).is_floating_point:
                 return file.dtype(key)

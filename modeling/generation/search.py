@@ -24,11 +24,11 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .config import FIELDS, UNSUPPORTED, GenerationConfig, refuse_unsupported
+from ..embeddings import position_ids_from_input_ids
 from .constrained import constrained_beam_search
 from .contrastive import contrastive_search
 from .dola import dola_logits
 from .group_beam import group_beam_search
-from ..layers import position_ids_from_input_ids
 from .logits import Criterion, Processor, ScoreRules, choose_tokens, ends_with, process_scores, stopped
 from ..outputs import Cache, GenerateBeamDecoderOnlyOutput, GenerateDecoderOnlyOutput
 

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from modeling.checkpoint import CheckpointError
 from modeling.config import PRESETS, ConfigError, XLMRobertaXLConfig
 from modeling.model import XLMRobertaXLModel
 
@@ -78,23 +79,45 @@ def test_num_labels_override_replaces_stored_label_maps(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     "overrides,setting",
     [
-        ({"hidden_size": 66}, "hidden_size"),
-        ({"num_hidden_layers": 0}, "num_hidden_layers"),
-        ({"vocab_size": -3}, "vocab_size"),
         ({"hidden_dropout_prob": 1.5}, "hidden_dropout_prob"),
         ({"classifier_dropout": -0.1}, "classifier_dropout"),
         ({"layer_norm_eps": 0.0}, "layer_norm_eps"),
         ({"hidden_act": "mish"}, "hidden_act"),
-        ({"position_embedding_type": "relative_key"}, "position_embedding_type"),
+        ({"position_embedding_type": "relative"}, "position_embedding_type"),
         ({"problem_type": "ranking"}, "problem_type"),
         ({"torch_dtype": "int8"}, "torch_dtype"),
-        ({"pad_token_id": 5000}, "pad_token_id"),
-        ({"add_cross_attention": True}, "add_cross_attention"),
     ],
 )
-def test_validation_errors_name_the_setting(overrides: dict, setting: str) -> None:
+def test_impossible_values_raise_at_construction_naming_the_setting(overrides: dict, setting: str) -> None:
     with pytest.raises(ConfigError, match=setting):
         XLMRobertaXLConfig(**{**TINY, **overrides})
+
+
+@pytest.mark.parametrize(
+    "overrides,setting",
+    [
+        ({"hidden_size": 66}, "hidden_size"),
+        ({"hidden_size": 0}, "hidden_size"),
+        ({"num_hidden_layers": 0}, "num_hidden_layers"),
+        ({"vocab_size": -3}, "vocab_size"),
+        ({"pad_token_id": 5000}, "pad_token_id"),
+        ({"add_cross_attention": True}, "add_cross_attention"),
+        ({"pruned_heads": {"a": [1]}}, "pruned_heads"),
+    ],
+)
+def test_impossible_sizes_raise_when_a_model_is_built_naming_the_setting(overrides: dict, setting: str, tmp_path: Path) -> None:
+    """As in HF, a config holds them (it may be edited field by field); `validate`, building a
+    model, a preset and loading a checkpoint with such a config.json refuse them."""
+    config = XLMRobertaXLConfig(**{**TINY, **overrides})
+    for refuse in (config.validate, lambda: XLMRobertaXLModel(config),
+                   lambda: XLMRobertaXLConfig.from_preset("tiny", **overrides)):
+        with pytest.raises(ConfigError, match=setting):
+            refuse()
+    XLMRobertaXLModel(XLMRobertaXLConfig(**TINY)).save_pretrained(tmp_path)
+    written = json.loads((tmp_path / "config.json").read_text())
+    (tmp_path / "config.json").write_text(json.dumps({**written, **overrides}))
+    with pytest.raises(CheckpointError, match=f"{tmp_path / 'config.json'}: .*{setting}"):
+        XLMRobertaXLModel.from_pretrained(tmp_path)
 
 
 def test_bad_files_raise_config_error(tmp_path: Path) -> None:
@@ -134,8 +157,9 @@ def test_presets() -> None:
 
 
 @pytest.mark.parametrize("cross", [False, True])
-def test_num_parameters_counts_the_built_model(cross: bool) -> None:
-    config = XLMRobertaXLConfig(**TINY, is_decoder=cross, add_cross_attention=cross)
+@pytest.mark.parametrize("positions", ["absolute", "relative_key_query"])
+def test_num_parameters_counts_the_built_model(cross: bool, positions: str) -> None:
+    config = XLMRobertaXLConfig(**TINY, is_decoder=cross, add_cross_attention=cross, position_embedding_type=positions)
     model = XLMRobertaXLModel(config)
     assert sum(p.numel() for p in model.parameters()) == config.num_parameters()
 
@@ -231,11 +255,12 @@ def test_from_pretrained_subfolder_hub_options_and_missing_file(tmp_path: Path) 
 
 
 def test_settings_changed_after_construction_are_checked_when_a_model_is_built() -> None:
-    """relative_key (and any impossible value) is refused at construction and when set later."""
+    """An unknown position_embedding_type (and any impossible value) is refused at construction
+    and when set later."""
     with pytest.raises(ConfigError, match="position_embedding_type"):
-        XLMRobertaXLConfig(**TINY, position_embedding_type="relative_key")
+        XLMRobertaXLConfig(**TINY, position_embedding_type="rotary")
     config = XLMRobertaXLConfig(**TINY)
-    config.position_embedding_type = "relative_key"
+    config.position_embedding_type = "rotary"
     with pytest.raises(ConfigError, match="position_embedding_type"):
         XLMRobertaXLModel(config)
     config.position_embedding_type = "absolute"
@@ -251,3 +276,45 @@ def test_class_level_facts_equal_hfs() -> None:
     assert config.is_encoder_decoder is False and config.get_text_config() is config
     assert config._attn_implementation == "sdpa"
     assert not {"is_encoder_decoder", "_attn_implementation", "sub_configs"} & set(config.to_dict())
+
+
+def test_hf_config_attributes_are_kept_like_hf(tmp_path: Path) -> None:
+    """HF PretrainedConfig's own attribute names are keywords (kept, readable, saved; HF reads them
+    back); torch_dtype is a torch.dtype written as its name; label2id stays as given; a misspelt
+    keyword is still a TypeError."""
+    transformers = pytest.importorskip("transformers")
+    torch = pytest.importorskip("torch")
+    attributes = {"torchscript": True, "chunk_size_feed_forward": 5, "finetuning_task": "ner", "max_length": 50,
+                  "num_beams": 3, "temperature": 2.0, "bad_words_ids": [[5]], "tokenizer_class": "XLMRobertaTokenizer",
+                  "sep_token_id": 2, "task_specific_params": {"ner": {}}, "tie_word_embeddings": False,
+                  "torch_dtype": "float16", "id2label": {0: "A", 1: "B"}, "label2id": {"A": "0", "B": "1"},
+                  "pruned_heads": {1: [0]}}
+    ours, hf = XLMRobertaXLConfig(**TINY, **attributes), transformers.XLMRobertaXLConfig(**TINY, **attributes)
+    for name in attributes:
+        assert getattr(ours, name) == getattr(hf, name), name
+    assert ours.torch_dtype is torch.float16 and ours.label2id == {"A": "0", "B": "1"}
+    ours.prefix = "summarize: "  # set later: saved as well
+    ours.save_pretrained(tmp_path)
+    written = json.loads((tmp_path / "config.json").read_text())
+    assert written["torch_dtype"] == "float16" and written["max_length"] == 50 and written["prefix"] == "summarize: "
+    again = transformers.XLMRobertaXLConfig.from_pretrained(tmp_path)
+    for name in [*attributes, "prefix"]:
+        assert getattr(again, name) == getattr(ours, name), name
+    assert XLMRobertaXLConfig.from_pretrained(tmp_path) == ours
+    assert XLMRobertaXLConfig.from_pretrained(tmp_path, num_beams=4).num_beams == 4
+    with pytest.raises(TypeError, match="'num_beam'"):
+        XLMRobertaXLConfig(**TINY, num_beam=4)
+    with pytest.raises(TypeError, match="'num_beam'"):
+        XLMRobertaXLConfig.from_pretrained(tmp_path, num_beam=4)
+    with pytest.raises(ConfigError, match="torch_dtype"):
+        ours.torch_dtype = torch.int8
+
+
+def test_legacy_generation_attributes_are_generate_defaults() -> None:
+    """As in HF, generation parameters given to the model config are generate's defaults."""
+    from modeling.heads import XLMRobertaXLForCausalLM
+
+    torch = pytest.importorskip("torch")
+    model = XLMRobertaXLForCausalLM(XLMRobertaXLConfig(**TINY, is_decoder=True, max_length=7, eos_token_id=None)).eval()
+    assert model.generation_config.max_length == 7
+    assert model.generate(torch.tensor([[0, 5, 6]])).shape == (1, 7)

@@ -257,6 +257,40 @@ def test_lm_head_tied_through_load_and_moves(cls: Any) -> None:
     assert meta_model.lm_head.decoder.weight.grad is meta_model.roberta.embeddings.word_embeddings.weight.grad
 
 
+@pytest.mark.parametrize("name", ["ForMaskedLM", "ForCausalLM"])
+def test_untied_lm_decoder_equals_hf(name: str, tmp_path: Any) -> None:
+    """tie_word_embeddings=False (HF's): the decoder has a weight of its own (the bias stays
+    shared), initialised, trained, saved and loaded as HF does; resizing grows it too."""
+    hf, ours = make_pair(name, tie_word_embeddings=False, is_decoder=name == "ForCausalLM")
+    decoder = ours.lm_head.decoder
+    assert decoder.weight is not ours.roberta.embeddings.word_embeddings.weight and decoder.bias is ours.lm_head.bias
+    assert not torch.equal(decoder.weight, ours.roberta.embeddings.word_embeddings.weight)
+    ids, mask = random_ids(pad_lengths=(0, 2, 0))
+    assert_close(ours(ids, attention_mask=mask).logits, hf(ids, attention_mask=mask).logits)
+    for model in (hf, ours):
+        model(ids, attention_mask=mask).logits.mean().backward()
+    assert_grads_close(hf, ours)
+    fresh = type(ours)(ours.config)
+    assert fresh.lm_head.decoder.weight.abs().max() > 0 and torch.isfinite(fresh.lm_head.decoder.weight).all()
+    ours.save_pretrained(tmp_path / "ours")
+    hf.save_pretrained(tmp_path / "hf")
+    by_hf = getattr(transformers, f"XLMRobertaXL{name}").from_pretrained(tmp_path / "ours").eval()
+    by_ours = type(ours).from_pretrained(tmp_path / "hf")
+    assert by_ours.loading_info["missing_keys"] == [] and by_ours.config.tie_word_embeddings is False
+    for model in (by_hf, by_ours):
+        assert_close(model(ids, attention_mask=mask).logits, hf(ids, attention_mask=mask).logits)
+    vocab = TINY["vocab_size"]
+    for model in (by_hf, by_ours):
+        model.resize_token_embeddings(vocab + 10)
+    for model in (by_hf, by_ours):
+        out = model.get_output_embeddings()
+        assert out.weight.shape == (vocab + 10, TINY["hidden_size"]) and out.bias.shape == (vocab + 10,)
+        assert out.weight is not model.get_input_embeddings().weight
+    assert_close(by_ours.lm_head.decoder.weight[:vocab], by_hf.lm_head.decoder.weight[:vocab])
+    assert_close(by_ours.lm_head.bias[vocab:], by_hf.lm_head.bias[vocab:])  # the old biases' mean
+    assert_close(by_ours(ids).logits[..., :vocab], by_hf(ids).logits[..., :vocab])
+
+
 def test_head_init_keeps_backbone_and_is_seeded() -> None:
     config = XLMRobertaXLConfig(**TINY, num_labels=3)
     a = XLMRobertaXLForSequenceClassification(config)

@@ -1,4 +1,4 @@
-"""Tests of modeling/model.py and modeling/layers.py: the backbone against HF transformers.
+"""Tests of modeling/model.py and the network parts (embeddings, masks, attention, layers): the backbone against HF transformers.
 
 HF's ``XLMRobertaXLModel`` is the numerical reference (test-only); both models get the same
 random weights (HF's state dict, perturbed so that biases and LayerNorms are not trivial). The
@@ -17,7 +17,8 @@ transformers = pytest.importorskip("transformers")
 
 from modeling import heads as our_heads  # noqa: E402
 from modeling.config import XLMRobertaXLConfig  # noqa: E402
-from modeling.layers import attention_bias, position_ids_from_input_ids  # noqa: E402
+from modeling.embeddings import position_ids_from_input_ids  # noqa: E402
+from modeling.masks import attention_bias  # noqa: E402
 from modeling.model import XLMRobertaXLModel, XLMRobertaXLPreTrainedModel  # noqa: E402
 from modeling.outputs import BackboneOutput  # noqa: E402
 
