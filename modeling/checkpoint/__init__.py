@@ -8,7 +8,7 @@ Owns everything between files on disk and model parameters, one module per conce
 - `safetensors`: the format through the ``safetensors`` library: `SafetensorsFile`
   (``safe_open``: a private, copy-on-write memory map; tensors in the wanted dtype are zero-copy
   views, others are cast piece by piece through short-lived maps) and the writer
-  (`write_safetensors` with the library's ``serialize_file``, `write_shards`, `TensorSpec`,
+  (`write_safetensors` with the library's ``save_file``, `write_shards`, `TensorSpec`,
   `parse_size`);
 - `torch_pickle`: `PickledFile`, read only through ``torch.load(weights_only=True)``, and the
   messages refusing pickles that need more than tensors;

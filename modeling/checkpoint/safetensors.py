@@ -1,6 +1,6 @@
 """The safetensors format through the ``safetensors`` library: `SafetensorsFile` reads with
 ``safe_open`` (the library parses and checks the header and maps the file privately,
-copy-on-write), `write_safetensors` writes one file with the library's ``serialize_file``, and
+copy-on-write), `write_safetensors` writes one file with the library's ``save_file``, and
 `write_shards` splits a model into such files with HF's shard index (`TensorSpec`, `parse_size`;
 with ``safe_serialization=False`` the same layout as HF's torch-pickle shards).
 
@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 import safetensors
+import safetensors.torch
 import torch
 from torch import Tensor
 
@@ -75,7 +76,8 @@ class SafetensorsFile(TensorFile):
         self.path = Path(path)
         self._handle: Any | None = self._open()
         self.metadata: dict[str, str] = dict(self._handle.metadata() or {})
-        self._layout = {key: self._describe(key) for key in self._handle.offset_keys()}
+        in_file_order = getattr(self._handle, "offset_keys", self._handle.keys)  # older versions: by name
+        self._layout = {key: self._describe(key) for key in in_file_order()}
         self._order = {key: position for position, key in enumerate(self._layout)}
         self._reader: Any | None = None  # the short-lived map of `chunks`
         self._read_bytes = 0
@@ -238,37 +240,46 @@ def parse_size(size: int | str) -> int:
 def write_safetensors(
     path: PathLike, specs: Sequence[TensorSpec], produce: Callable[[str], Tensor], *, metadata: dict[str, str] | None = None
 ) -> None:
-    """Write one safetensors file with the library's ``serialize_file``, asking ``produce(name)``
-    for each tensor of ``specs``.
+    """Write one safetensors file with the library's ``safetensors.torch.save_file``, asking
+    ``produce(name)`` for each tensor of ``specs``.
 
-    The library writes from the tensors' memory, so the file's tensors are held together while
-    it is written: contiguous CPU tensors as they are (no copy), others copied to the CPU — at
-    most the file's size (`write_shards` bounds it by ``max_shard_size``). The library lays the
-    tensors out (largest dtype first, every tensor aligned); the file is flushed to disk before
-    returning.
+    The library takes the file's tensors at once, so they are held together while it is
+    written: contiguous CPU tensors as they are (the library writes from their memory), others
+    copied to the CPU, as is a tensor sharing its memory with another (which the library
+    refuses) — at most the file's size (`write_shards` bounds it by ``max_shard_size``). The
+    library lays the tensors out (largest dtype first, every tensor aligned); the file is
+    flushed to disk before returning.
     """
     path = Path(path)
-    tensors: dict[str, Tensor] = {}  # keeps the memory the library reads from alive
-    entries: dict[str, Any] = {}
+    tensors: dict[str, Tensor] = {}
     for spec in specs:
         if spec.dtype not in SAFETENSORS_CODES:
             raise CheckpointError(f"{path}: cannot store {spec.name!r} with dtype {spec.dtype} in safetensors")
         tensor = produce(spec.name).detach()
         if tensor.dtype != spec.dtype or tuple(tensor.shape) != spec.shape:
             raise CheckpointError(f"{path}: {spec.name!r} changed while saving ({tensor.dtype} {list(tensor.shape)})")
-        tensors[spec.name] = tensor = tensor.to("cpu").contiguous()
-        entries[spec.name] = safetensors.TensorSpec(dtype=str(spec.dtype).removeprefix("torch."), shape=list(spec.shape),
-                                                    data_ptr=tensor.data_ptr(), data_len=spec.nbytes)
+        tensors[spec.name] = tensor.to("cpu").contiguous()
+    _own_memory(tensors)
     try:
-        safetensors.serialize_file(entries, str(path), metadata=dict(metadata or {"format": "pt"}))
-    except (OSError, safetensors.SafetensorError) as err:
+        safetensors.torch.save_file(tensors, str(path), metadata=dict(metadata or {"format": "pt"}))
+    except (OSError, ValueError, RuntimeError, safetensors.SafetensorError) as err:
         raise CheckpointError(f"{path}: cannot write the safetensors file ({err})") from err
-    del tensors, tensor
+    del tensors
     descriptor = os.open(path, os.O_RDONLY)
     try:
         os.fsync(descriptor)
     finally:
         os.close(descriptor)
+
+
+def _own_memory(tensors: dict[str, Tensor]) -> None:
+    """Copy each tensor whose storage an earlier one uses too (views of one buffer)."""
+    storages = set()
+    for name, tensor in tensors.items():
+        storage = tensor.untyped_storage().data_ptr()
+        if storage in storages and tensor.numel():
+            tensors[name] = tensor.clone()
+        storages.add(storage)
 
 
 def write_shards(

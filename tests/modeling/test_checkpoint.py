@@ -526,6 +526,14 @@ def test_unreadable_dtype_and_bad_offsets(saved):
         XLMRobertaXLModel.from_pretrained(saved)
 
 
+def test_a_dtype_the_library_reads_but_we_do_not_is_named(tmp_path):
+    from safetensors.torch import save_file
+
+    save_file({"weights": torch.zeros(2), "phases": torch.zeros(2, dtype=torch.complex64)}, str(tmp_path / "c.safetensors"))
+    with pytest.raises(CheckpointError, match=r"c\.safetensors: 'phases' has dtype 'C64', which cannot be read"):
+        ck.SafetensorsFile(tmp_path / "c.safetensors")
+
+
 def test_wrong_shape_names_file_and_key(saved):
     def swap(header):
         header["encoder.LayerNorm.weight"]["shape"] = [8, 8]
@@ -657,7 +665,7 @@ def test_save_over_the_directory_it_was_loaded_from(tmp_path, ids):
 
 def test_writer_takes_views_of_one_storage_and_non_contiguous_tensors(tmp_path):
     """``safetensors.torch.save_file`` refuses tensors sharing memory and non-contiguous ones; our
-    writer hands the library each tensor's own bytes, copied only where they are not contiguous."""
+    writer copies just those before handing the file's tensors to it."""
     from safetensors.torch import load_file
 
     storage = torch.randn(6, 4)
