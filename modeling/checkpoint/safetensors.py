@@ -8,8 +8,8 @@ Ours around the library, each for a reason it cannot cover:
 
 - short-lived maps: the library keeps every page read through a map resident until the map is
   closed, so values read only to be cast or checked for NaN (`SafetensorsFile.chunks`) go
-  through maps that are replaced every `SafetensorsFile.window_bytes`; a cast then holds the result and a
-  window, not the whole file (bench/README.md has the figures);
+  through maps replaced every `SafetensorsFile.window_bytes`; a cast then holds the result and
+  one window, not the whole file (bench/README.md has the figures);
 - messages: a refused file is a `CheckpointError` naming it, in words, with the library's
   reason; where the library names no tensor (a bad entry, a truncated file), `_diagnose` reads
   the header once more to name the first one at fault.
