@@ -1,7 +1,7 @@
 """Full-size XL checkpoint loading: load time and peak RSS, ours vs HF transformers, same files, same run.
 
 Writes a random XLM-RoBERTa-XL checkpoint once (fp32 sharded safetensors, ~13.9 GB, generated and
-written tensor by tensor so that writing fits in memory), then loads it in a fresh subprocess per
+written shard by shard: one ``--shard-size`` shard in memory at a time), then loads it in a fresh subprocess per
 measurement — ours (`XLMRobertaXLModel.from_pretrained`) and HF's
 (`transformers.XLMRobertaXLModel.from_pretrained(dir, torch_dtype=...)`), in fp32 and bf16 — each
 followed by one forward on a short input. A child's peak RSS is its ``VmHWM`` (the high-water

@@ -1,7 +1,7 @@
 """XL at its real size on CPU: LoRA NER training through `spacy train`, then `nlp.pipe` of the result.
 
-1. Writes a random XLM-RoBERTa-XL checkpoint once into ``.scratch/`` (fp32 safetensors, streamed
-   tensor by tensor: bench/xl_load.py's writer) or reuses it; converts UNER Danish
+1. Writes a random XLM-RoBERTa-XL checkpoint once into ``.scratch/`` (fp32 safetensors, written
+   shard by shard: bench/xl_load.py's writer) or reuses it; converts UNER Danish
    (``../shared/data/ner/uner/da``) with ``spacy-xlmrxl convert-uner`` into ``.scratch/``.
 2. Measures the runtime of a training process without weights (a child that builds the pipeline
    from the config, the tokenizer and the corpus): the planner's ``runtime`` term.

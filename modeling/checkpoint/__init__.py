@@ -5,9 +5,11 @@ Owns everything between files on disk and model parameters, one module per conce
 - `files`: `CheckpointError`, the `TensorFile` interface of a weights file, the weight-file
   names (``model.safetensors``, ``pytorch_model.bin``, their shard indexes, fairseq
   ``model.pt``) and the shared type aliases;
-- `safetensors`: `SafetensorsFile` (our header parser and a private, copy-on-write memory map:
-  tensors in the wanted dtype are zero-copy views, others are cast chunk by chunk) and the
-  writer (`write_safetensors`, `write_shards`, `TensorSpec`, `parse_size`);
+- `safetensors`: the format through the ``safetensors`` library: `SafetensorsFile`
+  (``safe_open``: a private, copy-on-write memory map; tensors in the wanted dtype are zero-copy
+  views, others are cast piece by piece through short-lived maps) and the writer
+  (`write_safetensors` with the library's ``save_file``, `write_shards`, `TensorSpec`,
+  `parse_size`);
 - `torch_pickle`: `PickledFile`, read only through ``torch.load(weights_only=True)``, and the
   messages refusing pickles that need more than tensors;
 - `fairseq`: the fairseq -> HF key map and what fairseq leaves implicit;

@@ -4,20 +4,24 @@ weights-file reader implements, the HF / fairseq weight-file names and the share
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from pathlib import Path
-from typing import List, Tuple, Union
+from typing import Union
 
 import torch
 from torch import Tensor
 
 __all__ = [
-    "PathLike", "DTypeLike", "Shape", "SAFE_WEIGHTS_NAME", "SAFE_INDEX_NAME", "PT_WEIGHTS_NAME",
-    "PT_INDEX_NAME", "FAIRSEQ_NAME", "WEIGHT_FILE_NAMES", "CheckpointError", "TensorFile",
+    "CHUNK_BYTES", "FAIRSEQ_NAME", "PT_INDEX_NAME", "PT_WEIGHTS_NAME", "SAFE_INDEX_NAME", "SAFE_WEIGHTS_NAME",
+    "WEIGHT_FILE_NAMES", "CheckpointError", "DTypeLike", "PathLike", "Shape", "TensorFile",
 ]
 
 PathLike = Union[str, "os.PathLike[str]"]
 DTypeLike = Union[None, str, torch.dtype]
-Shape = Tuple[int, ...]
+Shape = tuple[int, ...]
+
+# bytes of stored data read per piece when a tensor is cast or checked (`TensorFile.chunks`)
+CHUNK_BYTES = 32 * 2**20
 
 SAFE_WEIGHTS_NAME = "model.safetensors"
 SAFE_INDEX_NAME = "model.safetensors.index.json"
@@ -38,12 +42,15 @@ class TensorFile:
 
     `view` returns a CPU tensor backed by the file where the format allows (no copy);
     `materialize` returns the tensor in the wanted dtype on the wanted device, the view itself
-    when it already fits.
+    when it already fits; `chunks` reads the stored values piece by piece (casts and checks read
+    through it, so that a format can hand each piece's memory back once it is used).
     """
 
     path: Path
+    #: bytes of stored data per piece of `chunks`
+    chunk_bytes: int = CHUNK_BYTES
 
-    def keys(self) -> List[str]:
+    def keys(self) -> list[str]:
         raise NotImplementedError
 
     def dtype(self, key: str) -> torch.dtype:
@@ -62,12 +69,20 @@ class TensorFile:
     def close(self) -> None:
         """Drop this object's own references (tensors handed out keep their memory alive)."""
 
-    def materialize(self, key: str, *, dtype: torch.dtype, device: torch.device) -> Tensor:
-        """``key`` as a ``dtype`` tensor on ``device``; the file-backed view itself when it fits."""
-        source = self.view(key)
-        if source.dtype == dtype and device.type == "cpu":
-            return source
-        return self._convert(key, source, dtype=dtype, device=device)
+    def chunks(self, key: str) -> Iterator[Tensor]:
+        """``key``'s stored values (its dtype, CPU), flattened, in 1-D pieces of at most
+        `chunk_bytes` (or one row of the tensor where a row is larger), front to back."""
+        flat = self.view(key).reshape(-1)
+        yield from flat.split(max(1, self.chunk_bytes // flat.element_size()))
 
-    def _convert(self, key: str, source: Tensor, *, dtype: torch.dtype, device: torch.device) -> Tensor:
-        return source.to(device=device, dtype=dtype)
+    def materialize(self, key: str, *, dtype: torch.dtype, device: torch.device) -> Tensor:
+        """``key`` as a ``dtype`` tensor on ``device``: the file-backed view itself when it fits,
+        else a new tensor filled from `chunks` (peak memory: the result plus a piece or two)."""
+        if self.dtype(key) == dtype and device.type == "cpu":
+            return self.view(key)
+        target = torch.empty(self.shape(key), dtype=dtype, device=device)
+        flat, done = target.view(-1), 0
+        for piece in self.chunks(key):
+            flat[done:done + piece.numel()].copy_(piece)
+            done += piece.numel()
+        return target

@@ -7,7 +7,7 @@ from __future__ import annotations
 import contextlib
 import inspect
 import logging
-from typing import Any, Dict, Iterator, List, Optional, Tuple, Type, Union
+from typing import Any, Dict, Iterable, Iterator, List, Optional, Tuple, Type, Union
 
 import torch
 from torch import Tensor, nn
@@ -189,29 +189,36 @@ def _materialise(
             file.close()
 
 
-def _count_non_finite(tensor: Tensor) -> int:
-    """How many NaN / inf values ``tensor`` holds, `_FINITE_CHUNK` elements at a time.
+def _count_non_finite(pieces: Iterable[Tensor]) -> int:
+    """How many NaN / inf values ``pieces`` hold, `_FINITE_CHUNK` elements at a time.
 
     A chunk's sum is non-finite whenever the chunk holds a NaN or inf, so one pass without
-    scratch memory clears it (a file-backed tensor is read once, never copied); only a chunk whose
+    scratch memory clears it (file-backed data is read once, never copied); only a chunk whose
     sum is not finite is counted exactly (its sum may merely have overflowed).
     """
     bad = 0
-    for chunk in tensor.reshape(-1).split(_FINITE_CHUNK):
-        if not bool(torch.isfinite(chunk.sum())):
-            bad += chunk.numel() - int(torch.isfinite(chunk).sum())
+    for piece in pieces:
+        for chunk in piece.reshape(-1).split(_FINITE_CHUNK):
+            if not bool(torch.isfinite(chunk.sum())):
+                bad += chunk.numel() - int(torch.isfinite(chunk).sum())
     return bad
 
 
 def _refuse_non_finite(file: TensorFile, name: str, key: str, tensor: Tensor) -> None:
     """Raise when ``tensor`` (``name`` of ``file``, the model's ``key``) holds NaN / inf values,
-    telling a corrupt file from values that only overflow the dtype they were cast to."""
-    bad = _count_non_finite(tensor)
+    telling a corrupt file from values that only overflow the dtype they were cast to.
+
+    A tensor that holds the stored values as they are (the file's own view) is checked through
+    `TensorFile.chunks`: a safetensors file reads them through short-lived maps, so the check
+    leaves none of the file's pages resident (the model reads its own when it first uses them).
+    """
+    stored = file.dtype(name)
+    as_stored = tensor.dtype == stored and tensor.device.type == "cpu"
+    bad = _count_non_finite(file.chunks(name) if as_stored else [tensor])
     if not bad:
         return
     what = f"{file.path}: tensor {name!r}" + (f" (loaded as {key!r})" if key != name else "")
-    stored = file.dtype(name)
-    if stored != tensor.dtype and not _count_non_finite(file.view(name)):
+    if stored != tensor.dtype and not _count_non_finite(file.chunks(name)):
         raise CheckpointError(
             f"{what} has {bad} value(s) beyond the range of {tensor.dtype} once cast from {stored}: load it "
             f"in {stored} (dtype=...) or pass check_finite=False to load it anyway"
@@ -225,9 +232,9 @@ def _refuse_non_finite(file: TensorFile, name: str, key: str, tensor: Tensor) ->
 def _one_thread() -> Iterator[None]:
     """Run the casts on the calling thread only.
 
-    Casting out of a memory map is bound by page faults, not arithmetic, and each release
-    (``MADV_DONTNEED``) must flush the TLB of every CPU running a thread of the process, so more
-    threads cost more CPU and wall time than one (bench/xl_load.py measures it).
+    Casting out of a memory map is bound by page faults, not arithmetic, and each release of
+    mapped pages (a short-lived map closed) must flush the TLB of every CPU running a thread of
+    the process, so more threads cost more CPU and wall time than one (bench/xl_load.py measures it).
     """
     threads = torch.get_num_threads()
     torch.set_num_threads(1)

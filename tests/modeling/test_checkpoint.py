@@ -7,6 +7,7 @@ import argparse
 import json
 import logging
 import pickle
+import re
 import struct
 from pathlib import Path
 from typing import Dict
@@ -294,7 +295,8 @@ def test_base_checkpoint_into_task_model(tmp_path, ids, caplog, cls):
     assert info["missing_keys"] and all(k.startswith(HEAD_PREFIXES) for k in info["missing_keys"])
     assert all(k in warnings[0].getMessage() for k in info["missing_keys"])
     if cls is not XLMRobertaXLForMultipleChoice:
-        assert info["unexpected_keys"] == ["pooler.dense.weight", "pooler.dense.bias"]
+        # file order, which the safetensors library writes by name: HF's (sorted) order as well
+        assert info["unexpected_keys"] == ["pooler.dense.bias", "pooler.dense.weight"]
     # backbone equals the checkpoint; heads are initialised like the reference
     for name, tensor in base.state_dict().items():
         if not name.startswith("pooler.") or cls is XLMRobertaXLForMultipleChoice:
@@ -393,16 +395,88 @@ def test_fp32_load_is_copy_on_write_view_of_the_file(tmp_path):
     assert torch.equal(again.embeddings.word_embeddings.weight, model.embeddings.word_embeddings.weight)
 
 
-def test_chunked_cast_equals_plain_cast(tmp_path, monkeypatch):
+def test_chunked_cast_equals_plain_cast(tmp_path):
     tensor = torch.randn(1000, 37)
     ck.write_safetensors(tmp_path / "t.safetensors", [ck.TensorSpec("t", tensor.dtype, tuple(tensor.shape))],
                          lambda name: tensor)
-    monkeypatch.setattr(st, "_CHUNK_BYTES", 4096 + 12)  # many chunks, none page aligned
     file = ck.SafetensorsFile(tmp_path / "t.safetensors")
+    file.chunk_bytes, file.window_bytes = 4096 + 12, 3 * 4096  # many pieces and maps, none page aligned
+    pieces = list(file.chunks("t"))
+    assert len(pieces) == 38 and torch.equal(torch.cat(pieces), tensor.reshape(-1))  # 27 rows of 148 bytes each
     cast = file.materialize("t", dtype=torch.bfloat16, device=torch.device("cpu"))
     assert torch.equal(cast, tensor.to(torch.bfloat16))
     assert torch.equal(file.view("t"), tensor)
     assert file.materialize("t", dtype=torch.float32, device=torch.device("cpu")).data_ptr() == file.view("t").data_ptr()
+
+
+def test_scalars_empty_and_misaligned_tensors(tmp_path):
+    """A file written by another tool whose header length is not a multiple of 8 puts tensors at
+    addresses their dtype may not be read from: they come back as aligned copies."""
+    tensors = {"scalar": torch.tensor(2.5), "empty": torch.zeros(0, 3), "row": torch.arange(6, dtype=torch.float32)}
+    header = {"__metadata__": {"format": "pt"}}
+    data, offset = b"", 0
+    for name, tensor in tensors.items():
+        raw = tensor.numpy().tobytes()
+        header[name] = {"dtype": "F32", "shape": list(tensor.shape), "data_offsets": [offset, offset + len(raw)]}
+        data, offset = data + raw, offset + len(raw)
+    text = json.dumps(header).encode()
+    text += b" " * ((1 - len(text)) % 4)  # 8 + len(text) is 1 modulo 4: every float32 misaligned
+    (tmp_path / "odd.safetensors").write_bytes(struct.pack("<Q", len(text)) + text + data)
+    file = ck.SafetensorsFile(tmp_path / "odd.safetensors")
+    assert file.metadata == {"format": "pt"}
+    for name, tensor in tensors.items():
+        view = file.view(name)
+        assert view.data_ptr() % 4 == 0 and torch.equal(view, tensor)
+        assert torch.equal(file.materialize(name, dtype=torch.float64, device=torch.device("cpu")), tensor.double())
+        assert sum(piece.numel() for piece in file.chunks(name)) == tensor.numel()
+
+
+def _resident_bytes(path: Path) -> int:
+    """Resident bytes of this process's memory maps of ``path`` (Linux ``/proc/self/smaps``)."""
+    total, inside = 0, False
+    with open("/proc/self/smaps") as smaps:
+        for line in smaps:
+            fields = line.split()
+            if re.match(r"^[0-9a-f]+-[0-9a-f]+$", fields[0]):
+                inside = len(fields) >= 6 and fields[5] == str(path)
+            elif inside and fields[0] == "Rss:":
+                total += int(fields[1]) * 1024
+    return total
+
+
+linux_only = pytest.mark.skipif(not Path("/proc/self/smaps").exists(), reason="reads /proc/self/smaps (Linux)")
+
+
+@linux_only
+def test_a_cast_holds_one_window_of_the_file(tmp_path):
+    tensor = torch.randn(4096, 1024)  # 16 MiB
+    path = tmp_path / "big.safetensors"
+    ck.write_safetensors(path, [ck.TensorSpec("t", tensor.dtype, tuple(tensor.shape))], lambda name: tensor)
+    file = ck.SafetensorsFile(path)
+    file.chunk_bytes, file.window_bytes = 2**20, 2 * 2**20
+    peak = 0
+    for piece in file.chunks("t"):
+        float(piece.sum())  # read: its pages become resident
+        peak = max(peak, _resident_bytes(path))
+        del piece
+    # a window and a piece (and the kernel's read-around: it maps up to a 2 MiB folio beyond a
+    # fault), not the 16 MiB read
+    assert 2**20 <= peak <= 5 * 2**20 + 65536
+    file.close()
+    assert _resident_bytes(path) == 0
+
+
+@linux_only
+def test_finite_check_leaves_no_weights_resident(tmp_path):
+    """The NaN check reads every float32 weight of a zero-copy load; it reads them through
+    short-lived maps, so the model's own map stays untouched until the model uses it."""
+    model = build(XLMRobertaXLModel, tiny_config(vocab_size=20_000))  # 5 MiB of embeddings
+    save_pretrained(model, tmp_path / "ckpt")
+    weights = (tmp_path / "ckpt" / "model.safetensors").resolve()
+    loaded = XLMRobertaXLModel.from_pretrained(tmp_path / "ckpt", check_finite=True)
+    assert _resident_bytes(weights) < weights.stat().st_size // 10
+    assert torch.equal(loaded.embeddings.word_embeddings.weight, model.embeddings.word_embeddings.weight)
+    assert _resident_bytes(weights) > weights.stat().st_size // 2  # the weights read are resident again
 
 
 # ------------------------------------------------------------------------------- faulty files
@@ -450,6 +524,14 @@ def test_unreadable_dtype_and_bad_offsets(saved):
     rewrite_header(weights, lambda h: h["pooler.dense.bias"].update(shape=[65]))
     with pytest.raises(CheckpointError, match=r"corrupt safetensors header: 'pooler\.dense\.bias'"):
         XLMRobertaXLModel.from_pretrained(saved)
+
+
+def test_a_dtype_the_library_reads_but_we_do_not_is_named(tmp_path):
+    from safetensors.torch import save_file
+
+    save_file({"weights": torch.zeros(2), "phases": torch.zeros(2, dtype=torch.complex64)}, str(tmp_path / "c.safetensors"))
+    with pytest.raises(CheckpointError, match=r"c\.safetensors: 'phases' has dtype 'C64', which cannot be read"):
+        ck.SafetensorsFile(tmp_path / "c.safetensors")
 
 
 def test_wrong_shape_names_file_and_key(saved):
@@ -579,6 +661,32 @@ def test_save_over_the_directory_it_was_loaded_from(tmp_path, ids):
     loaded = XLMRobertaXLForMaskedLM.from_pretrained(tmp_path / "ckpt")  # memory-mapped from there
     save_pretrained(loaded, tmp_path / "ckpt")
     assert max_diff(hidden(XLMRobertaXLForMaskedLM.from_pretrained(tmp_path / "ckpt"), ids), hidden(model, ids)) == 0
+
+
+def test_writer_takes_views_of_one_storage_and_non_contiguous_tensors(tmp_path):
+    """``safetensors.torch.save_file`` refuses tensors sharing memory and non-contiguous ones; our
+    writer copies just those before handing the file's tensors to it."""
+    from safetensors.torch import load_file
+
+    storage = torch.randn(6, 4)
+    tensors = {"top": storage[:3], "bottom": storage[3:], "transposed": storage.t(), "int": torch.arange(5)}
+    specs = [ck.TensorSpec(name, t.dtype, tuple(t.shape)) for name, t in tensors.items()]
+    ck.write_safetensors(tmp_path / "w.safetensors", specs, tensors.__getitem__)
+    back = load_file(str(tmp_path / "w.safetensors"))
+    assert back.keys() == tensors.keys() and all(torch.equal(back[k], t) for k, t in tensors.items())
+    assert ck.SafetensorsFile(tmp_path / "w.safetensors").metadata == {"format": "pt"}
+
+
+def test_writer_errors_name_file_and_key(tmp_path):
+    value = torch.zeros(2, dtype=torch.complex64)
+    with pytest.raises(CheckpointError, match=r"w\.safetensors: cannot store 'c' with dtype torch\.complex64"):
+        ck.write_safetensors(tmp_path / "w.safetensors", [ck.TensorSpec("c", value.dtype, (2,))], lambda name: value)
+    with pytest.raises(CheckpointError, match=r"w\.safetensors: 'c' changed while saving"):
+        ck.write_safetensors(tmp_path / "w.safetensors", [ck.TensorSpec("c", torch.float32, (3,))],
+                             lambda name: torch.zeros(2))
+    target = tmp_path / "missing" / "w.safetensors"
+    with pytest.raises(CheckpointError, match=rf"^{re.escape(str(target))}: cannot write the safetensors file"):
+        ck.write_safetensors(target, [ck.TensorSpec("c", torch.float32, (2,))], lambda name: torch.zeros(2))
 
 
 @pytest.mark.parametrize("size, expected", [(123, 123), ("5GB", 5 * 10**9), ("200MB", 200 * 10**6),

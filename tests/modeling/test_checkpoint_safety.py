@@ -108,6 +108,31 @@ def test_deeply_nested_safetensors_header_names_the_file(tmp_path):
     assert str(err.value).startswith(f"{path}: ")
 
 
+def test_nesting_inside_a_header_entry_is_refused_by_the_library(tmp_path):
+    """Nesting where the header's schema allows any JSON: the library's own recursion limit
+    refuses it, and the error names the file and gives the library's reason."""
+    path = tmp_path / "model.safetensors"
+    deep = "[" * 10_000 + "]" * 10_000
+    raw = ('{"x": {"dtype": "F32", "shape": [1], "data_offsets": [0, 4], "extra": ' + deep + "}}").encode()
+    path.write_bytes(struct.pack("<Q", len(raw)) + raw + b"\0" * 4)
+    with pytest.raises(CheckpointError, match=r"recursion limit") as err:
+        XLMRobertaXLModel.from_pretrained(path, config=tiny_model().config)
+    assert str(err.value).startswith(f"{path}: ")
+
+
+@pytest.mark.parametrize("claimed, message", [(100_000_001, "it claims 100000001 header bytes"),
+                                              (100_000_000, "the header needs 100000008 bytes, the file has 24")])
+def test_header_size_limit_is_the_librarys_100_mb(tmp_path, claimed, message):
+    """A length field over 100 MB is refused before anything is read; up to it, a file shorter
+    than its header is refused as truncated (nothing of that size is allocated either way)."""
+    path = tmp_path / "model.safetensors"
+    path.write_bytes(struct.pack("<Q", claimed) + b"{}" + b" " * 14)
+    with pytest.raises(CheckpointError, match=re.escape(message)) as err:
+        XLMRobertaXLModel.from_pretrained(path, config=tiny_model().config)
+    assert str(err.value).startswith(f"{path}: ")
+    assert "header too large" in str(err.value) if claimed > 100_000_000 else "invalid header length" in str(err.value)
+
+
 def test_deeply_nested_shard_index_names_the_file(tmp_path):
     (tmp_path / "model.safetensors.index.json").write_text(DEEP_JSON)
     with pytest.raises(CheckpointError, match="not a readable shard index") as err:
