@@ -56,7 +56,7 @@ BASE_FILE = "base.json"
 LORA_SAVE_MODES = ("full", "adapters")
 _SAMPLES = 16
 _SAMPLE_BYTES = 64 * 1024
-_MAX_HEADER = 100 * 1024 * 1024  # safetensors' own limit on a header
+_MAX_HEADER = 100_000_000  # the safetensors library's own limit on a header (bytes)
 
 
 # --------------------------------------------------------------------------- applying the setting
