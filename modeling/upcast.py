@@ -6,8 +6,8 @@ makes a whole model keep its bf16 weights at rest but compute in float32: every 
 ``nn.LayerNorm`` and ``nn.Embedding`` becomes its float32-computing subclass (same Parameters,
 same state dict keys, no copy), so the hidden states flow in float32 and each weight is cast only
 while its own layer runs. This is what a CPU without native bf16 matmuls (no AVX-512 BF16 / AMX,
-`modeling.cpu_features`) needs: bf16's memory at float32's speed instead of an emulated bf16
-matmul many times slower. `modeling.lora.LoraLinear` multiplies its frozen base the same way.
+`modeling.cpu_features`) needs: bf16's memory at about float32's speed (the casts add their
+share) instead of an emulated bf16 matmul many times slower. `modeling.lora.LoraLinear` multiplies its frozen base the same way.
 Shapes: Linear (..., in) -> (..., out); LayerNorm (..., H) -> (..., H); Embedding ids (...) -> (..., H).
 """
 

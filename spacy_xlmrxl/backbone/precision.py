@@ -53,8 +53,8 @@ class SlowBF16Warning(UserWarning):
 
 def emulated_bf16_weights(module: torch.nn.Module) -> bool:
     """Whether ``module`` holds bf16 weights on a CPU without native bf16 matmuls: it is then
-    computed in float32 layer by layer (`modeling.upcast.compute_in_float32`), bf16's memory at
-    float32's speed."""
+    computed in float32 layer by layer (`modeling.upcast.compute_in_float32`): bf16's memory at
+    about float32's speed."""
     param = next(module.parameters(), None)
     return (param is not None and param.dtype == torch.bfloat16 and param.device.type == "cpu"
             and not native_bf16_matmul())
