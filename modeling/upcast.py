@@ -5,7 +5,8 @@ only during the product and is never kept for the backward pass) and `compute_in
 makes a whole model keep its bf16 weights at rest but compute in float32: every ``nn.Linear``,
 ``nn.LayerNorm`` and ``nn.Embedding`` becomes its float32-computing subclass (same Parameters,
 same state dict keys, no copy), so the hidden states flow in float32 and each weight is cast only
-while its own layer runs. This is what a CPU without native bf16 matmuls (no AVX-512 BF16 / AMX,
+while its own layer runs (a weight over `BLOCK_ELEMENTS`, such as the tied LM decoder, block by
+block of output rows). This is what a CPU without native bf16 matmuls (no AVX-512 BF16 / AMX,
 `modeling.cpu_features`) needs: bf16's memory at about float32's speed (the casts add their
 share) instead of an emulated bf16 matmul many times slower. `modeling.lora.LoraLinear` multiplies its frozen base the same way.
 Shapes: Linear (..., in) -> (..., out); LayerNorm (..., H) -> (..., H); Embedding ids (...) -> (..., H).
@@ -19,32 +20,61 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-__all__ = ["Float32Embedding", "Float32LayerNorm", "Float32Linear", "compute_in_float32", "upcast_linear"]
+__all__ = ["BLOCK_ELEMENTS", "Float32Embedding", "Float32LayerNorm", "Float32Linear", "compute_in_float32", "upcast_linear"]
 
 _LOW_PRECISION = (torch.bfloat16, torch.float16)
+
+
+#: float32 elements of a weight cast at once: a larger weight (the tied LM decoder, vocabulary x
+#: hidden) is multiplied block by block of output rows, so a cast never holds more than this
+BLOCK_ELEMENTS = 2**25
+
+
+def _blocks(weight: Tensor) -> range:
+    """Starts of the output-row blocks of ``weight`` (out, in) cast one at a time."""
+    rows = max(1, BLOCK_ELEMENTS // max(1, weight.shape[1]))
+    return range(0, weight.shape[0], rows)
+
+
+def _block(weight: Tensor, start: int) -> Tensor:
+    """Rows ``start:start + block`` of ``weight`` in float32."""
+    step = _blocks(weight).step
+    return weight[start:start + step].float()
 
 
 class _UpcastLinear(torch.autograd.Function):
     """``x W^T + b`` computed in float32 from a low-precision ``weight``; the result and the input
     gradient come back in ``x``'s dtype. Only ``weight`` itself (at rest, not its float32 copy)
-    and, when the weight trains, ``x`` are saved for the backward pass."""
+    and, when the weight trains, ``x`` are saved for the backward pass; the float32 copy is made
+    block by block of output rows (`BLOCK_ELEMENTS`)."""
 
     @staticmethod
     def forward(ctx: Any, x: Tensor, weight: Tensor, bias: Optional[Tensor]) -> Tensor:
         ctx.save_for_backward(x if weight.requires_grad else None, weight)
         ctx.x_dtype, ctx.bias_dtype = x.dtype, None if bias is None else bias.dtype
         with torch.autocast(x.device.type, enabled=False):
-            out = F.linear(x.float(), weight.float(), None if bias is None else bias.float())
+            x32 = x.float()
+            starts = _blocks(weight)
+            if len(starts) == 1:
+                return F.linear(x32, weight.float(), None if bias is None else bias.float()).to(x.dtype)
+            out = x32.new_empty(*x.shape[:-1], weight.shape[0])
+            for start in starts:
+                block = _block(weight, start)
+                stop = start + block.shape[0]
+                out[..., start:stop] = F.linear(x32, block, None if bias is None else bias[start:stop].float())
         return out.to(x.dtype)
 
     @staticmethod
     def backward(ctx: Any, grad: Tensor) -> Tuple[Optional[Tensor], ...]:
         x, weight = ctx.saved_tensors
-        grad32 = grad.float()
+        rows = grad.float().reshape(-1, grad.shape[-1])  # (N, out)
         grad_x = grad_w = grad_b = None
         if ctx.needs_input_grad[0]:
-            grad_x = (grad32 @ weight.float()).to(ctx.x_dtype)
-        rows = grad32.reshape(-1, grad32.shape[-1])  # (N, out)
+            grad_x = rows.new_zeros(rows.shape[0], weight.shape[1])
+            for start in _blocks(weight):
+                block = _block(weight, start)
+                grad_x.addmm_(rows[:, start:start + block.shape[0]], block)
+            grad_x = grad_x.reshape(*grad.shape[:-1], weight.shape[1]).to(ctx.x_dtype)
         if ctx.needs_input_grad[1]:
             grad_w = (rows.t() @ x.reshape(-1, x.shape[-1]).float()).to(weight.dtype)
         if ctx.bias_dtype is not None and ctx.needs_input_grad[2]:

@@ -134,3 +134,30 @@ def test_float32_weights_compute_exactly_as_before() -> None:
         before = model(**inputs()).last_hidden_state
         compute_in_float32(model)
         assert torch.equal(model(**inputs()).last_hidden_state, before)
+
+
+def test_large_weights_are_cast_block_by_block(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A weight over `BLOCK_ELEMENTS` (the tied LM decoder: vocabulary x hidden) is cast in blocks of
+    output rows: no float32 copy of the whole weight, the same products and gradients."""
+    from modeling import upcast
+
+    generator = torch.Generator().manual_seed(0)
+    x = torch.randn(2, 3, 16, generator=generator).requires_grad_()
+    weight = torch.randn(50, 16, generator=generator).bfloat16().requires_grad_()
+    bias = torch.randn(50, generator=generator).bfloat16().requires_grad_()
+    upstream = torch.randn(2, 3, 50, generator=generator)
+    whole = upcast_linear(x, weight, bias)
+    whole.backward(upstream)
+    expected = [t.grad.clone() for t in (x, weight, bias)]
+    for t in (x, weight, bias):
+        t.grad = None
+    cast_rows: List[int] = []
+    real_block = upcast._block
+    monkeypatch.setattr(upcast, "BLOCK_ELEMENTS", 16 * 8)  # 8 rows at a time: 7 blocks, the last of 2
+    monkeypatch.setattr(upcast, "_block", lambda w, start: cast_rows.append(real_block(w, start).shape[0]) or real_block(w, start))
+    blocked = upcast_linear(x, weight, bias)
+    blocked.backward(upstream)
+    assert max(cast_rows) == 8 and cast_rows[:7] == [8] * 6 + [2]  # forward's casts, then backward's
+    assert_close(blocked, whole, 1e-5, "output")
+    for name, t, grad in zip(("x", "weight", "bias"), (x, weight, bias), expected):
+        assert_close(t.grad.float(), grad.float(), 1e-5, name)
