@@ -20,9 +20,18 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-__all__ = ["BLOCK_ELEMENTS", "Float32Embedding", "Float32LayerNorm", "Float32Linear", "compute_in_float32", "upcast_linear"]
+from . import cpu_features
+
+__all__ = ["BLOCK_ELEMENTS", "Float32Embedding", "emulated_bf16", "Float32LayerNorm", "Float32Linear", "compute_in_float32", "upcast_linear"]
 
 _LOW_PRECISION = (torch.bfloat16, torch.float16)
+
+
+def emulated_bf16(weight: Tensor) -> bool:
+    """Whether ``weight`` is bf16 on a CPU without native bf16 matmuls (`modeling.cpu_features`):
+    the weight that is better computed in float32 there."""
+    return (weight.dtype == torch.bfloat16 and weight.device.type == "cpu"
+            and not cpu_features.native_bf16_matmul())
 
 
 #: float32 elements of a weight cast at once: a larger weight (the tied LM decoder, vocabulary x

@@ -17,8 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .. import cpu_features
-from ..upcast import upcast_linear
+from ..upcast import emulated_bf16, upcast_linear
 
 __all__ = ["LoraLinear", "upcast_linear"]
 
@@ -78,8 +77,7 @@ class LoraLinear(nn.Module):
             return self.upcast
         if x.dtype == torch.float32 and not torch.is_autocast_enabled(x.device.type):
             return True  # float32 activations (`modeling.upcast.compute_in_float32`)
-        return (self.weight.dtype == torch.bfloat16 and self.weight.device.type == "cpu"
-                and not cpu_features.native_bf16_matmul())
+        return emulated_bf16(self.weight)
 
     def forward(self, x: Tensor) -> Tensor:
         """``x`` (..., in) -> (..., out) in the dtype of the base product (``x``'s)."""

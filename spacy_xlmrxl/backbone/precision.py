@@ -12,11 +12,13 @@ from __future__ import annotations
 
 import contextlib
 import warnings
-from typing import Optional, Sequence, Union
+from typing import Sequence, Union
 
 import torch
 
-from modeling.cpu_features import native_bf16_matmul
+from modeling import cpu_features
+from modeling.cpu_features import native_bf16_matmul  # noqa: F401 - re-exported
+from modeling.upcast import emulated_bf16
 
 from .source import BackboneError
 
@@ -56,15 +58,14 @@ def emulated_bf16_weights(module: torch.nn.Module) -> bool:
     computed in float32 layer by layer (`modeling.upcast.compute_in_float32`): bf16's memory at
     about float32's speed."""
     param = next(module.parameters(), None)
-    return (param is not None and param.dtype == torch.bfloat16 and param.device.type == "cpu"
-            and not native_bf16_matmul())
+    return param is not None and emulated_bf16(param)
 
 
 def warn_if_bf16_emulated(device: torch.device, *, mixed_precision: str) -> bool:
     """Warn (one `SlowBF16Warning`) when bf16 autocast (``mixed_precision``) will run on a CPU
     without native bf16 matmuls; True when it warned. (bf16 weights, ``dtype``, are computed in
     float32 there instead: `emulated_bf16_weights`.)"""
-    if mixed_precision != "bf16" or device.type != "cpu" or native_bf16_matmul():
+    if mixed_precision != "bf16" or device.type != "cpu" or cpu_features.native_bf16_matmul():
         return False
     warnings.warn(
         f"mixed_precision = \"bf16\" on this CPU ({torch.backends.cpu.get_cpu_capability()}; no native bf16 matmul: "

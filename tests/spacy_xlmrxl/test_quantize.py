@@ -15,10 +15,10 @@ from safetensors.torch import load_file
 from spacy.training import Example
 from torch.ao.nn.quantized.dynamic import Linear as DynamicQuantizedLinear
 
+from modeling import cpu_features
 from modeling.config import XLMRobertaXLConfig
 from modeling.model import XLMRobertaXLModel
 from modeling.upcast import computes_in_float32
-from spacy_xlmrxl.backbone import precision
 from spacy_xlmrxl.backbone.nodes import backbone_nodes, backbone_shim
 from spacy_xlmrxl.backbone.precision import SlowBF16Warning
 from spacy_xlmrxl.backbone.quantize import is_quantized, quantize_linear_int8
@@ -211,7 +211,7 @@ def test_quantize_at_initialize_for_shared_transformer_and_textcat(spm_model_pat
 # --------------------------------------------------------------------------- bf16 warning
 @pytest.fixture
 def no_native_bf16(monkeypatch):
-    monkeypatch.setattr(precision, "native_bf16_matmul", lambda: False)
+    monkeypatch.setattr(cpu_features, "native_bf16_matmul", lambda: False)
 
 
 def test_bf16_weights_on_a_cpu_without_native_bf16_compute_in_float32(no_native_bf16):
@@ -247,10 +247,10 @@ def test_bf16_weights_through_the_component_setting(no_native_bf16, spm_model_pa
 
 
 def test_no_bf16_warning_with_native_bf16_or_float32(monkeypatch):
-    monkeypatch.setattr(precision, "native_bf16_matmul", lambda: True)
+    monkeypatch.setattr(cpu_features, "native_bf16_matmul", lambda: True)
     with warnings.catch_warnings():
         warnings.simplefilter("error", SlowBF16Warning)
         shim = TorchModuleShim(_tiny().to(torch.bfloat16), **KWARGS)
         assert not computes_in_float32(shim.module)  # native bf16: computed in bf16
-        monkeypatch.setattr(precision, "native_bf16_matmul", lambda: False)
+        monkeypatch.setattr(cpu_features, "native_bf16_matmul", lambda: False)
         TorchModuleShim(_tiny(), **KWARGS)  # float32: nothing to warn about
